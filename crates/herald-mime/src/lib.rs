@@ -1,0 +1,1 @@
+//! Herald's message model and MIME writer.

@@ -1,0 +1,1 @@
+//! Herald's async SMTP client.

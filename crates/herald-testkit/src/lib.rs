@@ -1,0 +1,1 @@
+//! Test SMTP servers for Herald's tests.
