@@ -1,5 +1,10 @@
 //! Command-line interface: one module per subcommand.
 
+mod bench_compose;
+mod bench_smtp;
+mod compose;
+mod send;
+
 use std::process::ExitCode;
 
 use anyhow::bail;
@@ -19,8 +24,23 @@ pub struct Cli {
 pub enum Command {
     /// Run the service: HTTP API, dashboard and delivery workers (not yet available).
     Serve,
+    /// Compose one message request (JSON) into RFC 5322 bytes.
+    Compose(compose::ComposeArgs),
+    /// Compose and send one message through an SMTP relay, printing each recipient's result.
+    Send(send::SendArgs),
+    /// Measure Herald's hot paths.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Manage API tokens (not yet available).
     Token,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Build standard notifications (../shared/bench) and print messages/s.
+    Compose(bench_compose::BenchComposeArgs),
+    /// Send standard notifications to an SMTP relay and print msg/s and client CPU µs/msg.
+    Smtp(bench_smtp::BenchSmtpArgs),
 }
 
 /// Runs one parsed command line and returns the process exit code.
@@ -30,6 +50,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             "`herald serve` is not yet available: the store, queue and HTTP API are still being built \
              (use `herald compose` and `herald send` meanwhile)"
         ),
-        Command::Token => bail!("`herald token` is not yet available: it arrives with `herald serve`"),
+        Command::Compose(args) => compose::run(args),
+        Command::Send(args) => send::run(args),
+        Command::Bench(BenchCommand::Compose(args)) => bench_compose::run(args),
+        Command::Bench(BenchCommand::Smtp(args)) => bench_smtp::run(args),
+        Command::Token => {
+            bail!("`herald token` is not yet available: it arrives with `herald serve`")
+        }
     }
 }
