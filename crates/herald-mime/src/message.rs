@@ -654,7 +654,7 @@ impl<'m> Writer<'m> {
     /// CRLF that belongs to the following delimiter.
     fn entity(&mut self, node: &Node<'m>, depth: u8) {
         match node {
-            Node::Text(text, html) => self.text_entity(text, *html),
+            Node::Text(text, html) => self.text_entity(text, *html, depth == 0),
             Node::Part(AnyPart::Raw(p)) => {
                 let enc = part::write_part(&p.meta, &p.data, &mut self.buf);
                 debug_assert_ne!(enc, TransferEncoding::EightBit);
@@ -684,11 +684,18 @@ impl<'m> Writer<'m> {
         }
     }
 
-    fn text_entity(&mut self, text: &str, html: bool) {
+    /// `root`: the text is the whole body, so no delimiter follows it and
+    /// its final CRLF would be read as part of the text. Literal text is
+    /// then only used when it ends with a line break anyway; QP ends with a
+    /// soft line break, so the decoded text is exactly the input.
+    fn text_entity(&mut self, text: &str, html: bool, root: bool) {
         let canon = encode::normalize_newlines(text);
         let data: &[u8] = canon.as_deref().unwrap_or(text.as_bytes());
         let s = encode::scan(data, !self.opts.allow_8bit);
-        let literal = !s.unsafe_ctl && !s.risky_line && s.max_line <= 998;
+        let literal = !s.unsafe_ctl
+            && !s.risky_line
+            && s.max_line <= 998
+            && (!root || data.is_empty() || data.ends_with(b"\r\n"));
         let b64 = encode::base64_mime_len(data.len());
         let qp_est = data.len() + 2 * s.qp_escapes + 3 * (data.len() / 75);
         let mut enc = if literal && !s.high {
@@ -716,7 +723,9 @@ impl<'m> Writer<'m> {
             match enc {
                 TransferEncoding::SevenBit | TransferEncoding::EightBit => {
                     self.buf.extend_from_slice(data);
-                    self.buf.extend_from_slice(b"\r\n");
+                    if !root {
+                        self.buf.extend_from_slice(b"\r\n");
+                    }
                     self.own_dot_safe &= !s.dot_line;
                     self.eight_bit |= enc == TransferEncoding::EightBit;
                 }
@@ -726,7 +735,12 @@ impl<'m> Writer<'m> {
                         enc = TransferEncoding::Base64;
                         continue;
                     }
-                    self.buf.extend_from_slice(b"\r\n");
+                    if !root {
+                        self.buf.extend_from_slice(b"\r\n");
+                    } else if !data.ends_with(b"\r\n") && !data.is_empty() {
+                        // RFC 2045 §6.7 rule 5: a soft line break adds nothing.
+                        self.buf.extend_from_slice(b"=\r\n");
+                    }
                 }
                 TransferEncoding::Base64 => {
                     encode::base64_mime(data, &mut self.buf);
