@@ -295,20 +295,23 @@ pub(crate) fn param(fold: &mut Fold<'_>, attr: &str, value: &str, fallback_2047:
             empty: true,
         };
         encoded_words(&mut inner, false, value);
-        let mut t = Vec::with_capacity(words.len() + attr.len() + 3);
-        t.extend_from_slice(attr.as_bytes());
-        t.extend_from_slice(b"=\"");
-        fold.token(true, &t);
-        // Re-emit each word as a token so the outer fold can break lines.
+        // Re-emit each word as a token so the outer fold can break lines;
+        // the opening quote sticks to the first word, the closing to the last.
         let text = String::from_utf8_lossy(&words).replace("\r\n ", " ");
-        for (i, w) in text.split(' ').enumerate() {
+        let words: Vec<&str> = text.split(' ').collect();
+        let last = words.len() - 1;
+        for (i, w) in words.into_iter().enumerate() {
+            let mut t = Vec::with_capacity(w.len() + attr.len() + 3);
             if i == 0 {
-                fold.glue(w.as_bytes());
-            } else {
-                fold.token(true, w.as_bytes());
+                t.extend_from_slice(attr.as_bytes());
+                t.extend_from_slice(b"=\"");
             }
+            t.extend_from_slice(w.as_bytes());
+            if i == last {
+                t.push(b'"');
+            }
+            fold.token(true, &t);
         }
-        fold.glue(b"\"");
         return;
     }
     // RFC 2231 extended value, percent-encoded, in pieces of ≤ 60 chars.

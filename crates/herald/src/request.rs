@@ -45,9 +45,34 @@ pub struct MessageRequest {
     /// Attachments and inline parts.
     #[serde(default)]
     pub attachments: Vec<AttachmentRequest>,
-    /// Custom headers, in order.
-    #[serde(default)]
-    pub headers: serde_json::Map<String, serde_json::Value>,
+    /// Custom headers, in the order given (a JSON object).
+    #[serde(default, deserialize_with = "ordered_map")]
+    pub headers: Vec<(String, serde_json::Value)>,
+}
+
+/// A JSON object as a list of pairs in document order (serde_json's `Map`
+/// sorts its keys unless a crate-wide feature is switched on).
+fn ordered_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(String, serde_json::Value)>, D::Error> {
+    struct Pairs;
+    impl<'de> serde::de::Visitor<'de> for Pairs {
+        type Value = Vec<(String, serde_json::Value)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of header names to string values")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(pair) = map.next_entry()? {
+                out.push(pair);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Pairs)
 }
 
 /// A file: its bytes inline (`content_base64`) or, for the CLI only, a
