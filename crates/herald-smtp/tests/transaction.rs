@@ -413,7 +413,9 @@ async fn chunking_sends_bdat_with_the_commands_in_one_write() {
         ..ServerConfig::default()
     })
     .await;
-    let mut connection = connect(relay(&server)).await;
+    let mut config = relay(&server);
+    config.use_chunking = true;
+    let mut connection = connect(config).await;
     let body = b"Subject: bdat\r\n\r\n.dot stays single with BDAT\r\n".to_vec();
     let delivery = connection
         .send_raw(&Envelope::new("a@sender.test", ["b@rcpt.test"]), &body)
