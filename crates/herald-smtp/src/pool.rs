@@ -231,6 +231,28 @@ impl Pool {
         }
     }
 
+    /// Closes (with QUIT) the idle sessions past the idle timeout or the lifetime, so they do not
+    /// linger until the next send; the delivery engine calls this now and then.
+    pub async fn close_expired(&self) {
+        let config = &self.inner.config;
+        let expired: Vec<Connection> = {
+            let mut idle = self.inner.idle.lock().expect("pool lock");
+            let (expired, keep) =
+                std::mem::take(&mut *idle)
+                    .into_iter()
+                    .partition(|connection: &Connection| {
+                        connection.last_used.elapsed() >= config.idle_timeout
+                            || connection.age() >= config.max_lifetime
+                    });
+            *idle = keep;
+            expired
+        };
+        for connection in expired {
+            connection.quit().await;
+            self.inner.counters.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// The most recently used idle session that is still fit for reuse; stale ones are dropped.
     fn take_idle(&self) -> Option<Connection> {
         let config = &self.inner.config;

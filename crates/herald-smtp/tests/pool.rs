@@ -217,3 +217,35 @@ async fn expired_sessions_are_not_reused() {
     }
     assert_eq!(server.connections(), 6);
 }
+
+#[tokio::test]
+async fn close_expired_quits_idle_sessions_past_their_time() {
+    let server = TestServer::capture().await;
+    let envelope = Envelope::new("a@sender.test", ["b@rcpt.test"]);
+    let fresh = pool(&server, 2);
+    fresh.send_raw(&envelope, &message("kept")).await.unwrap();
+    fresh.close_expired().await;
+    assert_eq!(fresh.stats().open, 1);
+
+    let stale = Pool::new(
+        Client::new(relay(&server)).unwrap(),
+        PoolConfig {
+            idle_timeout: Duration::ZERO,
+            ..PoolConfig::default()
+        },
+    );
+    stale
+        .send_raw(&envelope, &message("expired"))
+        .await
+        .unwrap();
+    stale.close_expired().await;
+    assert_eq!(stale.stats().open, 0);
+    assert_eq!(
+        server
+            .commands()
+            .iter()
+            .filter(|(_, line)| line == "QUIT")
+            .count(),
+        1
+    );
+}
