@@ -567,6 +567,9 @@ impl<'m> Writer<'m> {
         self.buf.extend_from_slice(message_id.as_bytes());
         self.buf.extend_from_slice(b">\r\n");
         for (name, value) in &msg.headers {
+            // RFC 5322 ftext allows a field name such as ".x"; its line then
+            // starts with '.', which SMTP must stuff (found by fuzzing).
+            self.own_dot_safe &= !name.starts_with('.');
             let mut f = Fold::start(&mut self.buf, name);
             header::unstructured(&mut f, value);
             f.finish();

@@ -614,6 +614,19 @@ fn dot_safety_is_reported_for_literal_parts() {
 }
 
 #[test]
+fn header_named_dot_is_not_dot_safe() {
+    // Found by fuzzing: ".x" is a valid RFC 5322 field name.
+    let m = Message::builder()
+        .from(Mailbox::parse("a@b.example").unwrap())
+        .to(Mailbox::parse("c@d.example").unwrap())
+        .header(".x", "v")
+        .build()
+        .unwrap()
+        .compose(&opts());
+    check_invariants(&m);
+}
+
+#[test]
 fn fixed_message_id_and_date() {
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_655_000);
     let m = Message::builder()
