@@ -203,7 +203,39 @@ impl Message {
         &self.from
     }
 
-    /// The envelope: sender and de-duplicated recipients.
+    /// The To mailboxes.
+    pub fn to(&self) -> &[Mailbox] {
+        &self.to
+    }
+
+    /// The Cc mailboxes.
+    pub fn cc(&self) -> &[Mailbox] {
+        &self.cc
+    }
+
+    /// The Bcc mailboxes (envelope only; the store records them as recipients).
+    pub fn bcc(&self) -> &[Mailbox] {
+        &self.bcc
+    }
+
+    /// The Reply-To mailboxes.
+    pub fn reply_to(&self) -> &[Mailbox] {
+        &self.reply_to
+    }
+
+    /// The subject, if any.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+
+    /// The envelope sender (`MAIL FROM`): the one set with
+    /// [`MessageBuilder::envelope_from`], else the From address.
+    pub fn envelope_sender(&self) -> &Address {
+        self.envelope_from.as_ref().unwrap_or(self.from.address())
+    }
+
+    /// The envelope recipients: To, Cc and Bcc in that order, without
+    /// duplicates (local parts compared exactly, domains case-insensitively).
     pub fn envelope_recipients(&self) -> Vec<Address> {
         let mut seen = HashSet::new();
         self.to
@@ -594,10 +626,7 @@ impl<'m> Writer<'m> {
             })
             .inspect(|s| len += s.bytes.len())
             .collect();
-        let sender = msg
-            .envelope_from
-            .clone()
-            .unwrap_or_else(|| msg.from.address().clone());
+        let sender = msg.envelope_sender().clone();
         let recipients = msg.envelope_recipients();
         let needs_smtputf8 = sender.needs_smtputf8()
             || recipients.iter().any(Address::needs_smtputf8)

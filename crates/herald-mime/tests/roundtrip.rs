@@ -665,3 +665,27 @@ fn fixed_message_id_and_date() {
     check_invariants(&bad);
     assert!(bad.message_id().ends_with("@b.example"));
 }
+
+#[test]
+fn envelope_sender_and_accessors() {
+    let m = Message::builder()
+        .from(Mailbox::parse("Shop <noreply@shop.example>").unwrap())
+        .envelope_from("bounces+42@shop.example".parse().unwrap())
+        .to(Mailbox::parse("a@x.example").unwrap())
+        .cc(Mailbox::parse("b@x.example").unwrap())
+        .bcc(Mailbox::parse("c@x.example").unwrap())
+        .subject("s")
+        .build()
+        .unwrap();
+    assert_eq!(m.envelope_sender().to_string(), "bounces+42@shop.example");
+    assert_eq!((m.to().len(), m.cc().len(), m.bcc().len()), (1, 1, 1));
+    assert_eq!(m.subject(), Some("s"));
+    let c = m.compose(&opts());
+    assert_eq!(c.envelope().sender.to_string(), "bounces+42@shop.example");
+    let s = String::from_utf8(c.to_vec()).unwrap();
+    assert!(s.starts_with("From: Shop <noreply@shop.example>\r\n"));
+    assert!(
+        !s.contains("bounces+42"),
+        "the envelope sender is not a header"
+    );
+}
