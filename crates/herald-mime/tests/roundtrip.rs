@@ -689,3 +689,38 @@ fn envelope_sender_and_accessors() {
         "the envelope sender is not a header"
     );
 }
+
+#[test]
+fn rfc2047_name_fallback_decodes_on_its_own() {
+    use mail_parser::{MessageParser, MimeHeaders};
+    // Older clients read only Content-Type's name=; it must decode alone too.
+    for name in [
+        "订单发票_Übersicht.pdf",
+        &format!("{}.pdf", "很长的文件名".repeat(20)),
+        "plain.pdf",
+        "a \"quoted\" name.pdf",
+    ] {
+        let m = Message::builder()
+            .from(Mailbox::parse("a@b.example").unwrap())
+            .to(Mailbox::parse("c@d.example").unwrap())
+            .text("x")
+            .part(Part::attachment(name, "application/pdf", vec![1u8, 2, 3]).unwrap())
+            .build()
+            .unwrap()
+            .compose(&opts());
+        check_invariants(&m);
+        let bytes = m.to_vec();
+        let parsed = MessageParser::default().parse(&bytes[..]).unwrap();
+        let att = parsed.attachment(0).unwrap();
+        assert_eq!(
+            att.content_type().and_then(|c| c.attribute("name")),
+            Some(name),
+            "name= of {name}"
+        );
+        assert_eq!(
+            att.content_disposition()
+                .and_then(|c| c.attribute("filename")),
+            Some(name)
+        );
+    }
+}
