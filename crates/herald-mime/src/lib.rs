@@ -72,3 +72,20 @@ pub use encode::TransferEncoding;
 pub use error::ComposeError;
 pub use message::{ComposeOptions, Composed, Envelope, Message, MessageBuilder, Segment};
 pub use part::{EncodedPart, Part};
+
+#[cfg(test)]
+mod tests {
+    /// The service moves these across tasks and threads (composed at accept
+    /// time, sent later by a delivery worker; shared parts by many).
+    #[test]
+    fn thread_safe() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<crate::Message>();
+        send_sync::<crate::Composed>();
+        send_sync::<crate::Segment>();
+        send_sync::<crate::EncodedPart>();
+        send_sync::<crate::Part>();
+        send_sync::<crate::ComposeError>();
+        send_sync::<crate::AddressError>();
+    }
+}
