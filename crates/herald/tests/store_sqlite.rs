@@ -238,6 +238,7 @@ async fn outcomes_are_kept_per_recipient_and_only_deferred_ones_are_retried() {
                 ],
                 retry_at: Some(T0 + 30_000),
                 detail: "1 delivered, 1 deferred, 1 failed".into(),
+                counts_attempt: true,
             }],
         )
         .await
@@ -290,6 +291,7 @@ async fn outcomes_are_kept_per_recipient_and_only_deferred_ones_are_retried() {
                 recipients: vec![result(1, RecipientStatus::Delivered, 250, "OK")],
                 retry_at: None,
                 detail: "delivered".into(),
+                counts_attempt: true,
             }],
         )
         .await
@@ -320,6 +322,7 @@ async fn giving_up_fails_the_recipients_still_deferred() {
                 recipients: vec![result(0, RecipientStatus::Deferred, 451, "try later")],
                 retry_at: None,
                 detail: "gave up after the maximum age".into(),
+                counts_attempt: true,
             }],
         )
         .await
@@ -526,6 +529,7 @@ async fn shared_parts_are_stored_once_and_pruned_with_the_last_body() {
             recipients: vec![result(0, RecipientStatus::Delivered, 250, "OK")],
             retry_at: None,
             detail: "delivered".into(),
+            counts_attempt: true,
         })
         .collect();
     t.store.record("w1", outcomes).await.unwrap();

@@ -180,6 +180,9 @@ pub struct AttemptOutcome {
     pub retry_at: Option<Millis>,
     /// A line for the timeline (`delivered to 2 of 3 recipients`, the relay's error …).
     pub detail: String,
+    /// Whether this counts as an attempt of the message. A relay found down does not: the message waits for
+    /// the relay instead of burning its retries.
+    pub counts_attempt: bool,
 }
 
 /// One line of a message's timeline.

@@ -935,10 +935,17 @@ fn record(db: &mut RawDb, owner: &str, outcomes: &[AttemptOutcome], now: Millis)
         // Only the lease holder moves the message on; a worker whose lease expired (and whose message another
         // worker took over) still records what the server said for each recipient above.
         db.stmt(
-            "UPDATE messages SET status = ?1, attempts = attempts + 1, next_attempt_at = ?2, lease_owner = NULL,
+            "UPDATE messages SET status = ?1, attempts = attempts + ?6, next_attempt_at = ?2, lease_owner = NULL,
              finished_at = ?3 WHERE id = ?4 AND lease_owner = ?5",
         )?
-        .bind([status.as_str().into(), next_attempt_at.into(), finished_at.into(), id.into(), owner.into()])?
+        .bind([
+            status.as_str().into(),
+            next_attempt_at.into(),
+            finished_at.into(),
+            id.into(),
+            owner.into(),
+            i64::from(outcome.counts_attempt).into(),
+        ])?
         .execute()?;
         let kind = format!("attempt_{status}");
         event(db, id, now, &kind, None, Some(&outcome.detail))?;
