@@ -1,18 +1,14 @@
 //! The delivery engine with the built-in capture inbox, on a real SQLite file.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+mod common;
+
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{Backend, open_realtime};
 use herald::{
-    clock::SystemClock,
     delivery::{CaptureTransport, Engine, EngineOptions},
-    store::{
-        MessageStatus, NewMessage, NewRecipient, RawSegment, RecipientKind, SqliteOptions,
-        SqliteStore,
-    },
+    store::{MessageStatus, NewMessage, NewRecipient, RawSegment, RecipientKind},
 };
 use tokio::sync::watch;
 
@@ -52,21 +48,15 @@ async fn wait_until(what: &str, deadline: Duration, mut done: impl AsyncFnMut() 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn capture_inbox_delivers_everything_and_shuts_down_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(
-        SqliteOptions::new(dir.path().join("h.db")),
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
+async fn capture_inbox_delivers_everything_and_shuts_down_cleanly(backend: Backend) {
+    let Some((store, _dir)) = open_realtime(backend).await else {
+        return;
+    };
     let options = EngineOptions {
         concurrency: 16,
         ..Default::default()
     };
     let engine = Engine::new(store.clone(), CaptureTransport, options);
-    let waker = engine.waker();
     let (stop, stopped) = watch::channel(false);
     let running = tokio::spawn(engine.run(stopped));
 
@@ -75,7 +65,6 @@ async fn capture_inbox_delivers_everything_and_shuts_down_cleanly() {
             .accept(chunk.iter().map(|n| message(*n)).collect())
             .await
             .unwrap();
-        waker.wake();
     }
     wait_until(
         "all 500 are delivered",
@@ -105,28 +94,21 @@ async fn capture_inbox_delivers_everything_and_shuts_down_cleanly() {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_message_is_picked_up_at_once_without_polling_delay() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(
-        SqliteOptions::new(dir.path().join("h.db")),
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
+async fn a_new_message_is_picked_up_at_once_without_polling_delay(backend: Backend) {
+    let Some((store, _dir)) = open_realtime(backend).await else {
+        return;
+    };
     // A long idle poll: only the waker can make delivery fast.
     let options = EngineOptions {
         idle_poll: Duration::from_secs(30),
         ..Default::default()
     };
     let engine = Engine::new(store.clone(), CaptureTransport, options);
-    let waker = engine.waker();
     let (stop, stopped) = watch::channel(false);
     let running = tokio::spawn(engine.run(stopped));
     tokio::time::sleep(Duration::from_millis(50)).await; // let the engine go idle first
     let start = Instant::now();
     store.accept(vec![message(1)]).await.unwrap();
-    waker.wake();
     wait_until("delivered", Duration::from_secs(5), async || {
         store.message("m000001").await.unwrap().unwrap().status == "delivered"
     })
@@ -139,3 +121,21 @@ async fn a_new_message_is_picked_up_at_once_without_polling_delay() {
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
 }
+
+macro_rules! on_both {
+    ($($name:ident),+) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Sqlite).await })+
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Postgres).await })+
+        }
+    };
+}
+
+on_both!(
+    capture_inbox_delivers_everything_and_shuts_down_cleanly,
+    a_new_message_is_picked_up_at_once_without_polling_delay
+);

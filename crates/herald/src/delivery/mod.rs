@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 
 use rand::{SeedableRng, rngs::StdRng};
 use tokio::{
-    sync::{Notify, Semaphore, mpsc, watch},
+    sync::{Semaphore, mpsc, watch},
     task::JoinSet,
 };
 
@@ -20,8 +20,7 @@ pub use capture::CaptureTransport;
 use crate::{
     queue::RetryPolicy,
     store::{
-        AttemptOutcome, ClaimedMessage, Millis, RawSegment, RecipientResult, RecipientStatus,
-        SqliteStore,
+        AttemptOutcome, ClaimedMessage, Millis, RawSegment, RecipientResult, RecipientStatus, Store,
     },
 };
 
@@ -106,36 +105,20 @@ impl Default for EngineOptions {
     }
 }
 
-/// A handle to wake the engine when new work is stored (no polling delay within one process).
-#[derive(Debug, Clone, Default)]
-pub struct Waker(Arc<Notify>);
-
-impl Waker {
-    pub fn wake(&self) {
-        self.0.notify_one();
-    }
-}
-
 /// The engine. `run` until the shutdown signal turns true.
 pub struct Engine<T: Transport> {
-    store: SqliteStore,
+    store: Store,
     transport: Arc<T>,
     options: EngineOptions,
-    waker: Waker,
 }
 
 impl<T: Transport> Engine<T> {
-    pub fn new(store: SqliteStore, transport: T, options: EngineOptions) -> Self {
+    pub fn new(store: Store, transport: T, options: EngineOptions) -> Self {
         Self {
             store,
             transport: Arc::new(transport),
             options,
-            waker: Waker::default(),
         }
-    }
-
-    pub fn waker(&self) -> Waker {
-        self.waker.clone()
     }
 
     /// Delivers until `shutdown` becomes true; then stops claiming, lets in-flight transactions finish within
@@ -208,7 +191,7 @@ impl<T: Transport> Engine<T> {
                     None => self.options.idle_poll,
                 };
                 tokio::select! {
-                    _ = self.waker.0.notified() => {}
+                    _ = self.store.work_signal().notified() => {}
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => {}
                 }

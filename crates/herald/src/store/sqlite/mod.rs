@@ -28,8 +28,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Accepted, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, Event,
     MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus, RecipientView,
-    SearchPage, SearchQuery, StoreError,
+    SearchPage, SearchQuery, StoreError, WorkSignal,
     raw::{self, RawSegment, SharedBlob},
+    search::{fts5_query, parse_cursor},
     types::message_status_from,
 };
 use crate::clock::Clock;
@@ -77,6 +78,7 @@ pub struct SqliteStore {
     reader: SqlitePool,
     writer: mpsc::Sender<WriteOp>,
     clock: Arc<dyn Clock>,
+    work: WorkSignal,
 }
 
 /// One request to the writer task.
@@ -204,6 +206,7 @@ impl SqliteStore {
             reader,
             writer,
             clock,
+            work: WorkSignal::default(),
         })
     }
 
@@ -228,7 +231,12 @@ impl SqliteStore {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        self.call(|reply| WriteOp::Accept { messages, reply }).await
+        let accepted = self
+            .call(|reply| WriteOp::Accept { messages, reply })
+            .await?;
+        // Same process, same database: the engine hears of new work with no polling delay.
+        self.work.notify();
+        Ok(accepted)
     }
 
     /// Takes up to `limit` due messages for `owner` under a lease of `lease`. A message whose lease expires
@@ -464,7 +472,7 @@ impl SqliteStore {
         if let Some(text) = query
             .text
             .as_deref()
-            .map(fts_query)
+            .map(fts5_query)
             .filter(|q| !q.is_empty())
         {
             sql.push(" AND rowid IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ")
@@ -544,26 +552,13 @@ impl SqliteStore {
         Ok(())
     }
 
+    pub fn work_signal(&self) -> &WorkSignal {
+        &self.work
+    }
+
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }
-}
-
-/// Turns user words into an FTS5 query that matches all of them, with FTS syntax neutralised: each word
-/// becomes a quoted string, so `"`, `*`, `NEAR`, `OR` and column filters in user input are just text.
-fn fts_query(input: &str) -> String {
-    input
-        .split_whitespace()
-        .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn parse_cursor(cursor: &str) -> Result<(Millis, String), StoreError> {
-    let invalid =
-        || StoreError::InvalidQuery(format!("cursor {cursor:?} is not one this server gave"));
-    let (at, id) = cursor.split_once('_').ok_or_else(invalid)?;
-    Ok((at.parse().map_err(|_| invalid())?, id.to_owned()))
 }
 
 /// The thread that owns the write connection.

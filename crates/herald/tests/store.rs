@@ -1,37 +1,34 @@
-//! The SQLite store against real database files: durability, group commit, claims and leases, outcomes,
-//! cancellation, search and pruning. Time moves through a ManualClock, never through sleeps.
+//! The store against real databases (a SQLite file, a fresh PostgreSQL database): durability, group commit,
+//! claims and leases, outcomes, cancellation, search and pruning. Time moves through a ManualClock.
+
+mod common;
 
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
+use common::{Backend, T0, TestStore};
 use herald::{
-    clock::{Clock, ManualClock},
+    clock::Clock,
     store::{
         Accepted, AttemptOutcome, CancelOutcome, MessageStatus, NewMessage, NewRecipient,
-        RawSegment, RecipientKind, RecipientResult, RecipientStatus, SearchQuery, SharedBlob,
-        SqliteOptions, SqliteStore,
+        RawSegment, RecipientKind, RecipientResult, RecipientStatus, SearchPage, SearchQuery,
+        SharedBlob, Store,
     },
 };
 
-const T0: i64 = 1_790_000_000_000;
-
-struct TestStore {
-    store: SqliteStore,
-    clock: ManualClock,
-    dir: tempfile::TempDir,
-}
-
-async fn open() -> TestStore {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let store = SqliteStore::open(
-        SqliteOptions::new(dir.path().join("herald.db")),
-        Arc::new(clock.clone()),
-    )
-    .await
-    .unwrap();
-    TestStore { store, clock, dir }
-}
+on_both_stores!(
+    accepted_messages_survive_reopening_the_database,
+    concurrent_accepts_are_grouped_and_all_stored,
+    idempotency_key_returns_the_first_message_and_queues_nothing_new,
+    scheduled_messages_are_claimed_only_when_due,
+    a_claimed_message_is_not_claimed_twice_until_its_lease_expires,
+    outcomes_are_kept_per_recipient_and_only_deferred_ones_are_retried,
+    giving_up_fails_the_recipients_still_deferred,
+    cancel_works_before_sending_and_is_refused_after,
+    search_filters_and_paginates_newest_first,
+    shared_parts_are_stored_once_and_pruned_with_the_last_body,
+    releasing_leases_makes_messages_due_at_once,
+);
 
 fn message(n: usize, recipients: &[&str]) -> NewMessage {
     NewMessage {
@@ -68,9 +65,7 @@ fn result(position: u32, status: RecipientStatus, code: u16, reply: &str) -> Rec
     }
 }
 
-#[tokio::test]
-async fn accepted_messages_survive_reopening_the_database() {
-    let t = open().await;
+async fn accepted_messages_survive_reopening_the_database(t: TestStore) {
     let accepted = t
         .store
         .accept(vec![message(1, &["a@example.test"])])
@@ -83,11 +78,7 @@ async fn accepted_messages_survive_reopening_the_database() {
             status: MessageStatus::Queued
         }]
     );
-    let path = t.dir.path().join("herald.db");
-    drop(t.store);
-    let reopened = SqliteStore::open(SqliteOptions::new(&path), Arc::new(t.clock.clone()))
-        .await
-        .unwrap();
+    let (reopened, _dir) = reopen(t).await;
     let view = reopened
         .message("msg-000001")
         .await
@@ -104,9 +95,7 @@ async fn accepted_messages_survive_reopening_the_database() {
     );
 }
 
-#[tokio::test]
-async fn concurrent_accepts_are_grouped_and_all_stored() {
-    let t = open().await;
+async fn concurrent_accepts_are_grouped_and_all_stored(t: TestStore) {
     let mut tasks = Vec::new();
     for n in 0..200 {
         let store = t.store.clone();
@@ -121,9 +110,7 @@ async fn concurrent_accepts_are_grouped_and_all_stored() {
     assert_eq!(counts.get(&MessageStatus::Queued), Some(&200));
 }
 
-#[tokio::test]
-async fn idempotency_key_returns_the_first_message_and_queues_nothing_new() {
-    let t = open().await;
+async fn idempotency_key_returns_the_first_message_and_queues_nothing_new(t: TestStore) {
     let mut first = message(1, &["a@example.test"]);
     first.idempotency_key = Some("order-1".into());
     let mut again = message(2, &["a@example.test"]);
@@ -145,9 +132,7 @@ async fn idempotency_key_returns_the_first_message_and_queues_nothing_new() {
     assert_eq!(t.store.counts().await.unwrap().values().sum::<u64>(), 1);
 }
 
-#[tokio::test]
-async fn scheduled_messages_are_claimed_only_when_due() {
-    let t = open().await;
+async fn scheduled_messages_are_claimed_only_when_due(t: TestStore) {
     let mut later = message(1, &["a@example.test"]);
     later.send_at = Some(T0 + 60_000);
     let accepted = t.store.accept(vec![later]).await.unwrap();
@@ -170,9 +155,7 @@ async fn scheduled_messages_are_claimed_only_when_due() {
     assert_eq!(claimed[0].recipients[0].address, "a@example.test");
 }
 
-#[tokio::test]
-async fn a_claimed_message_is_not_claimed_twice_until_its_lease_expires() {
-    let t = open().await;
+async fn a_claimed_message_is_not_claimed_twice_until_its_lease_expires(t: TestStore) {
     t.store
         .accept((0..5).map(|n| message(n, &["a@example.test"])).collect())
         .await
@@ -210,9 +193,7 @@ async fn a_claimed_message_is_not_claimed_twice_until_its_lease_expires() {
     assert_eq!(taken_over.len(), 5);
 }
 
-#[tokio::test]
-async fn outcomes_are_kept_per_recipient_and_only_deferred_ones_are_retried() {
-    let t = open().await;
+async fn outcomes_are_kept_per_recipient_and_only_deferred_ones_are_retried(t: TestStore) {
     t.store
         .accept(vec![message(
             1,
@@ -302,9 +283,7 @@ async fn outcomes_are_kept_per_recipient_and_only_deferred_ones_are_retried() {
     assert_eq!(t.store.next_due().await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn giving_up_fails_the_recipients_still_deferred() {
-    let t = open().await;
+async fn giving_up_fails_the_recipients_still_deferred(t: TestStore) {
     t.store
         .accept(vec![message(1, &["later@example.test"])])
         .await
@@ -332,9 +311,7 @@ async fn giving_up_fails_the_recipients_still_deferred() {
     assert_eq!(view.recipients[0].status, "failed");
 }
 
-#[tokio::test]
-async fn cancel_works_before_sending_and_is_refused_after() {
-    let t = open().await;
+async fn cancel_works_before_sending_and_is_refused_after(t: TestStore) {
     let mut scheduled = message(1, &["a@example.test"]);
     scheduled.send_at = Some(T0 + 3_600_000);
     t.store
@@ -376,14 +353,77 @@ async fn cancel_works_before_sending_and_is_refused_after() {
     );
 }
 
-async fn search(store: &SqliteStore, mut query: SearchQuery) -> herald::store::SearchPage {
+/// Closes the store and opens the same database again, as a restarted process would.
+/// (The folder comes back too: a SQLite database lives only as long as it.)
+async fn reopen(t: TestStore) -> (Store, tempfile::TempDir) {
+    let clock: Arc<dyn Clock> = Arc::new(t.clock.clone());
+    drop(t.store);
+    match t.backend {
+        Backend::Sqlite => {
+            let path = t.dir.path().join("herald.db");
+            (
+                Store::open(&format!("sqlite://{}", path.display()), clock)
+                    .await
+                    .unwrap(),
+                t.dir,
+            )
+        }
+        Backend::Postgres => (
+            Store::open(t.pg_url.as_deref().unwrap(), clock)
+                .await
+                .unwrap(),
+            t.dir,
+        ),
+    }
+}
+
+/// Bytes the store occupies: the SQLite files, or PostgreSQL's tables that hold bodies (TOAST included).
+async fn storage_bytes(t: &TestStore) -> u64 {
+    use sqlx::{Connection, Row};
+    match t.backend {
+        Backend::Sqlite => ["herald.db", "herald.db-wal"]
+            .iter()
+            .map(|f| {
+                std::fs::metadata(t.dir.path().join(f))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .sum(),
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(t.pg_url.as_deref().unwrap())
+                .await
+                .unwrap();
+            let row = sqlx::query(
+                "SELECT pg_total_relation_size('blobs') + pg_total_relation_size('messages')",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            row.get::<i64, _>(0) as u64
+        }
+    }
+}
+
+/// Random-looking bytes PostgreSQL cannot compress away (so a size check sees every copy).
+fn incompressible(len: usize) -> Bytes {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+async fn search(store: &Store, mut query: SearchQuery) -> SearchPage {
     query.limit = 10;
     store.search(&query).await.unwrap()
 }
 
-#[tokio::test]
-async fn search_filters_and_paginates_newest_first() {
-    let t = open().await;
+async fn search_filters_and_paginates_newest_first(t: TestStore) {
     for n in 0..25 {
         let to = if n % 5 == 0 {
             "vip@example.test"
@@ -472,10 +512,8 @@ async fn search_filters_and_paginates_newest_first() {
     );
 }
 
-#[tokio::test]
-async fn shared_parts_are_stored_once_and_pruned_with_the_last_body() {
-    let t = open().await;
-    let pdf = SharedBlob::new(Bytes::from(vec![b'A'; 50_000]));
+async fn shared_parts_are_stored_once_and_pruned_with_the_last_body(t: TestStore) {
+    let pdf = SharedBlob::new(incompressible(50_000));
     let batch: Vec<NewMessage> = (0..100)
         .map(|n| {
             let mut m = message(n, &["a@example.test"]);
@@ -495,12 +533,7 @@ async fn shared_parts_are_stored_once_and_pruned_with_the_last_body() {
             dot_safe: true
         }
     );
-    let size = std::fs::metadata(t.dir.path().join("herald.db"))
-        .unwrap()
-        .len()
-        + std::fs::metadata(t.dir.path().join("herald.db-wal"))
-            .map(|m| m.len())
-            .unwrap_or(0);
+    let size = storage_bytes(&t).await;
     assert!(
         size < 100 * 50_000 / 4,
         "database holds the 50 KB part once, not 100 times: {size} bytes"
@@ -540,9 +573,7 @@ async fn shared_parts_are_stored_once_and_pruned_with_the_last_body() {
     assert_eq!(view.status, "delivered", "status and events are kept");
 }
 
-#[tokio::test]
-async fn releasing_leases_makes_messages_due_at_once() {
-    let t = open().await;
+async fn releasing_leases_makes_messages_due_at_once(t: TestStore) {
     t.store
         .accept(vec![message(1, &["a@example.test"])])
         .await
