@@ -1,0 +1,234 @@
+//! A pool of sessions to one relay: a hard cap on open connections (a semaphore, as in
+//! mini-redis), reuse without a NOOP round trip, a message limit and an age limit per session, an
+//! idle timeout, and a fresh session after any failure.
+//!
+//! The cap counts every open session, idle or busy: a task takes a permit, then an idle session or,
+//! when there is none, opens one. A session is only opened while its opener holds a permit and the
+//! idle list is empty, so open sessions never exceed the permits.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::Semaphore;
+
+use crate::{
+    connection::{Client, Connection},
+    dot_stuff::BodySegment,
+    envelope::Envelope,
+    error::{Error, Stage},
+    transaction::Delivery,
+};
+
+/// Limits of a [`Pool`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Hard cap on sessions open at the same time (idle ones included).
+    pub max_connections: usize,
+    /// Transactions per session before it is closed with QUIT (relays often limit this).
+    pub max_messages_per_connection: u32,
+    /// An idle session older than this is closed instead of reused (servers drop idle clients
+    /// after a few minutes; RFC 5321 §4.5.3.2.7 gives them at least 5).
+    pub idle_timeout: Duration,
+    /// A session older than this is not reused.
+    pub max_lifetime: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_connections: 4,
+            max_messages_per_connection: 100,
+            idle_timeout: Duration::from_secs(60),
+            max_lifetime: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Counters for observing a pool (tests, metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Sessions opened since the pool was created.
+    pub opened: usize,
+    /// Transactions that reused an existing session.
+    pub reused: usize,
+    /// Sessions open now.
+    pub open: usize,
+    /// The most sessions ever open at once.
+    pub peak_open: usize,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    opened: AtomicUsize,
+    reused: AtomicUsize,
+    open: AtomicUsize,
+    peak_open: AtomicUsize,
+}
+
+/// Sessions to one relay, shared by any number of tasks (clone it; clones share the pool).
+#[derive(Clone, Debug)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    client: Client,
+    config: PoolConfig,
+    permits: Semaphore,
+    idle: Mutex<Vec<Connection>>,
+    counters: Counters,
+}
+
+impl Pool {
+    pub fn new(client: Client, config: PoolConfig) -> Self {
+        let permits = Semaphore::new(config.max_connections.max(1));
+        Pool {
+            inner: Arc::new(PoolInner {
+                client,
+                config,
+                permits,
+                idle: Mutex::new(Vec::new()),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The relay client.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let counters = &self.inner.counters;
+        PoolStats {
+            opened: counters.opened.load(Ordering::Relaxed),
+            reused: counters.reused.load(Ordering::Relaxed),
+            open: counters.open.load(Ordering::Relaxed),
+            peak_open: counters.peak_open.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends one message on a pooled session (see [`Connection::send`] for the result).
+    ///
+    /// A reused session that turns out to be dead before the server acknowledged anything of this
+    /// transaction is replaced once by a fresh session; nothing was accepted, so nothing can be
+    /// delivered twice.
+    pub async fn send(&self, envelope: &Envelope, body: &[BodySegment]) -> Result<Delivery, Error> {
+        self.send_parts(envelope, || {
+            body.iter()
+                .map(|segment| (&segment.bytes[..], segment.dot_safe))
+        })
+        .await
+    }
+
+    /// [`Pool::send`] for content in one buffer.
+    pub async fn send_raw(&self, envelope: &Envelope, body: &[u8]) -> Result<Delivery, Error> {
+        self.send_parts(envelope, || [(body, false)]).await
+    }
+
+    async fn send_parts<'a, I>(
+        &self,
+        envelope: &Envelope,
+        parts: impl Fn() -> I,
+    ) -> Result<Delivery, Error>
+    where
+        I: IntoIterator<Item = (&'a [u8], bool)>,
+    {
+        // The semaphore is never closed, so acquire cannot fail.
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::ConnectionLost {
+                stage: Stage::Connect,
+                outcome_unknown: false,
+            })?;
+        let (mut connection, reused) = match self.take_idle() {
+            Some(connection) => (connection, true),
+            None => (self.open().await?, false),
+        };
+        let mut result = connection.send_parts(envelope, parts()).await;
+        if reused && connection.acknowledged_in_transaction == 0 && is_dead_session(&result) {
+            tracing::debug!(
+                host = connection.host(),
+                "pooled session was dead; retrying on a fresh one"
+            );
+            self.discard(connection);
+            connection = self.open().await?;
+            result = connection.send_parts(envelope, parts()).await;
+        }
+        self.put_back(connection).await;
+        result
+    }
+
+    /// Closes every idle session with QUIT (graceful shutdown).
+    pub async fn close(&self) {
+        let idle: Vec<Connection> =
+            std::mem::take(&mut *self.inner.idle.lock().expect("pool lock"));
+        for connection in idle {
+            connection.quit().await;
+            self.inner.counters.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The most recently used idle session that is still fit for reuse; stale ones are dropped.
+    fn take_idle(&self) -> Option<Connection> {
+        let config = &self.inner.config;
+        loop {
+            let mut connection = self.inner.idle.lock().expect("pool lock").pop()?;
+            let fresh = connection.last_used.elapsed() < config.idle_timeout
+                && connection.age() < config.max_lifetime;
+            if fresh && connection.still_open() {
+                self.inner.counters.reused.fetch_add(1, Ordering::Relaxed);
+                return Some(connection);
+            }
+            self.discard(connection);
+        }
+    }
+
+    async fn open(&self) -> Result<Connection, Error> {
+        let connection = self.inner.client.connect().await?;
+        let counters = &self.inner.counters;
+        counters.opened.fetch_add(1, Ordering::Relaxed);
+        let open = counters.open.fetch_add(1, Ordering::Relaxed) + 1;
+        counters.peak_open.fetch_max(open, Ordering::Relaxed);
+        Ok(connection)
+    }
+
+    fn discard(&self, connection: Connection) {
+        drop(connection);
+        self.inner.counters.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Returns a session to the idle list, or closes it (QUIT while the permit is still held, so the
+    /// cap also covers sessions being closed).
+    async fn put_back(&self, connection: Connection) {
+        let config = &self.inner.config;
+        if !connection.is_usable() {
+            self.discard(connection);
+        } else if connection.transactions() >= config.max_messages_per_connection
+            || connection.age() >= config.max_lifetime
+        {
+            connection.quit().await;
+            self.inner.counters.open.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.inner.idle.lock().expect("pool lock").push(connection);
+        }
+    }
+}
+
+/// The failures that mean "the session was already gone" rather than "the server said no".
+fn is_dead_session(result: &Result<Delivery, Error>) -> bool {
+    match result {
+        Err(Error::ConnectionLost { .. } | Error::Io { .. }) => true,
+        Err(Error::Rejected { reply, .. }) => reply.code == 421,
+        _ => false,
+    }
+}

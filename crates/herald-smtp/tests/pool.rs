@@ -1,0 +1,191 @@
+//! The per-relay pool: hard cap, reuse without NOOP, reconnection, limits.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{message, relay};
+use herald_smtp::{Client, Envelope, Pool, PoolConfig, Status};
+use herald_testkit::{Action, Fault, ServerConfig, TestServer, When};
+
+fn pool(server: &TestServer, max_connections: usize) -> Pool {
+    Pool::new(
+        Client::new(relay(server)).unwrap(),
+        PoolConfig {
+            max_connections,
+            ..PoolConfig::default()
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_is_never_exceeded() {
+    let server = TestServer::capture().await;
+    let pool = pool(&server, 3);
+    let body = Arc::new(message("cap"));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (pool, body) = (pool.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            pool.send_raw(
+                &Envelope::new("a@sender.test", [format!("r{i}@rcpt.test")]),
+                &body,
+            )
+            .await
+        }));
+    }
+    for task in tasks {
+        assert!(task.await.unwrap().unwrap().all_accepted());
+    }
+    assert_eq!(server.transactions().len(), 40);
+    assert!(
+        server.peak_connections() <= 3,
+        "server saw {} connections at once",
+        server.peak_connections()
+    );
+    let stats = pool.stats();
+    assert!(stats.peak_open <= 3 && stats.opened <= 3, "{stats:?}");
+    assert!(stats.reused >= 37, "{stats:?}");
+}
+
+#[tokio::test]
+async fn sessions_are_reused_without_noop() {
+    let server = TestServer::capture().await;
+    let pool = pool(&server, 1);
+    for i in 0..5 {
+        pool.send_raw(
+            &Envelope::new("a@sender.test", ["b@rcpt.test"]),
+            &message(&format!("m{i}")),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(server.connections(), 1);
+    assert_eq!(server.transactions().len(), 5);
+    assert!(
+        !server
+            .commands()
+            .iter()
+            .any(|(_, line)| line.eq_ignore_ascii_case("NOOP"))
+    );
+    assert_eq!(pool.stats().reused, 4);
+}
+
+#[tokio::test]
+async fn a_failed_session_is_replaced_by_a_fresh_one() {
+    let config =
+        ServerConfig::default().fault(Fault::new(When::DataEnd, Action::Drop).on_transaction(0));
+    let server = TestServer::start(config).await;
+    let pool = pool(&server, 1);
+    let envelope = Envelope::new("a@sender.test", ["b@rcpt.test"]);
+    let error = pool
+        .send_raw(&envelope, &message("first"))
+        .await
+        .unwrap_err();
+    assert!(error.outcome_unknown());
+    assert!(
+        pool.send_raw(&envelope, &message("second"))
+            .await
+            .unwrap()
+            .all_accepted()
+    );
+    assert_eq!(server.connections(), 2);
+    assert_eq!(server.transactions().last().unwrap().connection, 1);
+}
+
+#[tokio::test]
+async fn a_session_that_died_while_idle_is_retried_once_on_a_fresh_one() {
+    // The server drops the pooled session when the second transaction starts, before
+    // acknowledging anything: the pool must retry on a new session, transparently.
+    let config = ServerConfig::default().fault(
+        Fault::new(When::MailFrom, Action::Drop)
+            .on_connection(0)
+            .on_transaction(1),
+    );
+    let server = TestServer::start(config).await;
+    let pool = pool(&server, 1);
+    let envelope = Envelope::new("a@sender.test", ["b@rcpt.test"]);
+    pool.send_raw(&envelope, &message("first")).await.unwrap();
+    let delivery = pool.send_raw(&envelope, &message("second")).await.unwrap();
+    assert!(delivery.all_accepted());
+    assert_eq!(server.connections(), 2);
+    assert_eq!(server.transactions().len(), 2);
+}
+
+#[tokio::test]
+async fn a_pool_whose_relay_went_away_reports_a_transient_error() {
+    let server = TestServer::capture().await;
+    let pool = pool(&server, 1);
+    let envelope = Envelope::new("a@sender.test", ["b@rcpt.test"]);
+    pool.send_raw(&envelope, &message("first")).await.unwrap();
+    drop(server);
+    // The idle session is dead and nothing listens any more: a transient error, not a hang.
+    let error = pool
+        .send_raw(&envelope, &message("second"))
+        .await
+        .unwrap_err();
+    assert!(error.is_transient(), "{error:?}");
+    assert_eq!(pool.stats().open, 0);
+}
+
+#[tokio::test]
+async fn all_recipients_refused_then_the_pooled_session_is_reused() {
+    let config = ServerConfig::default()
+        .fault(Fault::reply(When::RcptTo(None), "550 5.1.1 Unknown").on_transaction(0));
+    let server = TestServer::start(config).await;
+    let pool = pool(&server, 1);
+    let delivery = pool
+        .send_raw(
+            &Envelope::new("a@sender.test", ["x@rcpt.test"]),
+            &message("a"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(delivery.recipients[0].status, Status::Permanent);
+    assert!(
+        pool.send_raw(
+            &Envelope::new("a@sender.test", ["y@rcpt.test"]),
+            &message("b")
+        )
+        .await
+        .unwrap()
+        .all_accepted()
+    );
+    assert_eq!(server.connections(), 1);
+    assert!(server.commands().iter().any(|(_, line)| line == "RSET"));
+}
+
+#[tokio::test]
+async fn sessions_are_closed_after_the_message_limit() {
+    let server = TestServer::capture().await;
+    let pool = Pool::new(
+        Client::new(relay(&server)).unwrap(),
+        PoolConfig {
+            max_connections: 1,
+            max_messages_per_connection: 2,
+            ..PoolConfig::default()
+        },
+    );
+    for i in 0..5 {
+        pool.send_raw(
+            &Envelope::new("a@sender.test", ["b@rcpt.test"]),
+            &message(&format!("m{i}")),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(server.connections(), 3);
+    assert_eq!(
+        server
+            .commands()
+            .iter()
+            .filter(|(_, line)| line == "QUIT")
+            .count(),
+        2
+    );
+    pool.close().await;
+    assert_eq!(pool.stats().open, 0);
+    server
+        .wait_until("every session is closed", |s| s.open_connections() == 0)
+        .await;
+}

@@ -1,0 +1,383 @@
+//! The message request: the JSON that `herald compose`, `herald send
+//! --request` and the HTTP API's `POST /v1/messages` all take.
+//!
+//! Parsing is strict (`deny_unknown_fields`: a misspelt field is an error,
+//! not a silently missing header), and every error names the field it is
+//! about, as the API will report it: `to[1]: missing '@'`,
+//! `attachments[0].content_base64: invalid base64`.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use base64::Engine as _;
+use herald_mime::{ComposeError, Mailbox, Message, Part};
+use serde::Deserialize;
+
+/// One message to compose, as JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageRequest {
+    /// `"Name <addr>"` or `addr`.
+    pub from: String,
+    /// One address or a list.
+    #[serde(default)]
+    pub to: OneOrMany,
+    /// One address or a list.
+    #[serde(default)]
+    pub cc: OneOrMany,
+    /// One address or a list; envelope only, never written in a header.
+    #[serde(default)]
+    pub bcc: OneOrMany,
+    /// One address or a list.
+    #[serde(default)]
+    pub reply_to: OneOrMany,
+    /// The subject.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Plain-text body.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// HTML body.
+    #[serde(default)]
+    pub html: Option<String>,
+    /// Attachments and inline parts.
+    #[serde(default)]
+    pub attachments: Vec<AttachmentRequest>,
+    /// Custom headers, in the order given (a JSON object).
+    #[serde(default, deserialize_with = "ordered_map")]
+    pub headers: Vec<(String, serde_json::Value)>,
+}
+
+/// A JSON object as a list of pairs in document order (serde_json's `Map`
+/// sorts its keys unless a crate-wide feature is switched on).
+fn ordered_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(String, serde_json::Value)>, D::Error> {
+    struct Pairs;
+    impl<'de> serde::de::Visitor<'de> for Pairs {
+        type Value = Vec<(String, serde_json::Value)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of header names to string values")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(pair) = map.next_entry()? {
+                out.push(pair);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Pairs)
+}
+
+/// A file: its bytes inline (`content_base64`) or, for the CLI only, a
+/// `path` (relative paths resolve against the request file's directory).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentRequest {
+    /// The file name shown to the recipient (any language).
+    pub filename: String,
+    /// `type/subtype`; guessed from the file name's extension when absent.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// The bytes, base64 (standard alphabet, padding optional).
+    #[serde(default)]
+    pub content_base64: Option<String>,
+    /// A file to read instead of `content_base64`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Inline (shown by the HTML through `cid:`) rather than attached.
+    #[serde(default)]
+    pub inline: bool,
+    /// The Content-ID the HTML refers to; defaults to the file name for
+    /// inline parts.
+    #[serde(default)]
+    pub content_id: Option<String>,
+}
+
+/// A JSON string or array of strings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// Absent.
+    #[default]
+    None,
+    /// `"a@b.c"`.
+    One(String),
+    /// `["a@b.c", "Name <d@e.f>"]`.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn items(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::None => Vec::new(),
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+
+    fn is_many(&self) -> bool {
+        matches!(self, OneOrMany::Many(_))
+    }
+}
+
+/// A request error, with the JSON path of the field it is about.
+#[derive(Debug, thiserror::Error)]
+pub struct RequestError {
+    /// `to[1]`, `attachments[0].content_base64`, `subject` … (empty when the
+    /// error is about the request as a whole).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+fn err(field: impl Into<String>, message: impl fmt::Display) -> RequestError {
+    RequestError {
+        field: field.into(),
+        message: message.to_string(),
+    }
+}
+
+/// Where attachment `path`s may be read from.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // `Forbidden` is for the HTTP API, which is not built yet; tests use it now.
+pub enum Files<'a> {
+    /// Paths are not allowed (the HTTP API: a client may not read the
+    /// server's files).
+    Forbidden,
+    /// Relative paths resolve against this directory.
+    RelativeTo(&'a Path),
+}
+
+impl MessageRequest {
+    /// Parses JSON, with serde's message (which names the line and column).
+    pub fn from_json(json: &[u8]) -> Result<MessageRequest, RequestError> {
+        serde_json::from_slice(json).map_err(|e| err("", format!("invalid request JSON: {e}")))
+    }
+
+    /// Validates the request and builds the message.
+    pub fn into_message(self, files: Files<'_>) -> Result<Message, RequestError> {
+        let mut b =
+            Message::builder().from(Mailbox::parse(&self.from).map_err(|e| err("from", e))?);
+        for (field, list) in [
+            ("to", &self.to),
+            ("cc", &self.cc),
+            ("bcc", &self.bcc),
+            ("reply_to", &self.reply_to),
+        ] {
+            for (i, s) in list.items().into_iter().enumerate() {
+                let name = if list.is_many() {
+                    format!("{field}[{i}]")
+                } else {
+                    field.to_owned()
+                };
+                let mb = Mailbox::parse(s).map_err(|e| err(name, e))?;
+                b = match field {
+                    "to" => b.to(mb),
+                    "cc" => b.cc(mb),
+                    "bcc" => b.bcc(mb),
+                    _ => b.reply_to(mb),
+                };
+            }
+        }
+        if let Some(s) = self.subject {
+            b = b.subject(s);
+        }
+        if let Some(t) = self.text {
+            b = b.text(t);
+        }
+        if let Some(h) = self.html {
+            b = b.html(h);
+        }
+        for (i, a) in self.attachments.into_iter().enumerate() {
+            let at = |f: &str| format!("attachments[{i}].{f}");
+            let data: Vec<u8> = match (&a.content_base64, &a.path) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        format!("attachments[{i}]"),
+                        "give content_base64 or path, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(err(
+                        format!("attachments[{i}]"),
+                        "missing content_base64 (or path)",
+                    ));
+                }
+                (Some(b64), None) => {
+                    decode_base64(b64).ok_or_else(|| err(at("content_base64"), "invalid base64"))?
+                }
+                (None, Some(p)) => match files {
+                    Files::Forbidden => {
+                        return Err(err(at("path"), "not allowed here: use content_base64"));
+                    }
+                    Files::RelativeTo(dir) => {
+                        let full = if p.is_absolute() {
+                            p.clone()
+                        } else {
+                            dir.join(p)
+                        };
+                        std::fs::read(&full).map_err(|e| {
+                            err(at("path"), format!("cannot read {}: {e}", full.display()))
+                        })?
+                    }
+                },
+            };
+            let ct = a
+                .content_type
+                .clone()
+                .unwrap_or_else(|| guess_content_type(&a.filename).to_owned());
+            let field_of = |e: &ComposeError| match e {
+                ComposeError::InvalidContentType { .. } => at("content_type"),
+                ComposeError::InvalidContentId(_) => at("content_id"),
+                _ => at("filename"),
+            };
+            let part = if a.inline {
+                let cid = a.content_id.as_deref().unwrap_or(&a.filename);
+                Part::inline(cid, &ct, data).and_then(|p| p.with_filename(&a.filename))
+            } else {
+                Part::attachment(&a.filename, &ct, data).and_then(|p| match &a.content_id {
+                    Some(c) => p.with_content_id(c),
+                    None => Ok(p),
+                })
+            }
+            .map_err(|e| err(field_of(&e), e))?;
+            b = b.part(part);
+        }
+        for (name, value) in self.headers {
+            let value = match value {
+                serde_json::Value::String(s) => s,
+                _ => return Err(err(format!("headers.{name}"), "value must be a string")),
+            };
+            b = b.header(name, value);
+        }
+        b.build().map_err(|e| {
+            let field = match &e {
+                ComposeError::MissingFrom => "from".to_owned(),
+                ComposeError::NoRecipients => "to".to_owned(),
+                ComposeError::ControlCharacter { field, .. } => field.clone(),
+                ComposeError::InvalidHeaderName(n) | ComposeError::ReservedHeader(n) => {
+                    format!("headers.{n}")
+                }
+                ComposeError::MissingContentId(_) => "html".to_owned(),
+                ComposeError::DuplicateContentId(_) => "attachments".to_owned(),
+                _ => String::new(),
+            };
+            let message = match &e {
+                ComposeError::ControlCharacter { ch, .. } => {
+                    format!("control character {ch:?} not allowed")
+                }
+                other => other.to_string(),
+            };
+            RequestError { field, message }
+        })
+    }
+}
+
+/// Standard base64, padding optional, whitespace (line breaks) ignored.
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    let clean: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    engine.decode(clean).ok()
+}
+
+/// The media type for a file name's extension (the common ones; anything
+/// else is `application/octet-stream`).
+pub fn guess_content_type(filename: &str) -> &'static str {
+    let ext = filename
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "pdf" => "application/pdf",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "svg" => "image/svg+xml",
+        "ico" => "image/x-icon",
+        "txt" | "log" => "text/plain",
+        "html" | "htm" => "text/html",
+        "css" => "text/css",
+        "csv" => "text/csv",
+        "ics" => "text/calendar",
+        "md" => "text/markdown",
+        "json" => "application/json",
+        "xml" => "application/xml",
+        "zip" => "application/zip",
+        "gz" => "application/gzip",
+        "tar" => "application/x-tar",
+        "doc" => "application/msword",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "xls" => "application/vnd.ms-excel",
+        "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "ppt" => "application/vnd.ms-powerpoint",
+        "pptx" => "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        "odt" => "application/vnd.oasis.opendocument.text",
+        "mp3" => "audio/mpeg",
+        "wav" => "audio/wav",
+        "mp4" => "video/mp4",
+        "eml" => "message/rfc822",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(json: &str) -> Result<Message, RequestError> {
+        MessageRequest::from_json(json.as_bytes())?.into_message(Files::Forbidden)
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = build(r#"{"from":"a@b.c","to":["x@y.z","nope"]}"#).unwrap_err();
+        assert_eq!(e.to_string(), "to[1]: missing '@'");
+        let e = build(r#"{"from":"a@b.c","to":"x@y.z","attachments":[{"filename":"a.pdf","content_base64":"!!"}]}"#)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "attachments[0].content_base64: invalid base64"
+        );
+        let e =
+            build(r#"{"from":"a@b.c","to":"x@y.z","subject":"a\r\nBcc: evil@x.y"}"#).unwrap_err();
+        assert_eq!(e.field, "subject");
+        let e = build(r#"{"from":"a@b.c","to":"x@y.z","headers":{"Bcc":"evil@x.y"}}"#).unwrap_err();
+        assert_eq!(e.field, "headers.Bcc");
+        let e =
+            build(r#"{"from":"a@b.c","to":"x@y.z","html":"<img src=\"cid:nope\">"}"#).unwrap_err();
+        assert_eq!(e.field, "html");
+        let e = build(r#"{"from":"a@b.c","too":"x@y.z"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `too`"), "{e}");
+        let e = build(r#"{"from":"a@b.c","to":"x@y.z","attachments":[{"filename":"a","path":"/etc/passwd"}]}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "attachments[0].path");
+    }
+
+    #[test]
+    fn guesses_types() {
+        assert_eq!(guess_content_type("发票.PDF"), "application/pdf");
+        assert_eq!(guess_content_type("noext"), "application/octet-stream");
+    }
+}
