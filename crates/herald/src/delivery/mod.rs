@@ -6,6 +6,7 @@
 //! (invariant 2): the claim commits before the first byte goes out.
 
 mod capture;
+mod smtp;
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,6 +17,7 @@ use tokio::{
 };
 
 pub use capture::CaptureTransport;
+pub use smtp::SmtpTransport;
 
 use crate::{
     queue::RetryPolicy,
