@@ -181,7 +181,7 @@ pub(crate) fn quoted_printable(input: &[u8], text: bool, limit: usize, out: &mut
                 col = 0;
                 continue;
             }
-            let mut run = plain_run(&input[i..n.min(i + room)]);
+            let mut run = plain_run(input, i, room.min(n - i));
             if matches!(input[i + run - 1], b' ' | b'\t') && ends_line(i + run) {
                 run -= 1;
             }
@@ -234,33 +234,44 @@ const fn splat(b: u8) -> u64 {
     u64::from_ne_bytes([b; 8])
 }
 
-/// True when all eight bytes of `w` are in 32..=126 and none is `=`.
+/// One bit (the top bit of the byte) per byte of `w` that QP cannot write
+/// as is in the middle of a line: below 32, 127 and above, or `=`. Exact per
+/// byte (no carries cross byte lanes), so `trailing_zeros() / 8` of a
+/// little-endian load is the index of the first such byte.
 #[inline(always)]
-fn word_plain(w: u64) -> bool {
-    const HI: u64 = splat(0x80);
-    // Any byte < 32, any byte > 126 (incl. ≥ 0x80), any byte == '='.
-    let below = w.wrapping_sub(splat(32)) & !w & HI;
-    let above = (w.wrapping_add(splat(127 - 126)) | w) & HI;
-    let x = w ^ splat(b'=');
-    let eq = x.wrapping_sub(splat(1)) & !x & HI;
-    (below | above | eq) == 0
+fn special_mask(w: u64) -> u64 {
+    const H: u64 = splat(0x80);
+    let low7 = w & splat(0x7f);
+    let ge32 = low7.wrapping_add(splat(0x60)) & H;
+    let is127 = low7.wrapping_add(splat(0x01)) & H;
+    let not_eq = (low7 ^ splat(b'=')).wrapping_add(splat(0x7f)) & H;
+    (w & H) | (ge32 ^ H) | is127 | (not_eq ^ H)
 }
 
-/// Length of the leading run of `PLAIN` bytes.
+#[inline(always)]
+fn load(s: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Length of the run of `PLAIN` bytes at `input[i..]`, at most `max`.
 #[inline]
-fn plain_run(s: &[u8]) -> usize {
+fn plain_run(input: &[u8], i: usize, max: usize) -> usize {
     let mut j = 0;
-    while j + 8 <= s.len() {
-        let w = u64::from_le_bytes(s[j..j + 8].try_into().expect("8 bytes"));
-        if !word_plain(w) {
-            break;
+    while j < max {
+        if i + j + 8 <= input.len() {
+            let m = special_mask(load(input, i + j));
+            if m == 0 {
+                j += 8;
+                continue;
+            }
+            return (j + (m.trailing_zeros() / 8) as usize).min(max);
         }
-        j += 8;
-    }
-    while j < s.len() && PLAIN[usize::from(s[j])] {
+        if !PLAIN[usize::from(input[i + j])] {
+            return j;
+        }
         j += 1;
     }
-    j
+    max
 }
 
 /// Rewrites every CR, LF or CRLF as CRLF (the canonical form of text,
@@ -367,13 +378,14 @@ pub(crate) fn scan(data: &[u8], stop_if_binary: bool) -> Scan {
             }
             next_check += 1024;
         }
-        if i + 8 <= n
-            && word_plain(u64::from_le_bytes(
-                data[i..i + 8].try_into().expect("8 bytes"),
-            ))
-        {
-            i += 8;
-            continue;
+        if i + 8 <= n {
+            // Skip straight to the next byte that needs a look.
+            let m = special_mask(load(data, i));
+            if m == 0 {
+                i += 8;
+                continue;
+            }
+            i += (m.trailing_zeros() / 8) as usize;
         }
         let b = data[i];
         match QP_CLASS[usize::from(b)] {
@@ -494,6 +506,24 @@ mod tests {
             assert!(line.len() <= 77, "{}", line.len());
             assert!(!line.starts_with(b"."));
         }
+    }
+
+    #[test]
+    fn special_mask_is_exact_per_byte() {
+        for b in 0..=255u8 {
+            for lane in 0..8 {
+                let mut w = [b'a'; 8];
+                w[lane] = b;
+                let m = special_mask(u64::from_le_bytes(w));
+                assert_eq!(m != 0, !PLAIN[usize::from(b)], "byte {b}");
+                if m != 0 {
+                    assert_eq!((m.trailing_zeros() / 8) as usize, lane);
+                }
+            }
+        }
+        assert_eq!(plain_run(b"abc=def", 0, 7), 3);
+        assert_eq!(plain_run(b"abcdefghijklmnop", 0, 10), 10);
+        assert_eq!(plain_run(b"abcdefghijk\nmnop", 2, 20), 9);
     }
 
     #[test]

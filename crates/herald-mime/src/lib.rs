@@ -45,16 +45,20 @@
 //! segments, never inside a shared one.
 //!
 //! # Why our own writer rather than mail-builder
-//! STYLE.md planned mail-builder wrapped by this crate. We measured it
-//! (`cargo bench -p herald-mime`, group `standard_notification`): it writes
-//! one contiguous buffer, so a part shared by a batch would be re-encoded or
-//! copied into every message, and its `Text` header encodes every ASCII
-//! subject longer than 77 characters instead of folding it. A segment-based
-//! writer was needed for sharing anyway; writing the encoders into the same
-//! buffer (base64 through a 12-bit table straight into 76-column lines, QP
-//! through a class table) made the full build faster too. mail-builder stays
-//! as a dev-dependency: the benchmark compares against it and the tests use
-//! it nowhere else.
+//! STYLE.md planned mail-builder wrapped by this crate. We measured both on
+//! the standard notification (`cargo bench -p herald-mime`, which builds the
+//! same tree with each). mail-builder writes one contiguous buffer, so a part
+//! shared by a batch would be re-encoded or copied into every message; and
+//! its `Text` header RFC 2047-encodes every ASCII subject longer than 77
+//! characters instead of folding it. Herald needs the segments (the SMTP
+//! writer sends shared parts without copying or scanning them), so the
+//! writer is our own: a batch message costs about 12 µs with the 60 KB of
+//! parts shared, not copied. mail-builder's full build is faster (about
+//! 10 µs against our 40 µs) because it base64-encodes everything with a SIMD
+//! encoder, while we pick quoted-printable for mostly-ASCII parts such as
+//! the PDF: that makes the message 77 KB instead of 92 KB, bytes that are
+//! stored once and sent on every attempt. mail-builder stays a
+//! dev-dependency, for that comparison only.
 
 mod address;
 mod encode;

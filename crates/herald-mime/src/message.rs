@@ -532,10 +532,14 @@ impl<'m> Writer<'m> {
         let msg = self.msg;
         let message_id = match &msg.message_id {
             Some(id) => id.clone(),
+            // A configured domain that could not stand in a msg-id (it is
+            // configuration, not checked anywhere else) falls back to the
+            // sender's: composing cannot fail and must not inject.
             None => new_message_id(
                 self.opts
                     .message_id_domain
                     .as_deref()
+                    .filter(|d| check_message_id(&format!("x@{d}")).is_ok())
                     .unwrap_or(msg.from.address().ascii_domain()),
             ),
         };

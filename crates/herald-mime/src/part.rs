@@ -196,10 +196,27 @@ impl fmt::Debug for EncodedPart {
 /// ASCII with no line starting with `.`, else quoted-printable in binary
 /// mode (every CR/LF escaped) or base64, whichever is smaller.
 pub(crate) fn write_part(meta: &PartMeta, data: &[u8], out: &mut Vec<u8>) -> TransferEncoding {
-    let s = encode::scan(data, true);
+    // A 4 KiB probe decides most files without reading them twice:
+    // compressed data shows its escape ratio at once, and a high byte or a
+    // bare CR/LF rules 7bit out, leaving QP (abandoned as soon as it grows
+    // past base64's size) or base64. Only files that still look like
+    // canonical ASCII text are scanned to the end.
+    const PROBE: usize = 4096;
+    let probe = encode::scan(&data[..data.len().min(PROBE)], true);
+    let s = if data.len() > PROBE && !probe.high && !probe.unsafe_ctl {
+        encode::scan(data, true)
+    } else {
+        probe
+    };
+    let scanned = data.len().min(if s.high || s.unsafe_ctl {
+        PROBE
+    } else {
+        data.len()
+    });
     let literal = !s.high && !s.unsafe_ctl && !s.risky_line && !s.dot_line && s.max_line <= 998;
     let b64 = encode::base64_mime_len(data.len());
-    let qp_est = data.len() + 2 * s.qp_escapes + 3 * (data.len() / 75);
+    let escapes = s.qp_escapes.min(scanned) * (data.len() / scanned.max(1));
+    let qp_est = data.len() + 2 * escapes + 3 * (data.len() / 75);
     let mut enc = if literal {
         TransferEncoding::SevenBit
     } else if qp_est < b64 - b64 / 32 {

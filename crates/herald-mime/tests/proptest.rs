@@ -47,7 +47,11 @@ fn body() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+    // 192 cases by default; PROPTEST_CASES=5000 for a longer hunt.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(192),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn subjects_and_names(subject in header_text(), from in name(), to in name()) {

@@ -640,4 +640,15 @@ fn fixed_message_id_and_date() {
             ..opts()
         });
     assert!(d.message_id().ends_with("@mail.example"));
+    let bad = Message::builder()
+        .from(Mailbox::parse("a@b.example").unwrap())
+        .to(Mailbox::parse("c@d.example").unwrap())
+        .build()
+        .unwrap()
+        .compose(&ComposeOptions {
+            message_id_domain: Some("evil\r\nBcc: x@y.example".into()),
+            ..opts()
+        });
+    check_invariants(&bad);
+    assert!(bad.message_id().ends_with("@b.example"));
 }

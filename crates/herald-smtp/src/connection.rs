@@ -558,7 +558,12 @@ impl Connection {
         let timeout = self.timeouts.command;
         self.write_command(b"RSET\r\n", Stage::Rset, timeout)
             .await?;
-        let reply = self.read_reply(Stage::Rset, timeout).await?;
+        self.read_rset_reply().await
+    }
+
+    /// Reads the reply to an RSET that was written (possibly pipelined with other commands).
+    pub(crate) async fn read_rset_reply(&mut self) -> Result<(), Error> {
+        let reply = self.read_reply(Stage::Rset, self.timeouts.command).await?;
         self.check_closing(Stage::Rset, &reply)?;
         if reply.code != 250 {
             self.broken = true;

@@ -196,4 +196,63 @@ impl Error {
             }
         )
     }
+
+    /// A copy of this error for another message that failed the same way (`io::Error` is not
+    /// `Clone`; its kind and text are kept).
+    pub(crate) fn duplicate(&self) -> Error {
+        let io = |source: &io::Error| io::Error::new(source.kind(), source.to_string());
+        match self {
+            Error::Connect { host, port, source } => Error::Connect {
+                host: host.clone(),
+                port: *port,
+                source: io(source),
+            },
+            Error::Tls { host, reason } => Error::Tls {
+                host: host.clone(),
+                reason: reason.clone(),
+            },
+            Error::CertificateVerification { host, reason } => Error::CertificateVerification {
+                host: host.clone(),
+                reason: reason.clone(),
+            },
+            Error::TlsConfig(reason) => Error::TlsConfig(reason.clone()),
+            Error::StartTlsUnavailable { host } => {
+                Error::StartTlsUnavailable { host: host.clone() }
+            }
+            Error::AuthWithoutTls { host } => Error::AuthWithoutTls { host: host.clone() },
+            Error::AuthUnsupported { host, offered } => Error::AuthUnsupported {
+                host: host.clone(),
+                offered: offered.clone(),
+            },
+            Error::AuthFailed { reply } => Error::AuthFailed {
+                reply: reply.clone(),
+            },
+            Error::Timeout { stage } => Error::Timeout { stage: *stage },
+            Error::ConnectionLost {
+                stage,
+                outcome_unknown,
+            } => Error::ConnectionLost {
+                stage: *stage,
+                outcome_unknown: *outcome_unknown,
+            },
+            Error::Rejected { stage, reply } => Error::Rejected {
+                stage: *stage,
+                reply: reply.clone(),
+            },
+            Error::MessageTooBig { size, limit } => Error::MessageTooBig {
+                size: *size,
+                limit: *limit,
+            },
+            Error::ExtensionRequired { extension } => Error::ExtensionRequired { extension },
+            Error::InvalidEnvelope(reason) => Error::InvalidEnvelope(reason.clone()),
+            Error::Protocol { stage, detail } => Error::Protocol {
+                stage: *stage,
+                detail: detail.clone(),
+            },
+            Error::Io { stage, source } => Error::Io {
+                stage: *stage,
+                source: io(source),
+            },
+        }
+    }
 }

@@ -21,7 +21,7 @@ use crate::{
     dot_stuff::BodySegment,
     envelope::Envelope,
     error::{Error, Stage},
-    transaction::Delivery,
+    transaction::{Delivery, Parts, parts_of},
 };
 
 /// Limits of a [`Pool`].
@@ -120,52 +120,105 @@ impl Pool {
     /// transaction is replaced once by a fresh session; nothing was accepted, so nothing can be
     /// delivered twice.
     pub async fn send(&self, envelope: &Envelope, body: &[BodySegment]) -> Result<Delivery, Error> {
-        self.send_parts(envelope, || {
-            body.iter()
-                .map(|segment| (&segment.bytes[..], segment.dot_safe))
-        })
-        .await
+        self.run(vec![(envelope, parts_of(body))])
+            .await
+            .pop()
+            .expect("one result per message")
     }
 
     /// [`Pool::send`] for content in one buffer.
     pub async fn send_raw(&self, envelope: &Envelope, body: &[u8]) -> Result<Delivery, Error> {
-        self.send_parts(envelope, || [(body, false)]).await
+        self.run(vec![(envelope, vec![(body, false)])])
+            .await
+            .pop()
+            .expect("one result per message")
     }
 
-    async fn send_parts<'a, I>(
+    /// Sends several messages over one pooled session with cross-message pipelining (see
+    /// [`Connection::send_batch`]); one result per message, in order. Messages that were not started
+    /// because the session failed continue on a fresh session.
+    pub async fn send_batch(
         &self,
-        envelope: &Envelope,
-        parts: impl Fn() -> I,
-    ) -> Result<Delivery, Error>
-    where
-        I: IntoIterator<Item = (&'a [u8], bool)>,
-    {
+        messages: &[(&Envelope, &[BodySegment])],
+    ) -> Vec<Result<Delivery, Error>> {
+        self.run(
+            messages
+                .iter()
+                .map(|(envelope, body)| (*envelope, parts_of(body)))
+                .collect(),
+        )
+        .await
+    }
+
+    async fn run<'a>(&self, items: Vec<(&'a Envelope, Parts<'a>)>) -> Vec<Result<Delivery, Error>> {
+        let mut results: Vec<Option<Result<Delivery, Error>>> =
+            items.iter().map(|_| None).collect();
+        if items.is_empty() {
+            return Vec::new();
+        }
         // The semaphore is never closed, so acquire cannot fail.
         let _permit = self
             .inner
             .permits
             .acquire()
             .await
-            .map_err(|_| Error::ConnectionLost {
-                stage: Stage::Connect,
-                outcome_unknown: false,
-            })?;
-        let (mut connection, reused) = match self.take_idle() {
-            Some(connection) => (connection, true),
-            None => (self.open().await?, false),
-        };
-        let mut result = connection.send_parts(envelope, parts()).await;
-        if reused && connection.acknowledged_in_transaction == 0 && is_dead_session(&result) {
-            tracing::debug!(
-                host = connection.host(),
-                "pooled session was dead; retrying on a fresh one"
-            );
-            self.discard(connection);
-            connection = self.open().await?;
-            result = connection.send_parts(envelope, parts()).await;
+            .expect("pool semaphore is never closed");
+        let mut pending: Vec<usize> = (0..items.len()).collect();
+        let mut retried_dead_session = false;
+        while !pending.is_empty() {
+            let (mut connection, reused) = match self.take_idle() {
+                Some(connection) => (connection, true),
+                None => match self.open().await {
+                    Ok(connection) => (connection, false),
+                    Err(error) => {
+                        for &index in &pending[1..] {
+                            results[index] = Some(Err(error.duplicate()));
+                        }
+                        results[pending[0]] = Some(Err(error));
+                        break;
+                    }
+                },
+            };
+            let outcome = connection
+                .run_batch(pending.iter().map(|&index| items[index].clone()).collect())
+                .await;
+            // A pooled session that was already dead: the first message failed on it before the
+            // server acknowledged anything. Retry it (once) on a fresh session.
+            let dead_on_reuse = reused
+                && !retried_dead_session
+                && connection.acknowledged_in_transaction == 0
+                && matches!(outcome.first(), Some(Some(result)) if is_dead_session(result));
+            if dead_on_reuse {
+                tracing::debug!(
+                    host = connection.host(),
+                    "pooled session was dead; retrying on a fresh one"
+                );
+                retried_dead_session = true;
+            }
+            let mut still_pending = Vec::new();
+            for (position, (&index, result)) in pending.iter().zip(outcome).enumerate() {
+                match result {
+                    Some(_) if dead_on_reuse && position == 0 => still_pending.push(index),
+                    Some(result) => results[index] = Some(result),
+                    None => still_pending.push(index),
+                }
+            }
+            self.put_back(connection).await;
+            if still_pending.len() == pending.len() && !dead_on_reuse {
+                // No progress at all (cannot happen with a usable session); never loop forever.
+                for index in still_pending.drain(..) {
+                    results[index] = Some(Err(Error::ConnectionLost {
+                        stage: Stage::MailFrom,
+                        outcome_unknown: false,
+                    }));
+                }
+            }
+            pending = still_pending;
         }
-        self.put_back(connection).await;
-        result
+        results
+            .into_iter()
+            .map(|result| result.expect("every message has a result"))
+            .collect()
     }
 
     /// Closes every idle session with QUIT (graceful shutdown).

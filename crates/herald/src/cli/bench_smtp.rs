@@ -56,6 +56,10 @@ pub struct BenchSmtpArgs {
     /// How many distinct personalised notifications to prepare and cycle.
     #[arg(long, default_value_t = 64)]
     pub distinct: usize,
+    /// Messages per batch on one connection: each message's content goes out with the next one's
+    /// commands (cross-message pipelining). 1 sends message by message.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
     /// The async runtime.
     #[arg(long, value_enum, default_value_t = RuntimeKind::Current)]
     pub runtime: RuntimeKind,
@@ -69,8 +73,8 @@ struct Prepared {
 }
 
 pub fn run(args: BenchSmtpArgs) -> anyhow::Result<ExitCode> {
-    if args.connections == 0 || args.count == 0 || args.distinct == 0 {
-        bail!("--connections, --count and --distinct must be at least 1");
+    if args.connections == 0 || args.count == 0 || args.distinct == 0 || args.batch == 0 {
+        bail!("--connections, --count, --distinct and --batch must be at least 1");
     }
     let mut relay = Relay::parse(&args.relay, std::env::var(PASSWORD_ENV).ok())?;
     let messages = Arc::new(match &args.message {
@@ -94,7 +98,7 @@ pub fn run(args: BenchSmtpArgs) -> anyhow::Result<ExitCode> {
             .enable_all()
             .build()?,
     };
-    let (count, connections) = (args.count, args.connections);
+    let (count, connections, batch) = (args.count, args.connections, args.batch);
     let cpu_before = cpu_time();
     let started = Instant::now();
     let (sent, failures, stats) = runtime.block_on(async move {
@@ -106,19 +110,36 @@ pub fn run(args: BenchSmtpArgs) -> anyhow::Result<ExitCode> {
             workers.push(tokio::spawn(async move {
                 let (mut sent, mut failures) = (0usize, Vec::new());
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= count {
+                    let first = next.fetch_add(batch, Ordering::Relaxed);
+                    if first >= count {
                         break;
                     }
-                    let message = &messages[i % messages.len()];
-                    let envelope =
-                        Envelope::new(message.from.as_str(), [format!("customer{i}@example.test")]);
-                    match pool.send(&envelope, &message.segments).await {
-                        Ok(delivery) if delivery.all_accepted() => sent += 1,
-                        Ok(delivery) => {
-                            failures.push(format!("message {i}: {:?}", delivery.recipients))
+                    let indices = first..(first + batch).min(count);
+                    let envelopes: Vec<Envelope> = indices
+                        .clone()
+                        .map(|i| {
+                            let message = &messages[i % messages.len()];
+                            Envelope::new(
+                                message.from.as_str(),
+                                [format!("customer{i}@example.test")],
+                            )
+                        })
+                        .collect();
+                    let items: Vec<(&Envelope, &[BodySegment])> = indices
+                        .clone()
+                        .zip(&envelopes)
+                        .map(|(i, envelope)| {
+                            (envelope, messages[i % messages.len()].segments.as_slice())
+                        })
+                        .collect();
+                    for (i, result) in indices.zip(pool.send_batch(&items).await) {
+                        match result {
+                            Ok(delivery) if delivery.all_accepted() => sent += 1,
+                            Ok(delivery) => {
+                                failures.push(format!("message {i}: {:?}", delivery.recipients))
+                            }
+                            Err(error) => failures.push(format!("message {i}: {error}")),
                         }
-                        Err(error) => failures.push(format!("message {i}: {error}")),
                     }
                 }
                 (sent, failures)
@@ -141,7 +162,7 @@ pub fn run(args: BenchSmtpArgs) -> anyhow::Result<ExitCode> {
     let cpu_per_message = cpu.as_secs_f64() * 1e6 / sent.max(1) as f64;
     println!(
         "herald bench smtp: {sent} of {count} messages ({average_len} bytes each on average) over {connections} connection(s), \
-         {:?} runtime, {} sessions opened",
+         {:?} runtime, batches of {batch}, {} sessions opened",
         args.runtime, stats.opened
     );
     println!(
