@@ -58,6 +58,7 @@ fn message(n: usize, recipients: &[&str]) -> NewMessage {
 fn result(position: u32, status: RecipientStatus, code: u16, reply: &str) -> RecipientResult {
     RecipientResult {
         position,
+        address: format!("recipient{position}@example.test"),
         status,
         smtp_code: Some(code),
         enhanced_status: None,

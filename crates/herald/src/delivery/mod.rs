@@ -280,6 +280,7 @@ async fn attempt<T: Transport>(
             .zip(replies)
             .map(|(recipient, reply)| RecipientResult {
                 position: recipient.position,
+                address: recipient.address.clone(),
                 status: match reply.verdict {
                     Verdict::Accepted => RecipientStatus::Delivered,
                     Verdict::Transient => RecipientStatus::Deferred,
@@ -301,6 +302,7 @@ async fn attempt<T: Transport>(
                 .iter()
                 .map(|recipient| RecipientResult {
                     position: recipient.position,
+                    address: recipient.address.clone(),
                     status: if *transient {
                         RecipientStatus::Deferred
                     } else {

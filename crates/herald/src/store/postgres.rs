@@ -260,19 +260,14 @@ impl PgStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            let positions: Vec<String> = outcome
-                .recipients
-                .iter()
-                .map(|r| r.position.to_string())
-                .collect();
             insert_events(
                 &mut tx,
-                outcome.recipients.iter().zip(&positions).map(|(r, p)| {
+                outcome.recipients.iter().map(|r| {
                     (
                         id,
                         now,
                         r.status.as_str(),
-                        Some(p.as_str()),
+                        Some(r.address.as_str()),
                         r.reply.as_deref(),
                     )
                 }),

@@ -165,6 +165,8 @@ pub struct ClaimedRecipient {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientResult {
     pub position: u32,
+    /// For the timeline; the position is what identifies the row.
+    pub address: String,
     pub status: RecipientStatus,
     pub smtp_code: Option<u16>,
     pub enhanced_status: Option<String>,
