@@ -52,6 +52,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "HERALD_CONCURRENCY",
         "messages in flight at once (default 64)",
     ),
+    (
+        "HERALD_LEASE",
+        "how long a node holds a claimed message before another may take it over (default 15m)",
+    ),
 ];
 
 /// Everything `herald serve` needs to start.
@@ -68,6 +72,7 @@ pub struct Config {
     pub retention: Option<Duration>,
     pub body_limit: usize,
     pub concurrency: usize,
+    pub lease: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -87,6 +92,7 @@ impl std::fmt::Debug for Config {
             .field("retention", &self.retention)
             .field("body_limit", &self.body_limit)
             .field("concurrency", &self.concurrency)
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -224,6 +230,8 @@ impl Config {
             retention,
             body_limit: number("HERALD_BODY_LIMIT", 25 * 1024 * 1024)?,
             concurrency: number("HERALD_CONCURRENCY", 64)?,
+            lease: parse_duration(get("HERALD_LEASE").unwrap_or("15m"))
+                .map_err(|e| invalid("HERALD_LEASE", e))?,
         })
     }
 
@@ -264,6 +272,7 @@ mod tests {
         assert!(c.relay_url.is_none());
         assert_eq!(c.body_limit, 25 * 1024 * 1024);
         assert_eq!(c.retry, RetryPolicy::default());
+        assert_eq!(c.lease, Duration::from_secs(900));
         c.check_exposure().unwrap();
     }
 

@@ -62,6 +62,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let options = EngineOptions {
         concurrency: config.concurrency,
         retry: config.retry.clone(),
+        lease: config.lease,
         ..Default::default()
     };
     let engine: JoinHandle<Result<(), crate::store::StoreError>> = match &config.relay_url {
