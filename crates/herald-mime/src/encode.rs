@@ -153,23 +153,42 @@ static QP_CLASS: [u8; 256] = {
 /// terminated: the caller adds the CRLF that precedes the next boundary.
 pub(crate) fn quoted_printable(input: &[u8], text: bool, limit: usize, out: &mut Vec<u8>) -> bool {
     let start = out.len();
+    let n = input.len();
+    // Write into a zeroed region sized for the worst case (or the limit):
+    // plain runs are copied eight bytes at a time, which may write up to
+    // eight bytes past the run; the slack absorbs that and what one step
+    // can add before the limit is checked.
+    let worst = 3 * n + 3 * (3 * n / QP_MAX + 1);
+    out.resize(start + worst.min(limit) + 128, 0);
+    let buf = &mut out[start..];
+    let mut pos = 0;
     let mut col = 0usize;
     let mut i = 0;
-    let n = input.len();
-    out.reserve(n + n / 8 + 8);
     // Trailing white space is stripped by gateways (RFC 2045 §6.7 rule 3),
     // so a space or tab right before a line break or the end is escaped.
     let ends_line = |at: usize| at == n || (text && input[at] == b'\r');
+    let escape = |buf: &mut [u8], pos: usize, b: u8| {
+        buf[pos] = b'=';
+        buf[pos + 1] = HEX[usize::from(b >> 4)];
+        buf[pos + 2] = HEX[usize::from(b & 15)];
+    };
     while i < n {
+        if pos > limit {
+            out.truncate(start);
+            return false;
+        }
         let b = input[i];
         if text && b == b'\r' && input.get(i + 1) == Some(&b'\n') {
-            out.extend_from_slice(b"\r\n");
+            buf[pos] = b'\r';
+            buf[pos + 1] = b'\n';
+            pos += 2;
             col = 0;
             i += 2;
             continue;
         }
         if col == 0 && (b == b'.' || (b == b'F' && input[i + 1..].starts_with(b"rom "))) {
-            out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+            escape(buf, pos, b);
+            pos += 3;
             col = 3;
             i += 1;
             continue;
@@ -177,44 +196,65 @@ pub(crate) fn quoted_printable(input: &[u8], text: bool, limit: usize, out: &mut
         if PLAIN[usize::from(b)] {
             let room = QP_MAX - col;
             if room == 0 {
-                out.extend_from_slice(b"=\r\n");
+                buf[pos..pos + 3].copy_from_slice(b"=\r\n");
+                pos += 3;
                 col = 0;
                 continue;
             }
-            let mut run = plain_run(input, i, room.min(n - i));
+            let max = room.min(n - i);
+            let mut run = 0;
+            while run < max {
+                if i + run + 8 <= n {
+                    let w = load(input, i + run);
+                    buf[pos + run..pos + run + 8].copy_from_slice(&w.to_le_bytes());
+                    let m = special_mask(w);
+                    if m == 0 {
+                        run += 8;
+                        continue;
+                    }
+                    run += (m.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                let c = input[i + run];
+                if !PLAIN[usize::from(c)] {
+                    break;
+                }
+                buf[pos + run] = c;
+                run += 1;
+            }
+            let mut run = run.min(max);
             if matches!(input[i + run - 1], b' ' | b'\t') && ends_line(i + run) {
                 run -= 1;
             }
             if run > 0 {
-                out.extend_from_slice(&input[i..i + run]);
+                pos += run;
                 col += run;
                 i += run;
-                if out.len() - start > limit {
-                    out.truncate(start);
-                    return false;
-                }
                 continue;
             }
         }
-        let escape = b != b'\t' || ends_line(i + 1);
-        let width = if escape { 3 } else { 1 };
+        let literal_tab = b == b'\t' && !ends_line(i + 1);
+        let width = if literal_tab { 1 } else { 3 };
         if col + width > QP_MAX {
-            out.extend_from_slice(b"=\r\n");
+            buf[pos..pos + 3].copy_from_slice(b"=\r\n");
+            pos += 3;
             col = 0;
             continue;
         }
-        if escape {
-            out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        if literal_tab {
+            buf[pos] = b;
         } else {
-            out.push(b);
+            escape(buf, pos, b);
         }
+        pos += width;
         col += width;
         i += 1;
-        if out.len() - start > limit {
-            out.truncate(start);
-            return false;
-        }
     }
+    if pos > limit {
+        out.truncate(start);
+        return false;
+    }
+    out.truncate(start + pos);
     true
 }
 
@@ -253,8 +293,9 @@ fn load(s: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Length of the run of `PLAIN` bytes at `input[i..]`, at most `max`.
-#[inline]
+/// Length of the run of `PLAIN` bytes at `input[i..]`, at most `max` (the
+/// reference for the word-at-a-time copy in `quoted_printable`).
+#[cfg(test)]
 fn plain_run(input: &[u8], i: usize, max: usize) -> usize {
     let mut j = 0;
     while j < max {
@@ -278,50 +319,73 @@ fn plain_run(input: &[u8], i: usize, max: usize) -> usize {
 /// RFC 2046 §4.1.1). Returns `None` when the text is already canonical.
 pub(crate) fn normalize_newlines(s: &str) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
-    if !s.contains('\r') {
-        // The common case (Unix text): LF only, found with memchr.
-        s.find('\n')?;
-        let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 16 + 2);
-        let mut rest = s;
-        while let Some(p) = rest.find('\n') {
-            out.extend_from_slice(&rest.as_bytes()[..p]);
-            out.extend_from_slice(b"\r\n");
-            rest = &rest[p + 1..];
-        }
-        out.extend_from_slice(rest.as_bytes());
-        return Some(out);
-    }
-    let canonical = bytes.iter().enumerate().all(|(i, &b)| match b {
-        b'\r' => bytes.get(i + 1) == Some(&b'\n'),
-        b'\n' => i > 0 && bytes[i - 1] == b'\r',
-        _ => true,
-    });
-    if canonical {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 16 + 2);
+    let n = bytes.len();
+    // Find the first CR or LF that is not part of a CRLF.
     let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                i += if bytes.get(i + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
-            }
-            b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
+    let first_bad = loop {
+        i = next_newline(bytes, i)?;
+        if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+            i += 2;
+        } else {
+            break i;
         }
+    };
+    let mut out = Vec::with_capacity(n + n / 16 + 16);
+    out.extend_from_slice(&bytes[..first_bad]);
+    let mut i = first_bad;
+    while i < n {
+        let next = next_newline(bytes, i).unwrap_or(n);
+        out.extend_from_slice(&bytes[i..next]);
+        if next == n {
+            break;
+        }
+        out.extend_from_slice(b"\r\n");
+        i = next
+            + if bytes[next] == b'\r' && bytes.get(next + 1) == Some(&b'\n') {
+                2
+            } else {
+                1
+            };
     }
     Some(out)
+}
+
+/// Index of the next `c` (ASCII) at or after `from`, eight bytes at a time.
+pub(crate) fn next_byte(s: &[u8], from: usize, c: u8) -> Option<usize> {
+    const H: u64 = splat(0x80);
+    let mut i = from;
+    while i + 8 <= s.len() {
+        let w = load(s, i);
+        let not_c = ((w & splat(0x7f)) ^ splat(c)).wrapping_add(splat(0x7f));
+        let m = !(not_c | w) & H;
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    s[i..].iter().position(|&b| b == c).map(|p| i + p)
+}
+
+/// Index of the next CR or LF at or after `from`, eight bytes at a time.
+fn next_newline(s: &[u8], from: usize) -> Option<usize> {
+    const H: u64 = splat(0x80);
+    let mut i = from;
+    while i + 8 <= s.len() {
+        let w = load(s, i);
+        let low7 = w & splat(0x7f);
+        // Exact per byte: top bit set where the byte equals CR or LF.
+        let not_lf = (low7 ^ splat(b'\n')).wrapping_add(splat(0x7f));
+        let not_cr = (low7 ^ splat(b'\r')).wrapping_add(splat(0x7f));
+        let m = !(not_lf & not_cr | w) & H;
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    s[i..]
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .map(|p| i + p)
 }
 
 /// What a body needs, found in one pass.
@@ -346,7 +410,7 @@ pub(crate) struct Scan {
 /// Scans data in canonical form (line breaks are CRLF; a bare CR or LF
 /// counts as unsafe, so such data never goes out as 7bit/8bit).
 ///
-/// With `stop_if_binary`, the scan gives up as soon as a 1 KiB prefix
+/// With `stop_if_binary`, the scan gives up as soon as a 512-byte prefix
 /// shows more than 3/16 of bytes that QP would escape: QP then costs more
 /// than base64's 4/3, so base64 is the answer and compressed images and
 /// archives are not scanned to the end. The result then has `high` and
@@ -355,18 +419,17 @@ pub(crate) fn scan(data: &[u8], stop_if_binary: bool) -> Scan {
     let mut s = Scan::default();
     let mut line_start = 0;
     let n = data.len();
-    let check_line_start = |at: usize, s: &mut Scan| {
-        let rest = &data[at..];
-        if rest.first() == Some(&b'.') {
-            s.dot_line = true;
-        }
-        if rest.starts_with(b"From ") || rest.starts_with(b"--=_") {
-            s.risky_line = true;
-        }
+    let check_line_start = |at: usize, s: &mut Scan| match data[at] {
+        b'.' => s.dot_line = true,
+        b'F' => s.risky_line |= data[at..].starts_with(b"From "),
+        b'-' => s.risky_line |= data[at..].starts_with(b"--=_"),
+        _ => {}
     };
-    check_line_start(0, &mut s);
+    if n > 0 {
+        check_line_start(0, &mut s);
+    }
     let mut i = 0;
-    let mut next_check = 1024;
+    let mut next_check = 512;
     while i < n {
         if stop_if_binary && i >= next_check {
             if s.qp_escapes * 16 > i * 3 {
@@ -376,7 +439,7 @@ pub(crate) fn scan(data: &[u8], stop_if_binary: bool) -> Scan {
                 s.max_line = usize::MAX;
                 return s;
             }
-            next_check += 1024;
+            next_check += 512;
         }
         if i + 8 <= n {
             // Skip straight to the next byte that needs a look.
@@ -536,5 +599,14 @@ mod tests {
         );
         assert_eq!(normalize_newlines("a\nb\n").unwrap(), b"a\r\nb\r\n");
         assert_eq!(normalize_newlines("\n\r").unwrap(), b"\r\n\r\n");
+        let long = "0123456789abcdef\r\n".repeat(3) + "x\ny\r\n\rz" + &"q".repeat(20) + "\n";
+        assert_eq!(
+            normalize_newlines(&long).unwrap(),
+            long.replace("\r\n", "\n")
+                .replace('\r', "\n")
+                .replace('\n', "\r\n")
+                .into_bytes()
+        );
+        assert_eq!(normalize_newlines(&"abcdefgh\r\n".repeat(9)), None);
     }
 }

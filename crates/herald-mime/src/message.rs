@@ -203,7 +203,39 @@ impl Message {
         &self.from
     }
 
-    /// The envelope: sender and de-duplicated recipients.
+    /// The To mailboxes.
+    pub fn to(&self) -> &[Mailbox] {
+        &self.to
+    }
+
+    /// The Cc mailboxes.
+    pub fn cc(&self) -> &[Mailbox] {
+        &self.cc
+    }
+
+    /// The Bcc mailboxes (envelope only; the store records them as recipients).
+    pub fn bcc(&self) -> &[Mailbox] {
+        &self.bcc
+    }
+
+    /// The Reply-To mailboxes.
+    pub fn reply_to(&self) -> &[Mailbox] {
+        &self.reply_to
+    }
+
+    /// The subject, if any.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+
+    /// The envelope sender (`MAIL FROM`): the one set with
+    /// [`MessageBuilder::envelope_from`], else the From address.
+    pub fn envelope_sender(&self) -> &Address {
+        self.envelope_from.as_ref().unwrap_or(self.from.address())
+    }
+
+    /// The envelope recipients: To, Cc and Bcc in that order, without
+    /// duplicates (local parts compared exactly, domains case-insensitively).
     pub fn envelope_recipients(&self) -> Vec<Address> {
         let mut seen = HashSet::new();
         self.to
@@ -414,8 +446,11 @@ fn check_message_id(id: &str) -> Result<String, ComposeError> {
 pub(crate) fn html_cids(html: &str) -> Vec<String> {
     let bytes = html.as_bytes();
     let mut out = Vec::new();
-    // Every ':' is found with memchr; "cid" before it is compared by hand.
-    for (colon, _) in html.match_indices(':') {
+    // Every ':' is found eight bytes at a time; "cid" before it is compared
+    // by hand (HTML with CSS has many colons, few of them after "cid").
+    let mut from = 0;
+    while let Some(colon) = encode::next_byte(bytes, from, b':') {
+        from = colon + 1;
         if colon < 4
             || !bytes[colon - 3..colon].eq_ignore_ascii_case(b"cid")
             || !matches!(bytes[colon - 4], b'"' | b'\'' | b'(' | b'=')
@@ -564,6 +599,9 @@ impl<'m> Writer<'m> {
         self.buf.extend_from_slice(message_id.as_bytes());
         self.buf.extend_from_slice(b">\r\n");
         for (name, value) in &msg.headers {
+            // RFC 5322 ftext allows a field name such as ".x"; its line then
+            // starts with '.', which SMTP must stuff (found by fuzzing).
+            self.own_dot_safe &= !name.starts_with('.');
             let mut f = Fold::start(&mut self.buf, name);
             header::unstructured(&mut f, value);
             f.finish();
@@ -588,10 +626,7 @@ impl<'m> Writer<'m> {
             })
             .inspect(|s| len += s.bytes.len())
             .collect();
-        let sender = msg
-            .envelope_from
-            .clone()
-            .unwrap_or_else(|| msg.from.address().clone());
+        let sender = msg.envelope_sender().clone();
         let recipients = msg.envelope_recipients();
         let needs_smtputf8 = sender.needs_smtputf8()
             || recipients.iter().any(Address::needs_smtputf8)

@@ -94,6 +94,36 @@ proptest! {
     }
 
     #[test]
+    fn mostly_ascii_attachments_any_encoding(
+        data in proptest::collection::vec(
+            prop_oneof![
+                40 => 32u8..127,
+                1 => Just(b'\n'),
+                1 => Just(b'\r'),
+                1 => Just(b'.'),
+                1 => Just(b'='),
+                1 => Just(b' '),
+                1 => any::<u8>(),
+            ],
+            0..6000,
+        ),
+        prefix in prop_oneof![Just(&b""[..]), Just(&b"From "[..]), Just(&b"."[..]), Just(&b"--=_"[..])],
+    ) {
+        // Mostly ASCII, so QP (binary mode: CR and LF escaped) and 7bit get
+        // chosen as well as base64; the bytes must come back exactly.
+        let mut bytes = prefix.to_vec();
+        bytes.extend_from_slice(&data);
+        let spec = Spec {
+            from: mb(None, "from@example.com"),
+            to: vec![mb(None, "to@example.com")],
+            text: Some("see attachment".into()),
+            parts: vec![("data.bin".into(), "application/octet-stream".into(), bytes, None)],
+            ..Spec::default()
+        };
+        roundtrip(&spec, &ComposeOptions::default());
+    }
+
+    #[test]
     fn address_parser_never_panics(s in any::<String>()) {
         let _ = Address::parse(&s);
         let _ = Mailbox::parse(&s);

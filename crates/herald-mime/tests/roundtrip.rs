@@ -614,6 +614,19 @@ fn dot_safety_is_reported_for_literal_parts() {
 }
 
 #[test]
+fn header_named_dot_is_not_dot_safe() {
+    // Found by fuzzing: ".x" is a valid RFC 5322 field name.
+    let m = Message::builder()
+        .from(Mailbox::parse("a@b.example").unwrap())
+        .to(Mailbox::parse("c@d.example").unwrap())
+        .header(".x", "v")
+        .build()
+        .unwrap()
+        .compose(&opts());
+    check_invariants(&m);
+}
+
+#[test]
 fn fixed_message_id_and_date() {
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_655_000);
     let m = Message::builder()
@@ -651,4 +664,63 @@ fn fixed_message_id_and_date() {
         });
     check_invariants(&bad);
     assert!(bad.message_id().ends_with("@b.example"));
+}
+
+#[test]
+fn envelope_sender_and_accessors() {
+    let m = Message::builder()
+        .from(Mailbox::parse("Shop <noreply@shop.example>").unwrap())
+        .envelope_from("bounces+42@shop.example".parse().unwrap())
+        .to(Mailbox::parse("a@x.example").unwrap())
+        .cc(Mailbox::parse("b@x.example").unwrap())
+        .bcc(Mailbox::parse("c@x.example").unwrap())
+        .subject("s")
+        .build()
+        .unwrap();
+    assert_eq!(m.envelope_sender().to_string(), "bounces+42@shop.example");
+    assert_eq!((m.to().len(), m.cc().len(), m.bcc().len()), (1, 1, 1));
+    assert_eq!(m.subject(), Some("s"));
+    let c = m.compose(&opts());
+    assert_eq!(c.envelope().sender.to_string(), "bounces+42@shop.example");
+    let s = String::from_utf8(c.to_vec()).unwrap();
+    assert!(s.starts_with("From: Shop <noreply@shop.example>\r\n"));
+    assert!(
+        !s.contains("bounces+42"),
+        "the envelope sender is not a header"
+    );
+}
+
+#[test]
+fn rfc2047_name_fallback_decodes_on_its_own() {
+    use mail_parser::{MessageParser, MimeHeaders};
+    // Older clients read only Content-Type's name=; it must decode alone too.
+    for name in [
+        "订单发票_Übersicht.pdf",
+        &format!("{}.pdf", "很长的文件名".repeat(20)),
+        "plain.pdf",
+        "a \"quoted\" name.pdf",
+    ] {
+        let m = Message::builder()
+            .from(Mailbox::parse("a@b.example").unwrap())
+            .to(Mailbox::parse("c@d.example").unwrap())
+            .text("x")
+            .part(Part::attachment(name, "application/pdf", vec![1u8, 2, 3]).unwrap())
+            .build()
+            .unwrap()
+            .compose(&opts());
+        check_invariants(&m);
+        let bytes = m.to_vec();
+        let parsed = MessageParser::default().parse(&bytes[..]).unwrap();
+        let att = parsed.attachment(0).unwrap();
+        assert_eq!(
+            att.content_type().and_then(|c| c.attribute("name")),
+            Some(name),
+            "name= of {name}"
+        );
+        assert_eq!(
+            att.content_disposition()
+                .and_then(|c| c.attribute("filename")),
+            Some(name)
+        );
+    }
 }

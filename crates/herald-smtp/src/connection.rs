@@ -251,7 +251,7 @@ impl Connection {
             host,
             peer,
             tls,
-            use_chunking: true,
+            use_chunking: false,
             created: now,
             last_used: now,
             transactions: 0,

@@ -21,6 +21,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! For a stream of messages to one relay, [`Pool::send_batch`] (or [`Connection::send_batch`])
+//! pipelines each message's content with the next message's commands: one round trip per message.
+//!
+//! Results: `Ok(Delivery)` holds one [`RecipientOutcome`] per recipient (accepted / transient /
+//! permanent, with the reply that decided it); `Err(Error)` applies to the whole message and
+//! answers [`Error::is_transient`], [`Error::is_permanent`], [`Error::reply`] and
+//! [`Error::outcome_unknown`].
+//!
 //! Modules are named after the protocol stage they implement, as in Stalwart's mail-send.
 
 mod auth;

@@ -182,29 +182,35 @@ impl Pool {
             let outcome = connection
                 .run_batch(pending.iter().map(|&index| items[index].clone()).collect())
                 .await;
-            // A pooled session that was already dead: the first message failed on it before the
-            // server acknowledged anything. Retry it (once) on a fresh session.
-            let dead_on_reuse = reused
-                && !retried_dead_session
-                && connection.acknowledged_in_transaction == 0
-                && matches!(outcome.first(), Some(Some(result)) if is_dead_session(result));
-            if dead_on_reuse {
+            // A session that was already dead when a message started on it (an idle pooled session,
+            // or the session of the previous message in this batch): the message failed before the
+            // server acknowledged anything of it, so it can go again (once) on a fresh session.
+            let failed_at = outcome
+                .iter()
+                .position(|result| matches!(result, Some(result) if is_dead_session(result)));
+            let retry_at = failed_at.filter(|&position| {
+                (reused || position > 0)
+                    && !retried_dead_session
+                    && !connection.is_usable()
+                    && connection.acknowledged_in_transaction == 0
+            });
+            if retry_at.is_some() {
                 tracing::debug!(
                     host = connection.host(),
-                    "pooled session was dead; retrying on a fresh one"
+                    "session was dead before the server acknowledged anything; retrying on a fresh one"
                 );
                 retried_dead_session = true;
             }
             let mut still_pending = Vec::new();
             for (position, (&index, result)) in pending.iter().zip(outcome).enumerate() {
                 match result {
-                    Some(_) if dead_on_reuse && position == 0 => still_pending.push(index),
+                    Some(_) if retry_at == Some(position) => still_pending.push(index),
                     Some(result) => results[index] = Some(result),
                     None => still_pending.push(index),
                 }
             }
             self.put_back(connection).await;
-            if still_pending.len() == pending.len() && !dead_on_reuse {
+            if still_pending.len() == pending.len() && retry_at.is_none() {
                 // No progress at all (cannot happen with a usable session); never loop forever.
                 for index in still_pending.drain(..) {
                     results[index] = Some(Err(Error::ConnectionLost {
@@ -226,6 +232,28 @@ impl Pool {
         let idle: Vec<Connection> =
             std::mem::take(&mut *self.inner.idle.lock().expect("pool lock"));
         for connection in idle {
+            connection.quit().await;
+            self.inner.counters.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes (with QUIT) the idle sessions past the idle timeout or the lifetime, so they do not
+    /// linger until the next send; the delivery engine calls this now and then.
+    pub async fn close_expired(&self) {
+        let config = &self.inner.config;
+        let expired: Vec<Connection> = {
+            let mut idle = self.inner.idle.lock().expect("pool lock");
+            let (expired, keep) =
+                std::mem::take(&mut *idle)
+                    .into_iter()
+                    .partition(|connection: &Connection| {
+                        connection.last_used.elapsed() >= config.idle_timeout
+                            || connection.age() >= config.max_lifetime
+                    });
+            *idle = keep;
+            expired
+        };
+        for connection in expired {
             connection.quit().await;
             self.inner.counters.open.fetch_sub(1, Ordering::Relaxed);
         }

@@ -227,3 +227,49 @@ async fn without_pipelining_a_batch_is_sent_one_message_at_a_time() {
                 && r.bytes.windows(4).any(|w| w == b"DATA"))
     );
 }
+
+#[tokio::test]
+async fn a_message_the_session_died_under_before_any_acknowledgment_is_retried_once() {
+    // The server closes with 421 when message 1 starts (nothing of it acknowledged): the pool
+    // sends message 1 and 2 again on a fresh session; message 0 is not sent twice.
+    let config = ServerConfig::default().fault(
+        Fault::reply(When::MailFrom, "421 4.7.0 Closing")
+            .on_connection(0)
+            .on_transaction(1),
+    );
+    let server = TestServer::start(config).await;
+    let envelopes = envelopes(3);
+    let bodies: Vec<_> = (0..3).map(|i| body(&format!("m{i}"))).collect();
+    let messages: Vec<_> = envelopes
+        .iter()
+        .zip(&bodies)
+        .map(|(e, b)| (e, b.as_slice()))
+        .collect();
+    let pool = Pool::new(
+        Client::new(relay(&server)).unwrap(),
+        PoolConfig {
+            max_connections: 1,
+            ..PoolConfig::default()
+        },
+    );
+    let results = pool.send_batch(&messages).await;
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|d| d.all_accepted())),
+        "{results:?}"
+    );
+    let delivered: Vec<_> = server
+        .transactions()
+        .iter()
+        .map(|t| (t.mail_from.clone(), t.connection))
+        .collect();
+    assert_eq!(
+        delivered,
+        [
+            ("s0@sender.test".to_string(), 0),
+            ("s1@sender.test".to_string(), 1),
+            ("s2@sender.test".to_string(), 1)
+        ]
+    );
+}

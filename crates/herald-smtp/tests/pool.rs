@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use common::{message, relay};
 use herald_smtp::{Client, Envelope, Pool, PoolConfig, Status};
@@ -188,4 +188,64 @@ async fn sessions_are_closed_after_the_message_limit() {
     server
         .wait_until("every session is closed", |s| s.open_connections() == 0)
         .await;
+}
+
+#[tokio::test]
+async fn expired_sessions_are_not_reused() {
+    let server = TestServer::capture().await;
+    let envelope = Envelope::new("a@sender.test", ["b@rcpt.test"]);
+    for limits in [
+        PoolConfig {
+            max_connections: 1,
+            idle_timeout: Duration::ZERO,
+            ..PoolConfig::default()
+        },
+        PoolConfig {
+            max_connections: 1,
+            max_lifetime: Duration::ZERO,
+            ..PoolConfig::default()
+        },
+    ] {
+        let pool = Pool::new(Client::new(relay(&server)).unwrap(), limits);
+        for i in 0..3 {
+            pool.send_raw(&envelope, &message(&format!("m{i}")))
+                .await
+                .unwrap();
+        }
+        let stats = pool.stats();
+        assert_eq!((stats.opened, stats.reused), (3, 0), "{limits:?}");
+    }
+    assert_eq!(server.connections(), 6);
+}
+
+#[tokio::test]
+async fn close_expired_quits_idle_sessions_past_their_time() {
+    let server = TestServer::capture().await;
+    let envelope = Envelope::new("a@sender.test", ["b@rcpt.test"]);
+    let fresh = pool(&server, 2);
+    fresh.send_raw(&envelope, &message("kept")).await.unwrap();
+    fresh.close_expired().await;
+    assert_eq!(fresh.stats().open, 1);
+
+    let stale = Pool::new(
+        Client::new(relay(&server)).unwrap(),
+        PoolConfig {
+            idle_timeout: Duration::ZERO,
+            ..PoolConfig::default()
+        },
+    );
+    stale
+        .send_raw(&envelope, &message("expired"))
+        .await
+        .unwrap();
+    stale.close_expired().await;
+    assert_eq!(stale.stats().open, 0);
+    assert_eq!(
+        server
+            .commands()
+            .iter()
+            .filter(|(_, line)| line == "QUIT")
+            .count(),
+        1
+    );
 }

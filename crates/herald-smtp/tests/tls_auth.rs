@@ -259,3 +259,24 @@ async fn credentials_are_not_sent_without_tls_unless_loopback_is_allowed() {
         .unwrap();
     assert_eq!(server.transactions()[0].auth_user.as_deref(), Some("alice"));
 }
+
+#[tokio::test]
+async fn a_handshake_failure_is_reported_as_tls_not_as_a_certificate_problem() {
+    // Implicit TLS against a plain SMTP server: the server answers the ClientHello with a
+    // plaintext greeting, which is no TLS record.
+    let pki = TestPki::new();
+    let server = TestServer::capture().await;
+    let error = Client::new(tls_relay(&server, &pki, Security::ImplicitTls))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Tls { .. }), "{error:?}");
+    assert!(error.is_transient());
+    assert!(
+        error
+            .to_string()
+            .starts_with("TLS handshake with 127.0.0.1 failed"),
+        "{error}"
+    );
+}

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{connect, contains, message, reads_containing, relay};
-use herald_smtp::{BodySegment, Client, EnhancedStatus, Envelope, Error, Stage, Status, Timeouts};
+use herald_smtp::{
+    BodySegment, Client, Dsn, DsnNotify, DsnReturn, EnhancedStatus, Envelope, Error, Stage, Status,
+    Timeouts,
+};
 use herald_testkit::{Action, Fault, ServerConfig, TestServer, When};
 
 #[tokio::test]
@@ -410,7 +413,9 @@ async fn chunking_sends_bdat_with_the_commands_in_one_write() {
         ..ServerConfig::default()
     })
     .await;
-    let mut connection = connect(relay(&server)).await;
+    let mut config = relay(&server);
+    config.use_chunking = true;
+    let mut connection = connect(config).await;
     let body = b"Subject: bdat\r\n\r\n.dot stays single with BDAT\r\n".to_vec();
     let delivery = connection
         .send_raw(&Envelope::new("a@sender.test", ["b@rcpt.test"]), &body)
@@ -515,4 +520,57 @@ async fn data_refused_applies_to_the_accepted_recipients() {
     assert_eq!(delivery.recipients[0].rcpt_reply.code, 250);
     assert_eq!(delivery.recipients[1].reply.code, 550);
     assert!(connection.is_usable());
+}
+
+#[tokio::test]
+async fn dsn_and_8bitmime_parameters_go_to_a_server_that_offers_them() {
+    let server = TestServer::capture().await;
+    let mut connection = connect(relay(&server)).await;
+    let mut envelope = Envelope::new("a@sender.test", ["b@rcpt.test"]);
+    envelope.eight_bit = true;
+    envelope.dsn = Some(Dsn {
+        ret: Some(DsnReturn::Headers),
+        envid: Some("msg-1".into()),
+        notify: Some(DsnNotify {
+            failure: true,
+            ..DsnNotify::default()
+        }),
+    });
+    connection
+        .send_raw(&envelope, "Subject: 8bit\r\n\r\nGrüße\r\n".as_bytes())
+        .await
+        .unwrap();
+    let transaction = &server.transactions()[0];
+    assert!(
+        transaction.mail_params.contains("BODY=8BITMIME")
+            && transaction.mail_params.contains("RET=HDRS ENVID=msg-1"),
+        "{}",
+        transaction.mail_params
+    );
+    assert!(
+        server
+            .commands()
+            .iter()
+            .any(|(_, line)| line == "RCPT TO:<b@rcpt.test> NOTIFY=FAILURE")
+    );
+
+    let server = TestServer::start(ServerConfig {
+        eight_bit_mime: false,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut connection = connect(relay(&server)).await;
+    let error = connection
+        .send_raw(&envelope, b"Subject: x\r\n\r\nx\r\n")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::ExtensionRequired {
+                extension: "8BITMIME"
+            }
+        ),
+        "{error:?}"
+    );
 }

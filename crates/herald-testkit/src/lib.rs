@@ -37,7 +37,8 @@ pub fn require_peer<T>(name: &str, found: Option<T>, how_to_get: &str) -> Option
 /// Postfix's `smtp-sink`: `$HERALD_SMTP_SINK`, else found on PATH (or /usr/sbin).
 pub fn smtp_sink_path() -> Option<std::path::PathBuf> {
     if let Some(path) = std::env::var_os("HERALD_SMTP_SINK").filter(|p| !p.is_empty()) {
-        return Some(path.into());
+        let path = std::path::PathBuf::from(path);
+        return path.is_file().then_some(path);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

@@ -10,9 +10,10 @@
 //! `ca=PATH` (extra trusted CA certificates, PEM), `timeout_s=N` (every SMTP wait),
 //! `auth=plain|login|xoauth2` (xoauth2 takes the password as the bearer token),
 //! `plaintext_auth=loopback` (allow AUTH without TLS when the relay is a loopback address),
-//! `helo=NAME`, `chunking=on|off`. An unknown key is an error. User name and password are
-//! percent-decoded; the password may come from `HERALD_RELAY_PASSWORD` instead. Errors never repeat
-//! the URL, so a password in it cannot leak into logs.
+//! `helo=NAME`, `chunking=on|off` (BDAT when offered; off by default). An unknown key is an
+//! error. User name and password are percent-decoded; the password may come from
+//! `HERALD_RELAY_PASSWORD` instead. Errors never repeat the URL, so a password in it cannot leak
+//! into logs.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -275,7 +276,7 @@ mod tests {
 
     #[test]
     fn query_keys() {
-        let relay = parse("smtp://h:25?tls=opportunistic&pool=8&ca=/tmp/ca.pem&timeout_s=2.5&helo=me.example&chunking=off").unwrap();
+        let relay = parse("smtp://h:25?tls=opportunistic&pool=8&ca=/tmp/ca.pem&timeout_s=2.5&helo=me.example&chunking=on").unwrap();
         assert_eq!(relay.config.security, Security::StartTlsOpportunistic);
         assert_eq!(relay.pool.max_connections, 8);
         assert_eq!(
@@ -287,7 +288,8 @@ mod tests {
             Timeouts::all(Duration::from_millis(2500))
         );
         assert_eq!(relay.config.helo_name, "me.example");
-        assert!(!relay.config.use_chunking);
+        assert!(relay.config.use_chunking);
+        assert!(!parse("smtp://h").unwrap().config.use_chunking);
         let relay = parse("smtp://u:token@h?auth=xoauth2").unwrap();
         assert_eq!(
             relay.config.credentials,

@@ -257,7 +257,18 @@ impl MessageRequest {
                     None => Ok(p),
                 })
             }
-            .map_err(|e| err(field_of(&e), e))?;
+            .map_err(|e| match e {
+                // The Content-ID defaulted to the file name, which cannot serve.
+                ComposeError::InvalidContentId(_) if a.inline && a.content_id.is_none() => err(
+                    at("content_id"),
+                    format!(
+                        "missing: the filename {:?} cannot serve as a Content-ID; give content_id \
+                         (e.g. logo@example.com) and refer to it as cid:… in the html",
+                        a.filename
+                    ),
+                ),
+                e => err(field_of(&e), e),
+            })?;
             b = b.part(part);
         }
         for (name, value) in self.headers {
@@ -373,6 +384,20 @@ mod tests {
         let e = build(r#"{"from":"a@b.c","to":"x@y.z","attachments":[{"filename":"a","path":"/etc/passwd"}]}"#)
             .unwrap_err();
         assert_eq!(e.field, "attachments[0].path");
+    }
+
+    #[test]
+    fn inline_parts_default_their_content_id_to_the_file_name() {
+        let ok = build(
+            r#"{"from":"a@b.c","to":"x@y.z","html":"<img src=\"cid:logo.png\">","attachments":[{"filename":"logo.png","content_base64":"AAAA","inline":true}]}"#,
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        let e = build(
+            r#"{"from":"a@b.c","to":"x@y.z","html":"x","attachments":[{"filename":"my logo.png","content_base64":"AAAA","inline":true}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "attachments[0].content_id");
+        assert!(e.message.starts_with("missing: the filename"), "{e}");
     }
 
     #[test]

@@ -201,23 +201,39 @@ pub fn run(args: BenchComposeArgs) -> anyhow::Result<ExitCode> {
     for i in 0..args.count.min(1000) {
         black_box(w.build(i, shared.as_ref()));
     }
+    // Wall time per round, and this thread's CPU time (Linux schedstat, ns):
+    // on a shared machine the CPU figure is the steadier one, as in the
+    // baseline's "client CPU µs/msg" column.
     let mut secs = Vec::with_capacity(args.rounds);
+    let mut cpu = Vec::with_capacity(args.rounds);
     for _ in 0..args.rounds {
+        let c0 = thread_cpu_ns();
         let t = Instant::now();
         for i in 0..args.count {
             black_box(w.build(i, shared.as_ref()));
         }
         secs.push(t.elapsed().as_secs_f64());
+        if let (Some(a), Some(b)) = (c0, thread_cpu_ns()) {
+            cpu.push((b - a) as f64 / 1e3 / args.count as f64);
+        }
     }
     secs.sort_by(f64::total_cmp);
+    cpu.sort_by(f64::total_cmp);
     let median = secs[secs.len() / 2];
     let rate = args.count as f64 / median;
     let (lo, hi) = (
         args.count as f64 / secs[secs.len() - 1],
         args.count as f64 / secs[0],
     );
+    let cpu_note = match cpu.get(cpu.len() / 2) {
+        Some(us) => format!(
+            ", CPU {us:.2} µs/msg = {:.0} messages per CPU-second",
+            1e6 / us
+        ),
+        None => String::new(),
+    };
     println!(
-        "herald compose ({}): {:.0} messages/s (min–max {:.0}–{:.0}), {:.2} µs/msg, {} bytes/msg; median of {} rounds × {} messages, one thread",
+        "herald compose ({}): {:.0} messages/s (min–max {:.0}–{:.0}), {:.2} µs/msg{}, {} bytes/msg; median of {} rounds × {} messages, one thread",
         if args.batch {
             "batch, shared parts encoded once"
         } else {
@@ -227,9 +243,20 @@ pub fn run(args: BenchComposeArgs) -> anyhow::Result<ExitCode> {
         lo,
         hi,
         1e6 / rate,
+        cpu_note,
         bytes,
         args.rounds,
         args.count
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// CPU time this thread has run, in ns (Linux `/proc/thread-self/schedstat`).
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

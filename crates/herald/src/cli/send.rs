@@ -47,6 +47,7 @@ pub struct SendArgs {
     /// Blind copy recipient (repeatable; envelope only, never in a header).
     #[arg(long, value_name = "ADDRESS")]
     pub bcc: Vec<String>,
+    /// The subject (any language; encoded as needed).
     #[arg(long)]
     pub subject: Option<String>,
     /// The plain-text body.
