@@ -1,8 +1,6 @@
 //! The `herald` binary: one command line for every part of the service.
 
 mod cli;
-mod relay;
-mod request;
 
 use std::process::ExitCode;
 

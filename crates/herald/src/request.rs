@@ -114,7 +114,7 @@ pub enum OneOrMany {
 }
 
 impl OneOrMany {
-    fn items(&self) -> Vec<&str> {
+    pub fn items(&self) -> Vec<&str> {
         match self {
             OneOrMany::None => Vec::new(),
             OneOrMany::One(s) => vec![s.as_str()],
@@ -122,7 +122,7 @@ impl OneOrMany {
         }
     }
 
-    fn is_many(&self) -> bool {
+    pub fn is_many(&self) -> bool {
         matches!(self, OneOrMany::Many(_))
     }
 }

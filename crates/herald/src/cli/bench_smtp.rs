@@ -26,7 +26,7 @@ use herald_mime::{Address, ComposeOptions, Mailbox, Message, Part};
 use herald_smtp::{BodySegment, Client, Envelope, Pool, PoolConfig};
 use serde::Deserialize;
 
-use crate::relay::{PASSWORD_ENV, Relay};
+use herald::relay::{PASSWORD_ENV, Relay};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RuntimeKind {

@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context;
 use herald_mime::ComposeOptions;
 
-use crate::request::{Files, MessageRequest};
+use herald::request::{Files, MessageRequest};
 
 #[derive(Debug, clap::Args)]
 pub struct ComposeArgs {

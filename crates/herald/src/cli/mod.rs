@@ -4,6 +4,7 @@ mod bench_compose;
 mod bench_smtp;
 mod compose;
 mod send;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -22,8 +23,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the service: HTTP API, dashboard and delivery workers (not yet available).
-    Serve,
+    /// Run the service: HTTP API, dashboard and delivery workers.
+    Serve(serve::ServeArgs),
     /// Compose one message request (JSON) into RFC 5322 bytes.
     Compose(compose::ComposeArgs),
     /// Compose and send one message through an SMTP relay, printing each recipient's result.
@@ -46,10 +47,7 @@ pub enum BenchCommand {
 /// Runs one parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve => bail!(
-            "`herald serve` is not yet available: the store, queue and HTTP API are still being built \
-             (use `herald compose` and `herald send` meanwhile)"
-        ),
+        Command::Serve(args) => serve::run(args),
         Command::Compose(args) => compose::run(args),
         Command::Send(args) => send::run(args),
         Command::Bench(BenchCommand::Compose(args)) => bench_compose::run(args),

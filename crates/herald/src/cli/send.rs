@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, bail};
 use herald_smtp::{BodySegment, Client, Delivery, Envelope, Status};
 
-use crate::{
+use herald::{
     relay::{PASSWORD_ENV, Relay},
     request::{Files, MessageRequest},
 };

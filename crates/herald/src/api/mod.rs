@@ -1,0 +1,353 @@
+//! The HTTP API: axum routes, bearer authentication, errors as JSON naming the field.
+
+mod error;
+mod openapi;
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, Request, State, rejection::BytesRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{Html, IntoResponse, Response},
+    routing::{get, post},
+};
+pub use error::ApiError;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    service::{Service, SubmitError, format_rfc3339, join, parse_rfc3339},
+    store::{Accepted, CancelOutcome, MessageStatus, MessageView, SearchQuery, StoreError},
+};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Service,
+    /// SHA-256 of the accepted bearer tokens; empty means no authentication (loopback only, checked at start).
+    pub token_hashes: Arc<Vec<[u8; 32]>>,
+}
+
+impl AppState {
+    pub fn new(service: Service, api_token: Option<&str>) -> Self {
+        let token_hashes = api_token
+            .map(|t| Sha256::digest(t.as_bytes()).into())
+            .into_iter()
+            .collect();
+        Self {
+            service,
+            token_hashes: Arc::new(token_hashes),
+        }
+    }
+}
+
+/// The whole HTTP surface of `herald serve`.
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    let v1 = Router::new()
+        .route("/messages", post(post_message).get(list_messages))
+        .route("/messages/{id}", get(get_message))
+        .route("/messages/{id}/raw", get(get_raw))
+        .route("/messages/{id}/cancel", post(cancel_message))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/", get(dashboard))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Bearer authentication on `/v1/*`. Tokens are compared by hash, so the comparison time says nothing
+/// about the secret.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.token_hashes.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| <[u8; 32]>::from(Sha256::digest(t.trim().as_bytes())));
+    match presented {
+        Some(hash) if state.token_hashes.contains(&hash) => next.run(request).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the bearer token is not valid",
+        )
+        .into_response(),
+        None => {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send the API token as `Authorization: Bearer <token>`",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is over the size limit",
+            )
+        } else {
+            ApiError::new(rejection.status(), "bad_body", rejection.body_text())
+        }
+    })
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> Self {
+        match error {
+            SubmitError::Invalid(e) => ApiError::invalid(&e.field, e.message),
+            SubmitError::Store(e) => e.into(),
+        }
+    }
+}
+
+async fn post_message(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_or_error(body)?;
+    let key = headers.get("idempotency-key").map(|v| {
+        v.to_str()
+            .map_err(|_| ApiError::invalid("Idempotency-Key", "the header must be visible ASCII"))
+    });
+    let key = key.transpose()?;
+    let accepted = state.service.submit(&body, key).await?;
+    let (status, replay) = match &accepted {
+        Accepted::New { .. } => (StatusCode::ACCEPTED, false),
+        Accepted::Existing { .. } => (StatusCode::ACCEPTED, true),
+    };
+    let mut response = (
+        status,
+        Json(json!({"id": accepted.id(), "status": accepted.status().as_str()})),
+    )
+        .into_response();
+    if replay {
+        // Tells a retrying client that this answer is the original one (as Stripe's API does).
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn view_json(view: MessageView) -> Value {
+    let to: Vec<&str> = view
+        .recipients
+        .iter()
+        .filter(|r| r.kind != "bcc")
+        .map(|r| r.address.as_str())
+        .collect();
+    json!({
+        "id": view.id,
+        "status": view.status,
+        "created_at": format_rfc3339(view.created_at),
+        "send_at": view.send_at.map(format_rfc3339),
+        "from": view.from,
+        "to": to,
+        "subject": view.subject,
+        "attempts": view.attempts,
+        "tags": view.tags,
+        "metadata": view.metadata,
+        "size": view.raw_size,
+        "recipients": view.recipients.iter().map(|r| json!({
+            "address": r.address,
+            "kind": r.kind,
+            "status": r.status,
+            "smtp_code": r.smtp_code,
+            "enhanced_status": r.enhanced_status,
+            "smtp_reply": r.smtp_reply,
+        })).collect::<Vec<_>>(),
+        "events": view.events.iter().map(|e| json!({
+            "at": format_rfc3339(e.at),
+            "type": e.kind,
+            "recipient": e.recipient,
+            "detail": e.detail,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn get_message(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match state.service.store.message(&id).await? {
+        Some(view) => Ok(Json(view_json(view))),
+        None => Err(ApiError::not_found(&id)),
+    }
+}
+
+async fn get_raw(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match state.service.store.raw(&id).await? {
+        Some(segments) => {
+            Ok(([(header::CONTENT_TYPE, "message/rfc822")], join(&segments)).into_response())
+        }
+        None if state.service.store.message(&id).await?.is_some() => Err(ApiError::new(
+            StatusCode::GONE,
+            "pruned",
+            "the raw body of this message was removed by the retention policy (HERALD_RETENTION)",
+        )),
+        None => Err(ApiError::not_found(&id)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    status: Option<String>,
+    to: Option<String>,
+    q: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn list_messages(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let status = params
+        .status
+        .as_deref()
+        .map(str::parse::<MessageStatus>)
+        .transpose()
+        .map_err(|e| ApiError::invalid("status", e))?;
+    let time = |field: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(parse_rfc3339)
+            .transpose()
+            .map_err(|e| ApiError::invalid(field, e))
+    };
+    let limit = match params.limit.as_deref() {
+        None => 50,
+        Some(text) => match text.parse::<u32>() {
+            Ok(n @ 1..=1000) => n,
+            _ => {
+                return Err(ApiError::invalid(
+                    "limit",
+                    "must be a whole number from 1 to 1000",
+                ));
+            }
+        },
+    };
+    let query = SearchQuery {
+        status,
+        to: params.to,
+        text: params.q,
+        since: time("since", &params.since)?,
+        until: time("until", &params.until)?,
+        limit,
+        cursor: params.cursor,
+    };
+    let page = state.service.store.search(&query).await?;
+    Ok(Json(json!({
+        "items": page.items.iter().map(|m| json!({
+            "id": m.id,
+            "status": m.status,
+            "created_at": format_rfc3339(m.created_at),
+            "from": m.from,
+            "subject": m.subject,
+            "attempts": m.attempts,
+        })).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor,
+    })))
+}
+
+async fn cancel_message(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match state.service.store.cancel(&id).await? {
+        CancelOutcome::Cancelled => Ok(Json(json!({"id": id, "status": "cancelled"}))),
+        CancelOutcome::NotCancellable(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_cancellable",
+            format!(
+                "message {id} is {status}: only scheduled, queued or deferred messages can be cancelled"
+            ),
+        )),
+        CancelOutcome::NotFound => Err(ApiError::not_found(&id)),
+    }
+}
+
+async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state.service.store.ping().await?;
+    Ok("ready")
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let counts = state.service.store.counts().await?;
+    let mut text = String::from(
+        "# HELP herald_messages Messages in the store by status.\n# TYPE herald_messages gauge\n",
+    );
+    for status in MessageStatus::ALL {
+        let n = counts.get(status).copied().unwrap_or(0);
+        text.push_str(&format!("herald_messages{{status=\"{status}\"}} {n}\n"));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// A first, server-rendered status page; the full dashboard is a later piece of work.
+async fn dashboard(State(state): State<AppState>) -> Result<Html<String>, ApiError> {
+    let counts: HashMap<MessageStatus, u64> = state.service.store.counts().await?;
+    let rows: String = MessageStatus::ALL
+        .iter()
+        .map(|s| {
+            format!(
+                "<tr><th scope=\"row\">{s}</th><td>{}</td></tr>",
+                counts.get(s).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    Ok(Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
+         content=\"width=device-width, initial-scale=1\"><title>Herald</title></head><body><h1>Herald</h1>\
+         <table><caption>Messages by status</caption>{rows}</table>\
+         <p>API: <a href=\"/openapi.json\">/openapi.json</a> · metrics: <a href=\"/metrics\">/metrics</a></p>\
+         </body></html>"
+    )))
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::InvalidQuery(message) => ApiError::invalid("cursor", message),
+            other => {
+                tracing::error!(error = %other, "store error");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store could not complete the request; retry later",
+                )
+            }
+        }
+    }
+}

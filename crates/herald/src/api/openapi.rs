@@ -1,0 +1,119 @@
+//! The OpenAPI 3.1 document, written by hand and checked against the live routes by `tests/api.rs`.
+
+use serde_json::{Value, json};
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+pub fn document() -> Value {
+    let id_param =
+        json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Herald", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Real-time email notifications: compose, queue durably, deliver over SMTP."},
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/messages": {
+                "post": {
+                    "summary": "Queue one message (answered after it is stored durably)",
+                    "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255}}],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessageRequest"}}}},
+                    "responses": {
+                        "202": {"description": "Stored; delivery follows", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
+                        "400": error_response("Unreadable request"),
+                        "401": error_response("Missing or wrong bearer token"),
+                        "413": error_response("Body over the size limit"),
+                        "422": error_response("A field is invalid (named in error.field)"),
+                    }
+                },
+                "get": {
+                    "summary": "Search the archive, newest first",
+                    "parameters": [
+                        {"name": "status", "in": "query", "schema": {"$ref": "#/components/schemas/Status"}},
+                        {"name": "to", "in": "query", "schema": {"type": "string"}},
+                        {"name": "q", "in": "query", "description": "Full text over subject, addresses and text body", "schema": {"type": "string"}},
+                        {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                        {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}}
+                    ],
+                    "responses": {"200": {"description": "A page", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["items", "next_cursor"],
+                        "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Summary"}},
+                                       "next_cursor": {"type": ["string", "null"]}}}}}},
+                                  "422": error_response("A parameter is invalid")}
+                }
+            },
+            "/v1/messages/{id}": {"get": {
+                "summary": "One message with its recipients and timeline",
+                "parameters": [id_param.clone()],
+                "responses": {"200": {"description": "The message", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Message"}}}},
+                              "404": error_response("No such message")}
+            }},
+            "/v1/messages/{id}/raw": {"get": {
+                "summary": "The exact bytes sent",
+                "parameters": [id_param.clone()],
+                "responses": {"200": {"description": "RFC 5322 message", "content": {"message/rfc822": {}}},
+                              "404": error_response("No such message"),
+                              "410": error_response("Pruned by the retention policy")}
+            }},
+            "/v1/messages/{id}/cancel": {"post": {
+                "summary": "Cancel a message not sent yet",
+                "parameters": [id_param],
+                "responses": {"200": {"description": "Cancelled"},
+                              "404": error_response("No such message"),
+                              "409": error_response("Already sending or finished")}
+            }},
+            "/healthz": {"get": {"summary": "Alive", "security": [], "responses": {"200": {"description": "ok"}}}},
+            "/readyz": {"get": {"summary": "Store reachable", "security": [], "responses": {"200": {"description": "ready"}, "503": error_response("Store unreachable")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "Prometheus text format"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            "/": {"get": {"summary": "Dashboard (HTML)", "security": [], "responses": {"200": {"description": "HTML"}}}}
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Status": {"type": "string", "enum": ["scheduled", "queued", "sending", "deferred", "delivered", "failed", "cancelled"]},
+                "Addresses": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+                "Attachment": {"type": "object", "required": ["filename", "content_base64"], "properties": {
+                    "filename": {"type": "string"}, "content_type": {"type": "string"},
+                    "content_base64": {"type": "string"}, "inline": {"type": "boolean"}, "content_id": {"type": "string"}}},
+                "MessageRequest": {"type": "object", "properties": {
+                    "from": {"type": "string", "description": "\"Name <addr>\" or addr; optional when HERALD_FROM is set"},
+                    "to": {"$ref": "#/components/schemas/Addresses"}, "cc": {"$ref": "#/components/schemas/Addresses"},
+                    "bcc": {"$ref": "#/components/schemas/Addresses"}, "reply_to": {"$ref": "#/components/schemas/Addresses"},
+                    "subject": {"type": "string"}, "text": {"type": "string"}, "html": {"type": "string"},
+                    "attachments": {"type": "array", "items": {"$ref": "#/components/schemas/Attachment"}},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 32},
+                    "metadata": {"type": "object"},
+                    "send_at": {"type": "string", "format": "date-time"},
+                    "idempotency_key": {"type": "string", "maxLength": 255}}},
+                "Accepted": {"type": "object", "required": ["id", "status"], "properties": {
+                    "id": {"type": "string"}, "status": {"type": "string", "enum": ["queued", "scheduled", "sending", "deferred", "delivered", "failed", "cancelled"]}}},
+                "Summary": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "status": {"$ref": "#/components/schemas/Status"},
+                    "created_at": {"type": "string", "format": "date-time"}, "from": {"type": "string"},
+                    "subject": {"type": "string"}, "attempts": {"type": "integer"}}},
+                "Message": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "status": {"$ref": "#/components/schemas/Status"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "send_at": {"type": ["string", "null"], "format": "date-time"},
+                    "from": {"type": "string"}, "to": {"type": "array", "items": {"type": "string"}},
+                    "subject": {"type": "string"}, "attempts": {"type": "integer"},
+                    "recipients": {"type": "array", "items": {"type": "object", "properties": {
+                        "address": {"type": "string"}, "kind": {"type": "string"}, "status": {"type": "string"},
+                        "smtp_code": {"type": ["integer", "null"]}, "enhanced_status": {"type": ["string", "null"]},
+                        "smtp_reply": {"type": ["string", "null"]}}}},
+                    "events": {"type": "array", "items": {"type": "object", "properties": {
+                        "at": {"type": "string", "format": "date-time"}, "type": {"type": "string"},
+                        "recipient": {"type": ["string", "null"]}, "detail": {"type": ["string", "null"]}}}}}},
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object",
+                    "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                    "field": {"type": ["string", "null"]}}}}}
+            }
+        }
+    })
+}

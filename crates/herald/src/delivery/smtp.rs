@@ -1,0 +1,103 @@
+//! Delivery through an SMTP relay, on herald-smtp's pool.
+
+use herald_smtp::{BodySegment, Error, Pool, Stage, Status};
+
+use super::{Delivery, Envelope, RecipientReply, Transport, Verdict};
+use crate::store::RawSegment;
+
+/// One relay: a pool with a hard connection cap, reused across messages.
+pub struct SmtpTransport {
+    pool: Pool,
+    name: String,
+}
+
+impl SmtpTransport {
+    /// `name` is how the relay appears in events and logs (never with credentials).
+    pub fn new(pool: Pool, name: impl Into<String>) -> Self {
+        Self {
+            pool,
+            name: name.into(),
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl Transport for SmtpTransport {
+    async fn deliver(&self, envelope: Envelope, body: Vec<RawSegment>) -> Delivery {
+        let mut smtp_envelope = herald_smtp::Envelope::new(envelope.sender, envelope.recipients);
+        // Base64 segments (dot_safe) are ASCII by construction; only the others can carry 8-bit text.
+        smtp_envelope.eight_bit = body.iter().any(|s| !s.dot_safe() && !s.bytes().is_ascii());
+        let segments: Vec<BodySegment> = body
+            .into_iter()
+            .map(|segment| match segment {
+                RawSegment::Literal {
+                    bytes,
+                    dot_safe: true,
+                } => BodySegment::dot_safe(bytes),
+                RawSegment::Literal {
+                    bytes,
+                    dot_safe: false,
+                } => BodySegment::new(bytes),
+                RawSegment::Shared {
+                    blob,
+                    dot_safe: true,
+                } => BodySegment::dot_safe(blob.bytes.clone()),
+                RawSegment::Shared {
+                    blob,
+                    dot_safe: false,
+                } => BodySegment::new(blob.bytes.clone()),
+            })
+            .collect();
+        match self.pool.send(&smtp_envelope, &segments).await {
+            Ok(delivery) => Delivery::Replies(
+                delivery
+                    .recipients
+                    .into_iter()
+                    .map(|outcome| RecipientReply {
+                        verdict: match outcome.status {
+                            Status::Accepted => Verdict::Accepted,
+                            Status::Transient => Verdict::Transient,
+                            Status::Permanent => Verdict::Permanent,
+                        },
+                        code: Some(outcome.reply.code),
+                        enhanced_status: outcome.reply.enhanced.map(|e| e.to_string()),
+                        text: outcome.reply.to_string(),
+                    })
+                    .collect(),
+            ),
+            Err(error) => Delivery::Failed {
+                transient: error.is_transient(),
+                relay_down: relay_is_down(&error),
+                reason: error.to_string(),
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// Failures that say the relay (not this message) is unusable right now: the engine pauses the relay
+/// instead of spending the message's attempts (issue: "a 421 or connection failure defers the whole relay").
+fn relay_is_down(error: &Error) -> bool {
+    match error {
+        Error::Connect { .. } | Error::Tls { .. } => true,
+        Error::Rejected { reply, .. } if reply.code == 421 => true,
+        Error::Rejected {
+            stage: Stage::Greeting | Stage::Ehlo,
+            reply,
+        } => !reply.is_permanent(),
+        Error::Timeout {
+            stage: Stage::Connect | Stage::Greeting | Stage::Ehlo,
+        } => true,
+        Error::ConnectionLost {
+            stage: Stage::Greeting | Stage::Ehlo,
+            ..
+        } => true,
+        _ => false,
+    }
+}

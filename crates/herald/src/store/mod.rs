@@ -1,0 +1,127 @@
+//! The durable store: messages, recipients, events and shared blobs.
+//!
+//! Everything Herald accepts lives here before the API answers (DESIGN.md invariant 1), and the queue lives here
+//! too: in memory there are only bounded batches (invariant 6). [`SqliteStore`] is the embedded default;
+//! PostgreSQL (for several nodes) implements the same operations with its own migrations.
+
+mod postgres;
+pub mod raw;
+mod search;
+mod sqlite;
+mod types;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+pub use postgres::PgStore;
+pub use raw::{RawSegment, SharedBlob};
+pub use search::fold;
+pub use sqlite::{SqliteOptions, SqliteStore};
+use tokio::sync::Notify;
+pub use types::*;
+
+use crate::clock::Clock;
+
+/// Tells the delivery engine that new work may be due: after an accept in this process, or (PostgreSQL) a
+/// `NOTIFY` from any node. A wake-up with nothing to do costs one empty claim.
+#[derive(Debug, Clone, Default)]
+pub struct WorkSignal(Arc<Notify>);
+
+impl WorkSignal {
+    pub fn notify(&self) {
+        self.0.notify_one();
+    }
+
+    pub async fn notified(&self) {
+        self.0.notified().await;
+    }
+}
+
+/// The store Herald runs on, chosen by `HERALD_DATABASE_URL`.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Calls the same method on whichever store this is.
+macro_rules! delegate {
+    ($(pub async fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)+) => {
+        $(
+            pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                match self {
+                    Store::Sqlite(store) => store.$name($($arg),*).await,
+                    Store::Postgres(store) => store.$name($($arg),*).await,
+                }
+            }
+        )+
+    };
+}
+
+impl Store {
+    /// Opens `sqlite://PATH` or `postgres://…`, applying migrations.
+    pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(PgStore::open(url, clock).await?))
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteOptions::from_url(url).map_err(StoreError::InvalidUrl)?;
+            Ok(Store::Sqlite(SqliteStore::open(options, clock).await?))
+        } else {
+            Err(StoreError::InvalidUrl(format!(
+                "unsupported database URL (expected sqlite://PATH or postgres://user@host:port/db): {}",
+                url.split('@').next_back().unwrap_or(url)
+            )))
+        }
+    }
+
+    delegate! {
+        pub async fn accept(&self, messages: Vec<NewMessage>) -> Result<Vec<Accepted>, StoreError>;
+        pub async fn claim(&self, owner: &str, lease: Duration, limit: u32) -> Result<Vec<ClaimedMessage>, StoreError>;
+        pub async fn record(&self, owner: &str, outcomes: Vec<AttemptOutcome>) -> Result<(), StoreError>;
+        pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, StoreError>;
+        pub async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
+        pub async fn prune_raw(&self, finished_before: Millis) -> Result<u64, StoreError>;
+        pub async fn raw(&self, id: &str) -> Result<Option<Vec<RawSegment>>, StoreError>;
+        pub async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError>;
+        pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError>;
+        pub async fn counts(&self) -> Result<HashMap<MessageStatus, u64>, StoreError>;
+        pub async fn next_due(&self) -> Result<Option<Millis>, StoreError>;
+        pub async fn ping(&self) -> Result<(), StoreError>;
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        match self {
+            Store::Sqlite(store) => store.clock(),
+            Store::Postgres(store) => store.clock(),
+        }
+    }
+
+    pub fn work_signal(&self) -> &WorkSignal {
+        match self {
+            Store::Sqlite(store) => store.work_signal(),
+            Store::Postgres(store) => store.work_signal(),
+        }
+    }
+}
+
+/// What went wrong in the store, in the caller's terms.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {url}: {source}")]
+    Open {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored message {id} is corrupt: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("invalid search: {0}")]
+    InvalidQuery(String),
+    #[error("{0}")]
+    InvalidUrl(String),
+}

@@ -1,0 +1,865 @@
+//! The store on PostgreSQL, for several `herald serve` nodes on one database.
+//!
+//! Nodes share nothing but the database: claims use `FOR UPDATE SKIP LOCKED` so two nodes never take the same
+//! message, leases make a dead node's messages due again, and `NOTIFY herald_work` (sent in the accepting
+//! transaction, so only after its commit) wakes idle nodes at once. Accepts are grouped into one transaction
+//! per batch of waiting requests, as on SQLite.
+
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use sqlx::{
+    Executor, PgPool, Postgres, QueryBuilder, Row, SqlSafeStr as _, Transaction,
+    migrate::{Migration, MigrationType, Migrator},
+    postgres::{PgListener, PgPoolOptions},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Accepted, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, Event,
+    MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus, RecipientView,
+    SearchPage, SearchQuery, StoreError, WorkSignal,
+    raw::{self, RawSegment, SharedBlob},
+    search::{fold, parse_cursor},
+    types::message_status_from,
+};
+use crate::clock::Clock;
+
+const CHANNEL: &str = "herald_work";
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        sqlx::AssertSqlSafe(include_str!("../../migrations/postgres/0001_init.sql")).into_sql_str(),
+        false,
+    )])
+}
+
+/// The PostgreSQL store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    accepts: mpsc::Sender<AcceptRequest>,
+    clock: Arc<dyn Clock>,
+    work: WorkSignal,
+}
+
+type AcceptRequest = (
+    Vec<NewMessage>,
+    oneshot::Sender<Result<Vec<Accepted>, String>>,
+);
+
+impl PgStore {
+    /// Connects, applies migrations, starts the accept batcher and the LISTEN task.
+    pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open {
+            url: redact(url),
+            source,
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .connect(url)
+            .await
+            .map_err(open_error)?;
+        migrator().run(&pool).await?;
+        let work = WorkSignal::default();
+        let mut listener = PgListener::connect_with(&pool).await.map_err(open_error)?;
+        listener.listen(CHANNEL).await.map_err(open_error)?;
+        let signal = work.clone();
+        tokio::spawn(async move {
+            // Any node's accept (or a lease given back) wakes this node's engine. On a lost connection
+            // PgListener reconnects by itself; the engine's idle poll covers the gap.
+            loop {
+                match listener.recv().await {
+                    Ok(_) => signal.notify(),
+                    Err(error) => {
+                        tracing::warn!(%error, "LISTEN connection lost; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        let (accepts, requests) = mpsc::channel(1_024);
+        tokio::spawn(batch_accepts(pool.clone(), clock.clone(), requests));
+        Ok(Self {
+            pool,
+            accepts,
+            clock,
+            work,
+        })
+    }
+
+    pub fn work_signal(&self) -> &WorkSignal {
+        &self.work
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub async fn accept(&self, messages: Vec<NewMessage>) -> Result<Vec<Accepted>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.accepts
+            .send((messages, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(|e| StoreError::Database(sqlx::Error::Protocol(e)))
+    }
+
+    pub async fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<ClaimedMessage>, StoreError> {
+        let now = self.clock.now();
+        let mut tx = self.pool.begin().await?;
+        // SKIP LOCKED: rows another node is claiming right now are passed over, not waited for.
+        let rows = sqlx::query(
+            "UPDATE messages SET status = 'sending', lease_owner = $1, next_attempt_at = $2
+             WHERE id IN (SELECT id FROM messages WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $3
+                          ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED)
+             RETURNING id, sender, created_at, attempts, raw",
+        )
+        .bind(owner)
+        .bind(now + lease.as_millis() as Millis)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let mut recipients: HashMap<String, Vec<ClaimedRecipient>> = HashMap::new();
+        for row in sqlx::query(
+            "SELECT message_id, position, address FROM recipients
+             WHERE message_id = ANY($1) AND status IN ('pending', 'deferred') ORDER BY message_id, position",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            recipients
+                .entry(row.get(0))
+                .or_default()
+                .push(ClaimedRecipient { position: row.get::<i32, _>(1) as u32, address: row.get(2) });
+        }
+        insert_events(
+            &mut tx,
+            ids.iter()
+                .map(|id| (id.as_str(), now, "sending", None, None)),
+        )
+        .await?;
+        tx.commit().await?;
+
+        let mut wanted = HashSet::new();
+        for row in &rows {
+            if let Some(framed) = row.get::<Option<&[u8]>, _>(4) {
+                let id: String = row.get(0);
+                wanted.extend(
+                    raw::shared_hashes(framed)
+                        .map_err(|reason| StoreError::Corrupt { id, reason })?,
+                );
+            }
+        }
+        let blobs = self.blobs(wanted).await?;
+        rows.into_iter()
+            .map(|row| {
+                let id: String = row.get(0);
+                let framed: Option<Vec<u8>> = row.get(4);
+                let framed = framed.ok_or_else(|| StoreError::Corrupt {
+                    id: id.clone(),
+                    reason: "raw body was pruned".into(),
+                })?;
+                let raw = raw::decode(&Bytes::from(framed), &blobs).map_err(|reason| {
+                    StoreError::Corrupt {
+                        id: id.clone(),
+                        reason,
+                    }
+                })?;
+                Ok(ClaimedMessage {
+                    recipients: recipients.remove(&id).unwrap_or_default(),
+                    id,
+                    sender: row.get(1),
+                    created_at: row.get(2),
+                    attempts: row.get::<i32, _>(3) as u32,
+                    raw,
+                })
+            })
+            .collect()
+    }
+
+    async fn blobs(
+        &self,
+        hashes: HashSet<[u8; 32]>,
+    ) -> Result<HashMap<[u8; 32], Arc<SharedBlob>>, StoreError> {
+        if hashes.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let keys: Vec<Vec<u8>> = hashes.iter().map(|h| h.to_vec()).collect();
+        let mut found = HashMap::new();
+        for row in sqlx::query("SELECT hash, bytes FROM blobs WHERE hash = ANY($1)")
+            .bind(&keys)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let hash: Vec<u8> = row.get(0);
+            if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
+                let bytes: Vec<u8> = row.get(1);
+                found.insert(
+                    hash,
+                    Arc::new(SharedBlob {
+                        hash,
+                        bytes: Bytes::from(bytes),
+                    }),
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    pub async fn record(
+        &self,
+        owner: &str,
+        outcomes: Vec<AttemptOutcome>,
+    ) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let mut tx = self.pool.begin().await?;
+        for outcome in &outcomes {
+            let id = outcome.id.as_str();
+            for r in &outcome.recipients {
+                sqlx::query(
+                    "UPDATE recipients SET status = $1, smtp_code = $2, enhanced_status = $3, reply = $4
+                     WHERE message_id = $5 AND position = $6 AND status NOT IN ('delivered', 'failed', 'cancelled')",
+                )
+                .bind(r.status.as_str())
+                .bind(r.smtp_code.map(i32::from))
+                .bind(r.enhanced_status.as_deref())
+                .bind(r.reply.as_deref())
+                .bind(id)
+                .bind(r.position as i32)
+                .execute(&mut *tx)
+                .await?;
+            }
+            insert_events(
+                &mut tx,
+                outcome.recipients.iter().map(|r| {
+                    (
+                        id,
+                        now,
+                        r.status.as_str(),
+                        Some(r.address.as_str()),
+                        r.reply.as_deref(),
+                    )
+                }),
+            )
+            .await?;
+            let statuses: Vec<RecipientStatus> =
+                sqlx::query("SELECT status FROM recipients WHERE message_id = $1")
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .filter_map(|r| RecipientStatus::from_str(r.get::<&str, _>(0)).ok())
+                    .collect();
+            let mut status = message_status_from(&statuses);
+            if matches!(status, MessageStatus::Deferred | MessageStatus::Queued)
+                && outcome.retry_at.is_none()
+            {
+                sqlx::query(
+                    "UPDATE recipients SET status = 'failed' WHERE message_id = $1 AND status IN ('pending', 'deferred')",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                status = if statuses.contains(&RecipientStatus::Delivered) {
+                    MessageStatus::Delivered
+                } else {
+                    MessageStatus::Failed
+                };
+            }
+            let next_attempt_at = if status.is_final() {
+                None
+            } else {
+                outcome.retry_at.or(Some(now))
+            };
+            sqlx::query(
+                "UPDATE messages SET status = $1, attempts = attempts + $6, next_attempt_at = $2, lease_owner = NULL,
+                 finished_at = $3 WHERE id = $4 AND lease_owner = $5",
+            )
+            .bind(status.as_str())
+            .bind(next_attempt_at)
+            .bind(status.is_final().then_some(now))
+            .bind(id)
+            .bind(owner)
+            .bind(i32::from(outcome.counts_attempt))
+            .execute(&mut *tx)
+            .await?;
+            let kind = format!("attempt_{status}");
+            insert_events(
+                &mut tx,
+                [(id, now, kind.as_str(), None, Some(outcome.detail.as_str()))],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, StoreError> {
+        let now = self.clock.now();
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE messages SET status = 'cancelled', next_attempt_at = NULL, finished_at = $1
+             WHERE id = $2 AND status IN ('scheduled', 'queued', 'deferred')",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let outcome = if done == 1 {
+            sqlx::query(
+                "UPDATE recipients SET status = 'cancelled' WHERE message_id = $1 AND status IN ('pending', 'deferred')",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            insert_events(&mut tx, [(id, now, "cancelled", None, None)]).await?;
+            CancelOutcome::Cancelled
+        } else {
+            match sqlx::query("SELECT status FROM messages WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                None => CancelOutcome::NotFound,
+                Some(row) => CancelOutcome::NotCancellable(
+                    MessageStatus::from_str(row.get::<&str, _>(0))
+                        .unwrap_or(MessageStatus::Sending),
+                ),
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let released = sqlx::query(
+            "UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
+             lease_owner = NULL, next_attempt_at = $1 WHERE lease_owner = $2 AND status = 'sending'",
+        )
+        .bind(self.clock.now())
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if released > 0 {
+            tx.execute(sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL))
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    pub async fn prune_raw(&self, finished_before: Millis) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, raw FROM messages WHERE raw IS NOT NULL AND finished_at IS NOT NULL AND finished_at < $1
+             FOR UPDATE",
+        )
+        .bind(finished_before)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut released: HashMap<[u8; 32], i64> = HashMap::new();
+        for row in &rows {
+            for hash in raw::shared_hashes(row.get::<&[u8], _>(1)).unwrap_or_default() {
+                *released.entry(hash).or_default() += 1;
+            }
+        }
+        let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        sqlx::query("UPDATE messages SET raw = NULL WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        for (hash, count) in released {
+            sqlx::query("UPDATE blobs SET refs = refs - $1 WHERE hash = $2")
+                .bind(count)
+                .bind(&hash[..])
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM blobs WHERE refs <= 0")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
+    pub async fn raw(&self, id: &str) -> Result<Option<Vec<RawSegment>>, StoreError> {
+        let row = sqlx::query("SELECT raw FROM messages WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(framed) = row.and_then(|r| r.get::<Option<Vec<u8>>, _>(0)) else {
+            return Ok(None);
+        };
+        let hashes = raw::shared_hashes(&framed).map_err(|reason| StoreError::Corrupt {
+            id: id.to_owned(),
+            reason,
+        })?;
+        let blobs = self.blobs(hashes.into_iter().collect()).await?;
+        raw::decode(&Bytes::from(framed), &blobs)
+            .map(Some)
+            .map_err(|reason| StoreError::Corrupt {
+                id: id.to_owned(),
+                reason,
+            })
+    }
+
+    pub async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, status, created_at, send_at, sender, subject, attempts, batch_id, tags, metadata, raw_size
+             FROM messages WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let recipients = sqlx::query(
+            "SELECT address, kind, status, smtp_code, enhanced_status, reply FROM recipients
+             WHERE message_id = $1 ORDER BY position",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| RecipientView {
+            address: r.get(0),
+            kind: r.get(1),
+            status: r.get(2),
+            smtp_code: r.get::<Option<i32>, _>(3).map(|c| c as u16),
+            enhanced_status: r.get(4),
+            smtp_reply: r.get(5),
+        })
+        .collect();
+        let events = sqlx::query(
+            "SELECT at, type, recipient, detail FROM events WHERE message_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| Event {
+            at: r.get(0),
+            kind: r.get(1),
+            recipient: r.get(2),
+            detail: r.get(3),
+        })
+        .collect();
+        let json = |text: String| serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Ok(Some(MessageView {
+            id: row.get(0),
+            status: row.get(1),
+            created_at: row.get(2),
+            send_at: row.get(3),
+            from: row.get(4),
+            subject: row.get(5),
+            attempts: row.get::<i32, _>(6) as u32,
+            batch_id: row.get(7),
+            tags: json(row.get(8)),
+            metadata: json(row.get(9)),
+            raw_size: row.get::<i64, _>(10) as u64,
+            recipients,
+            events,
+        }))
+    }
+
+    pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        let limit = query.limit.clamp(1, 1_000);
+        let mut sql = QueryBuilder::<Postgres>::new(
+            "SELECT id, status, created_at, sender, subject, attempts FROM messages WHERE TRUE",
+        );
+        if let Some(status) = query.status {
+            sql.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(to) = &query.to {
+            sql.push(" AND id IN (SELECT message_id FROM recipients WHERE address = ")
+                .push_bind(to.clone())
+                .push(")");
+        }
+        if let Some(text) = query
+            .text
+            .as_deref()
+            .map(fold)
+            .filter(|q| !q.trim().is_empty())
+        {
+            // plainto_tsquery treats every character of user input as text: no query syntax to inject.
+            sql.push(" AND search @@ plainto_tsquery('simple', ")
+                .push_bind(text)
+                .push(")");
+        }
+        if let Some(since) = query.since {
+            sql.push(" AND created_at >= ").push_bind(since);
+        }
+        if let Some(until) = query.until {
+            sql.push(" AND created_at < ").push_bind(until);
+        }
+        if let Some(cursor) = &query.cursor {
+            let (at, id) = parse_cursor(cursor)?;
+            sql.push(" AND (created_at, id) < (")
+                .push_bind(at)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let mut items: Vec<MessageSummary> = sql
+            .build()
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| MessageSummary {
+                id: r.get(0),
+                status: r.get(1),
+                created_at: r.get(2),
+                from: r.get(3),
+                subject: r.get(4),
+                attempts: r.get::<i32, _>(5) as u32,
+            })
+            .collect();
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items
+                .last()
+                .map(|last| format!("{}_{}", last.created_at, last.id))
+        } else {
+            None
+        };
+        Ok(SearchPage { items, next_cursor })
+    }
+
+    pub async fn counts(&self) -> Result<HashMap<MessageStatus, u64>, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM messages GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts = HashMap::new();
+        for row in rows {
+            if let Ok(status) = MessageStatus::from_str(row.get::<&str, _>(0)) {
+                counts.insert(status, row.get::<i64, _>(1) as u64);
+            }
+        }
+        Ok(counts)
+    }
+
+    pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT MIN(next_attempt_at) FROM messages WHERE next_attempt_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .get(0))
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// Never show a password from the URL in an error.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn insert_events<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    events: impl IntoIterator<Item = (&'a str, Millis, &'a str, Option<&'a str>, Option<&'a str>)>,
+) -> Result<(), sqlx::Error> {
+    let (mut ids, mut ats, mut kinds, mut recipients, mut details) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for (id, at, kind, recipient, detail) in events {
+        ids.push(id);
+        ats.push(at);
+        kinds.push(kind);
+        recipients.push(recipient);
+        details.push(detail);
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO events (message_id, at, type, recipient, detail)
+         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[])",
+    )
+    .bind(ids)
+    .bind(ats)
+    .bind(kinds)
+    .bind(recipients)
+    .bind(details)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Group commit for accepts: every request waiting when a transaction starts joins it.
+async fn batch_accepts(
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+    mut requests: mpsc::Receiver<AcceptRequest>,
+) {
+    while let Some(first) = requests.recv().await {
+        let mut group = vec![first];
+        let mut weight = group[0].0.len();
+        while weight < 4_096 {
+            match requests.try_recv() {
+                Ok(more) => {
+                    weight += more.0.len();
+                    group.push(more);
+                }
+                Err(_) => break,
+            }
+        }
+        let all: Vec<&NewMessage> = group.iter().flat_map(|(messages, _)| messages).collect();
+        match accept_group(&pool, clock.now(), &all).await {
+            Ok(results) => {
+                let mut results = results.into_iter();
+                for (messages, reply) in group {
+                    let _ = reply.send(Ok(results.by_ref().take(messages.len()).collect()));
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                tracing::error!(error = %message, "accept transaction failed; nothing of the group was stored");
+                for (_, reply) in group {
+                    let _ = reply.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One array per column, for a multi-row INSERT through UNNEST.
+#[derive(Default)]
+struct MessageColumns<'a> {
+    ids: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    senders: Vec<&'a str>,
+    subjects: Vec<&'a str>,
+    send_ats: Vec<Option<Millis>>,
+    dues: Vec<Millis>,
+    keys: Vec<Option<&'a str>>,
+    batches: Vec<Option<&'a str>>,
+    tags: Vec<String>,
+    metadata: Vec<String>,
+    raws: Vec<Vec<u8>>,
+    sizes: Vec<i64>,
+    documents: Vec<String>,
+}
+
+async fn accept_group(
+    pool: &PgPool,
+    now: Millis,
+    messages: &[&NewMessage],
+) -> Result<Vec<Accepted>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let status_of = |m: &NewMessage| match m.send_at {
+        Some(at) if at > now => MessageStatus::Scheduled,
+        _ => MessageStatus::Queued,
+    };
+    let mut blob_refs: HashMap<[u8; 32], (&SharedBlob, i64)> = HashMap::new();
+    for m in messages {
+        for segment in &m.raw {
+            if let RawSegment::Shared { blob, .. } = segment {
+                blob_refs.entry(blob.hash).or_insert((blob, 0)).1 += 1;
+            }
+        }
+    }
+    // Messages first: ON CONFLICT on the idempotency key tells which are new, even against another node's
+    // concurrent accept of the same key.
+    let mut c = MessageColumns::default();
+    for m in messages {
+        c.ids.push(&m.id);
+        c.statuses.push(status_of(m).as_str());
+        c.senders.push(&m.sender);
+        c.subjects.push(&m.subject);
+        c.send_ats.push(m.send_at);
+        c.dues.push(m.send_at.unwrap_or(now).max(now));
+        c.keys.push(m.idempotency_key.as_deref());
+        c.batches.push(m.batch_id.as_deref());
+        c.tags
+            .push(serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into()));
+        c.metadata.push(m.metadata.to_string());
+        c.raws.push(raw::encode(&m.raw));
+        c.sizes.push(raw::wire_size(&m.raw) as i64);
+        let addresses: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
+        let document = format!(
+            "{} {} {} {}",
+            m.subject,
+            m.sender,
+            addresses.join(" "),
+            m.search_text
+        );
+        c.documents.push(fold(&document));
+    }
+    let inserted: HashSet<String> = sqlx::query(
+        "INSERT INTO messages (id, status, sender, subject, created_at, send_at, next_attempt_at, idempotency_key,
+                               batch_id, tags, metadata, raw, raw_size, search)
+         SELECT id, status, sender, subject, $7, send_at, due, key, batch, tags, metadata, raw, size,
+                to_tsvector('simple', doc)
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $8::text[],
+                     $9::text[], $10::text[], $11::text[], $12::bytea[], $13::bigint[], $14::text[])
+              AS t(id, status, sender, subject, send_at, due, key, batch, tags, metadata, raw, size, doc)
+         ON CONFLICT (idempotency_key) DO NOTHING
+         RETURNING id",
+    )
+    .bind(&c.ids)
+    .bind(&c.statuses)
+    .bind(&c.senders)
+    .bind(&c.subjects)
+    .bind(&c.send_ats)
+    .bind(&c.dues)
+    .bind(now)
+    .bind(&c.keys)
+    .bind(&c.batches)
+    .bind(&c.tags)
+    .bind(&c.metadata)
+    .bind(&c.raws)
+    .bind(&c.sizes)
+    .bind(&c.documents)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| r.get(0))
+    .collect();
+
+    let fresh: Vec<&NewMessage> = messages
+        .iter()
+        .copied()
+        .filter(|m| inserted.contains(&m.id))
+        .collect();
+    let repeated_keys: Vec<&str> = messages
+        .iter()
+        .filter(|m| !inserted.contains(&m.id))
+        .filter_map(|m| m.idempotency_key.as_deref())
+        .collect();
+    let mut existing: HashMap<String, (String, MessageStatus)> = HashMap::new();
+    if !repeated_keys.is_empty() {
+        for row in sqlx::query(
+            "SELECT idempotency_key, id, status FROM messages WHERE idempotency_key = ANY($1)",
+        )
+        .bind(&repeated_keys)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let status =
+                MessageStatus::from_str(row.get::<&str, _>(2)).unwrap_or(MessageStatus::Queued);
+            existing.insert(row.get(0), (row.get(1), status));
+        }
+    }
+
+    // Shared blobs of the messages actually stored.
+    let mut stored_refs: HashMap<[u8; 32], i64> = HashMap::new();
+    for m in &fresh {
+        for segment in &m.raw {
+            if let RawSegment::Shared { blob, .. } = segment {
+                *stored_refs.entry(blob.hash).or_default() += 1;
+            }
+        }
+    }
+    for (hash, refs) in &stored_refs {
+        let (blob, _) = blob_refs[hash];
+        sqlx::query(
+            "INSERT INTO blobs (hash, bytes, created_at, refs) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (hash) DO UPDATE SET refs = blobs.refs + EXCLUDED.refs",
+        )
+        .bind(&hash[..])
+        .bind(&blob.bytes[..])
+        .bind(now)
+        .bind(*refs)
+        .execute(&mut *tx)
+        .await?;
+    }
+
+    let (mut ids, mut positions, mut addresses, mut kinds) = (vec![], vec![], vec![], vec![]);
+    for m in &fresh {
+        for (i, r) in m.recipients.iter().enumerate() {
+            ids.push(m.id.as_str());
+            positions.push(i as i32);
+            addresses.push(r.address.as_str());
+            kinds.push(r.kind.as_str());
+        }
+    }
+    sqlx::query(
+        "INSERT INTO recipients (message_id, position, address, kind, status)
+         SELECT id, pos, address, kind, 'pending' FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[])
+              AS t(id, pos, address, kind)",
+    )
+    .bind(&ids)
+    .bind(&positions)
+    .bind(&addresses)
+    .bind(&kinds)
+    .execute(&mut *tx)
+    .await?;
+    insert_events(
+        &mut tx,
+        fresh
+            .iter()
+            .map(|m| (m.id.as_str(), now, status_of(m).as_str(), None, None)),
+    )
+    .await?;
+    if !fresh.is_empty() {
+        // Delivered with the commit: idle nodes wake only for work they can see.
+        tx.execute(sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL))
+            .await?;
+    }
+    tx.commit().await?;
+
+    Ok(messages
+        .iter()
+        .map(|m| {
+            if inserted.contains(&m.id) {
+                Accepted::New {
+                    id: m.id.clone(),
+                    status: status_of(m),
+                }
+            } else {
+                let key = m.idempotency_key.as_deref().unwrap_or_default();
+                let (id, status) = existing
+                    .get(key)
+                    .cloned()
+                    .unwrap_or((m.id.clone(), MessageStatus::Queued));
+                Accepted::Existing { id, status }
+            }
+        })
+        .collect())
+}

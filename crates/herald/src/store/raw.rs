@@ -1,0 +1,204 @@
+//! The stored form of a composed message: a list of segments, some owned by the message, some shared.
+//!
+//! A personalized batch sends the same 50 KB PDF to every recipient. Storing it per message would cost 50 KB
+//! each; instead the shared part is written once to `blobs` and the message keeps a 33-byte reference. The
+//! framing keeps each segment's `dot_safe` flag, so the SMTP writer can skip scanning base64 bodies.
+//!
+//! Frame: one tag byte, then either `len: u32 LE` + bytes (literal) or a 32-byte SHA-256 (shared).
+
+use std::{collections::HashMap, sync::Arc};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+const TAG_LITERAL: u8 = 0;
+const TAG_SHARED: u8 = 1;
+const FLAG_DOT_SAFE: u8 = 2;
+
+/// A part whose bytes are shared by many messages, identified by the SHA-256 of its bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SharedBlob {
+    pub hash: [u8; 32],
+    pub bytes: Bytes,
+}
+
+impl SharedBlob {
+    /// Hashes the bytes once; every message that uses this blob refers to the same `Arc`.
+    pub fn new(bytes: Bytes) -> Arc<Self> {
+        let hash = Sha256::digest(&bytes).into();
+        Arc::new(Self { hash, bytes })
+    }
+}
+
+/// One piece of a stored message, in wire order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawSegment {
+    /// Bytes that belong to this message only (headers, personalized bodies, boundaries).
+    Literal { bytes: Bytes, dot_safe: bool },
+    /// Bytes stored once in `blobs` and referenced by hash.
+    Shared {
+        blob: Arc<SharedBlob>,
+        dot_safe: bool,
+    },
+}
+
+impl RawSegment {
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            RawSegment::Literal { bytes, .. } => bytes,
+            RawSegment::Shared { blob, .. } => &blob.bytes,
+        }
+    }
+
+    pub fn dot_safe(&self) -> bool {
+        match self {
+            RawSegment::Literal { dot_safe, .. } | RawSegment::Shared { dot_safe, .. } => *dot_safe,
+        }
+    }
+}
+
+/// Total size on the wire (before dot-stuffing) of a segment list.
+pub fn wire_size(segments: &[RawSegment]) -> usize {
+    segments.iter().map(|s| s.bytes().len()).sum()
+}
+
+/// Writes segments in the stored framing.
+pub fn encode(segments: &[RawSegment]) -> Vec<u8> {
+    let literal: usize = segments
+        .iter()
+        .map(|s| match s {
+            RawSegment::Literal { bytes, .. } => 5 + bytes.len(),
+            RawSegment::Shared { .. } => 33,
+        })
+        .sum();
+    let mut out = BytesMut::with_capacity(literal);
+    for segment in segments {
+        let flag = if segment.dot_safe() { FLAG_DOT_SAFE } else { 0 };
+        match segment {
+            RawSegment::Literal { bytes, .. } => {
+                out.put_u8(TAG_LITERAL | flag);
+                out.put_u32_le(bytes.len() as u32);
+                out.put_slice(bytes);
+            }
+            RawSegment::Shared { blob, .. } => {
+                out.put_u8(TAG_SHARED | flag);
+                out.put_slice(&blob.hash);
+            }
+        }
+    }
+    out.to_vec()
+}
+
+/// The shared hashes a framed message refers to, in order.
+pub fn shared_hashes(framed: &[u8]) -> Result<Vec<[u8; 32]>, String> {
+    let mut hashes = Vec::new();
+    walk(framed, |piece| {
+        if let Piece::Shared(hash, _) = piece {
+            hashes.push(hash);
+        }
+    })?;
+    Ok(hashes)
+}
+
+/// Reads the stored framing back, resolving shared segments through `blobs` (hash → bytes).
+pub fn decode(
+    framed: &Bytes,
+    blobs: &HashMap<[u8; 32], Arc<SharedBlob>>,
+) -> Result<Vec<RawSegment>, String> {
+    let mut segments = Vec::new();
+    let mut missing = None;
+    walk(framed, |piece| match piece {
+        Piece::Literal(range, dot_safe) => segments.push(RawSegment::Literal {
+            bytes: framed.slice(range),
+            dot_safe,
+        }),
+        Piece::Shared(hash, dot_safe) => match blobs.get(&hash) {
+            Some(blob) => segments.push(RawSegment::Shared {
+                blob: blob.clone(),
+                dot_safe,
+            }),
+            None => missing = Some(hash),
+        },
+    })?;
+    match missing {
+        Some(hash) => Err(format!("shared part {} is missing", hex(&hash))),
+        None => Ok(segments),
+    }
+}
+
+enum Piece {
+    Literal(std::ops::Range<usize>, bool),
+    Shared([u8; 32], bool),
+}
+
+fn walk(framed: &[u8], mut visit: impl FnMut(Piece)) -> Result<(), String> {
+    let mut at = 0;
+    while at < framed.len() {
+        let tag = framed[at];
+        let dot_safe = tag & FLAG_DOT_SAFE != 0;
+        at += 1;
+        match tag & !FLAG_DOT_SAFE {
+            TAG_LITERAL => {
+                let len_bytes: [u8; 4] = framed
+                    .get(at..at + 4)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or("truncated segment length")?;
+                let len = u32::from_le_bytes(len_bytes) as usize;
+                at += 4;
+                if at + len > framed.len() {
+                    return Err("truncated segment".into());
+                }
+                visit(Piece::Literal(at..at + len, dot_safe));
+                at += len;
+            }
+            TAG_SHARED => {
+                let hash: [u8; 32] = framed
+                    .get(at..at + 32)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or("truncated shared reference")?;
+                at += 32;
+                visit(Piece::Shared(hash, dot_safe));
+            }
+            other => return Err(format!("unknown segment tag {other}")),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_round_trips_literals_and_shared_parts() {
+        let blob = SharedBlob::new(Bytes::from_static(b"QUJD\r\n"));
+        let segments = vec![
+            RawSegment::Literal {
+                bytes: Bytes::from_static(b"Subject: hi\r\n\r\n"),
+                dot_safe: false,
+            },
+            RawSegment::Shared {
+                blob: blob.clone(),
+                dot_safe: true,
+            },
+            RawSegment::Literal {
+                bytes: Bytes::new(),
+                dot_safe: true,
+            },
+        ];
+        let framed = Bytes::from(encode(&segments));
+        assert_eq!(shared_hashes(&framed).unwrap(), vec![blob.hash]);
+        let blobs = HashMap::from([(blob.hash, blob.clone())]);
+        assert_eq!(decode(&framed, &blobs).unwrap(), segments);
+        assert!(
+            decode(&framed, &HashMap::new())
+                .unwrap_err()
+                .contains("missing")
+        );
+        assert!(decode(&framed.slice(..framed.len() - 3), &blobs).is_err());
+    }
+}

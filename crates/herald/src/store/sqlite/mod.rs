@@ -1,0 +1,1004 @@
+//! The embedded store on SQLite: WAL, `synchronous=FULL`, one writer task doing group commit.
+//!
+//! SQLite allows one writer at a time, and a durable commit costs an fsync. So all writes go through one task
+//! that owns the write connection: it takes every request waiting in its channel, applies them in ONE
+//! transaction, commits once, and only then answers each caller. Under load, thousands of accepts share one
+//! fsync (group commit, DESIGN.md invariant 1); alone, a request commits at once. Reads use a separate pool,
+//! which WAL lets run beside the writer.
+
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use sqlx::{
+    Connection, QueryBuilder, Row, SqlSafeStr as _, Sqlite, SqliteConnection,
+    migrate::{Migration, MigrationType, Migrator},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    },
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Accepted, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, Event,
+    MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus, RecipientView,
+    SearchPage, SearchQuery, StoreError, WorkSignal,
+    raw::{self, RawSegment, SharedBlob},
+    search::{fts5_query, parse_cursor},
+    types::message_status_from,
+};
+use crate::clock::Clock;
+
+mod raw_db;
+
+use raw_db::{DbResult, RawDb, Value};
+
+/// How the SQLite store is opened.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    /// Most messages applied in one group commit; more wait for the next one.
+    pub max_group: usize,
+    /// Readers beside the writer.
+    pub read_connections: u32,
+}
+
+impl SqliteOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            max_group: 4_096,
+            read_connections: 4,
+        }
+    }
+
+    /// Parses `sqlite://PATH` (or `sqlite:PATH`) into options with defaults.
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| format!("not a sqlite URL: {url:?} (expected sqlite://PATH)"))?;
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(format!("sqlite URL {url:?} names no file"));
+        }
+        Ok(Self::new(path))
+    }
+}
+
+/// The SQLite store. Cheap to clone; all clones share the writer task and the read pool.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    reader: SqlitePool,
+    writer: mpsc::Sender<WriteOp>,
+    clock: Arc<dyn Clock>,
+    work: WorkSignal,
+}
+
+/// One request to the writer task.
+enum WriteOp {
+    Accept {
+        messages: Vec<NewMessage>,
+        reply: oneshot::Sender<Result<Vec<Accepted>, String>>,
+    },
+    Claim {
+        owner: String,
+        lease: Duration,
+        limit: u32,
+        reply: oneshot::Sender<Result<Vec<Claimed>, String>>,
+    },
+    Record {
+        owner: String,
+        outcomes: Vec<AttemptOutcome>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Cancel {
+        id: String,
+        reply: oneshot::Sender<Result<CancelOutcome, String>>,
+    },
+    Release {
+        owner: String,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    Prune {
+        finished_before: Millis,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+}
+
+/// A claimed row before its shared blobs are resolved (outside the writer, by the caller's task).
+struct Claimed {
+    id: String,
+    sender: String,
+    created_at: Millis,
+    attempts: u32,
+    raw: Option<Vec<u8>>,
+    recipients: Vec<ClaimedRecipient>,
+}
+
+fn connect_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: a commit is on disk when it returns, so a 202 survives power loss (invariant 1).
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(30))
+        .foreign_keys(false)
+        .pragma("temp_store", "memory")
+        .pragma("cache_size", "-65536")
+}
+
+/// The migrations, embedded in the binary so one file is all an install needs.
+fn migrator() -> Migrator {
+    let migrations = vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        sqlx::AssertSqlSafe(include_str!("../../../migrations/sqlite/0001_init.sql"))
+            .into_sql_str(),
+        false,
+    )];
+    Migrator::with_migrations(migrations)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database, applies migrations and starts the writer task.
+    pub async fn open(options: SqliteOptions, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        if let Some(dir) = options.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                url: options.path.display().to_string(),
+                source: sqlx::Error::Io(e),
+            })?;
+        }
+        let connect = connect_options(&options.path);
+        let mut write_conn = SqliteConnection::connect_with(&connect)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: options.path.display().to_string(),
+                source,
+            })?;
+        migrator().run(&mut write_conn).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.read_connections.max(1))
+            .connect_with(connect.read_only(true))
+            .await
+            .map_err(|source| StoreError::Open {
+                url: options.path.display().to_string(),
+                source,
+            })?;
+        drop(write_conn);
+        let db = RawDb::open(&options.path).map_err(|e| StoreError::Open {
+            url: options.path.display().to_string(),
+            source: sqlx::Error::Protocol(e.to_string()),
+        })?;
+        // Same durability settings as the sqlx connections (see connect_options).
+        for pragma in [
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA synchronous = FULL",
+            "PRAGMA cache_size = -65536",
+        ] {
+            db.exec(pragma).map_err(|e| StoreError::Open {
+                url: options.path.display().to_string(),
+                source: sqlx::Error::Protocol(e.to_string()),
+            })?;
+        }
+        let (writer, ops) = mpsc::channel(1_024);
+        let task = Writer {
+            db,
+            clock: clock.clone(),
+            max_group: options.max_group.max(1),
+        };
+        std::thread::Builder::new()
+            .name("herald-store-writer".into())
+            .spawn(move || task.run(ops))
+            .map_err(|e| StoreError::Open {
+                url: options.path.display().to_string(),
+                source: sqlx::Error::Io(e),
+            })?;
+        Ok(Self {
+            reader,
+            writer,
+            clock,
+            work: WorkSignal::default(),
+        })
+    }
+
+    async fn call<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, String>>) -> WriteOp,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(op(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(|e| StoreError::Database(sqlx::Error::Protocol(e)))
+    }
+
+    /// Stores messages durably; returns when they are committed. Messages whose idempotency key was seen
+    /// before are not stored again: their entry says which message the key made.
+    pub async fn accept(&self, messages: Vec<NewMessage>) -> Result<Vec<Accepted>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let accepted = self
+            .call(|reply| WriteOp::Accept { messages, reply })
+            .await?;
+        // Same process, same database: the engine hears of new work with no polling delay.
+        self.work.notify();
+        Ok(accepted)
+    }
+
+    /// Takes up to `limit` due messages for `owner` under a lease of `lease`. A message whose lease expires
+    /// before its outcome is recorded becomes due again (its worker is presumed dead).
+    pub async fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<ClaimedMessage>, StoreError> {
+        let claimed = self
+            .call(|reply| WriteOp::Claim {
+                owner: owner.to_owned(),
+                lease,
+                limit,
+                reply,
+            })
+            .await?;
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Resolve shared parts once per batch, outside the writer: a batch of 500 messages sharing one PDF reads
+        // it once and every message holds the same bytes.
+        let mut wanted = HashSet::new();
+        for message in &claimed {
+            if let Some(framed) = &message.raw {
+                let hashes = raw::shared_hashes(framed).map_err(|reason| StoreError::Corrupt {
+                    id: message.id.clone(),
+                    reason,
+                })?;
+                wanted.extend(hashes);
+            }
+        }
+        let blobs = self.blobs(wanted).await?;
+        claimed
+            .into_iter()
+            .map(|c| {
+                let raw = match c.raw {
+                    Some(framed) => {
+                        raw::decode(&Bytes::from(framed), &blobs).map_err(|reason| {
+                            StoreError::Corrupt {
+                                id: c.id.clone(),
+                                reason,
+                            }
+                        })?
+                    }
+                    None => {
+                        return Err(StoreError::Corrupt {
+                            id: c.id,
+                            reason: "raw body was pruned".into(),
+                        });
+                    }
+                };
+                Ok(ClaimedMessage {
+                    id: c.id,
+                    sender: c.sender,
+                    created_at: c.created_at,
+                    attempts: c.attempts,
+                    recipients: c.recipients,
+                    raw,
+                })
+            })
+            .collect()
+    }
+
+    async fn blobs(
+        &self,
+        hashes: HashSet<[u8; 32]>,
+    ) -> Result<HashMap<[u8; 32], Arc<SharedBlob>>, StoreError> {
+        let mut found = HashMap::new();
+        for hash in hashes {
+            let row = sqlx::query("SELECT bytes FROM blobs WHERE hash = ?")
+                .bind(&hash[..])
+                .fetch_optional(&self.reader)
+                .await?;
+            if let Some(row) = row {
+                let bytes: Vec<u8> = row.get(0);
+                found.insert(
+                    hash,
+                    Arc::new(SharedBlob {
+                        hash,
+                        bytes: Bytes::from(bytes),
+                    }),
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records the end of attempts: recipient results, timeline events, the message's new status and, for
+    /// deferred recipients, when to retry. Applied in one commit with whatever else is waiting.
+    pub async fn record(
+        &self,
+        owner: &str,
+        outcomes: Vec<AttemptOutcome>,
+    ) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        self.call(|reply| WriteOp::Record {
+            owner: owner.to_owned(),
+            outcomes,
+            reply,
+        })
+        .await
+    }
+
+    /// Cancels a message that has not been sent yet (scheduled, queued or deferred).
+    pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, StoreError> {
+        self.call(|reply| WriteOp::Cancel {
+            id: id.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Gives back every lease `owner` holds (graceful shutdown): those messages are due again at once.
+    pub async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        self.call(|reply| WriteOp::Release {
+            owner: owner.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Drops the raw bodies of messages finished before `finished_before` (status and events are kept), and
+    /// the shared blobs no longer referenced. Returns how many bodies were pruned.
+    pub async fn prune_raw(&self, finished_before: Millis) -> Result<u64, StoreError> {
+        self.call(|reply| WriteOp::Prune {
+            finished_before,
+            reply,
+        })
+        .await
+    }
+
+    /// The exact bytes of a message as segments (shared parts resolved), or `None` if unknown or pruned.
+    pub async fn raw(&self, id: &str) -> Result<Option<Vec<RawSegment>>, StoreError> {
+        let row = sqlx::query("SELECT raw FROM messages WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        let Some(framed) = row.and_then(|r| r.get::<Option<Vec<u8>>, _>(0)) else {
+            return Ok(None);
+        };
+        let hashes = raw::shared_hashes(&framed).map_err(|reason| StoreError::Corrupt {
+            id: id.to_owned(),
+            reason,
+        })?;
+        let blobs = self.blobs(hashes.into_iter().collect()).await?;
+        raw::decode(&Bytes::from(framed), &blobs)
+            .map(Some)
+            .map_err(|reason| StoreError::Corrupt {
+                id: id.to_owned(),
+                reason,
+            })
+    }
+
+    /// One message with its recipients and timeline.
+    pub async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, status, created_at, send_at, sender, subject, attempts, batch_id, tags, metadata, raw_size
+             FROM messages WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let recipients = sqlx::query(
+            "SELECT address, kind, status, smtp_code, enhanced_status, reply FROM recipients
+             WHERE message_id = ? ORDER BY position",
+        )
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await?
+        .into_iter()
+        .map(|r| RecipientView {
+            address: r.get(0),
+            kind: r.get(1),
+            status: r.get(2),
+            smtp_code: r.get::<Option<i64>, _>(3).map(|c| c as u16),
+            enhanced_status: r.get(4),
+            smtp_reply: r.get(5),
+        })
+        .collect();
+        let events = sqlx::query(
+            "SELECT at, type, recipient, detail FROM events WHERE message_id = ? ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await?
+        .into_iter()
+        .map(|r| Event {
+            at: r.get(0),
+            kind: r.get(1),
+            recipient: r.get(2),
+            detail: r.get(3),
+        })
+        .collect();
+        let json = |text: String| serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Ok(Some(MessageView {
+            id: row.get(0),
+            status: row.get(1),
+            created_at: row.get(2),
+            send_at: row.get(3),
+            from: row.get(4),
+            subject: row.get(5),
+            attempts: row.get::<i64, _>(6) as u32,
+            batch_id: row.get(7),
+            tags: json(row.get(8)),
+            metadata: json(row.get(9)),
+            raw_size: row.get::<i64, _>(10) as u64,
+            recipients,
+            events,
+        }))
+    }
+
+    /// Searches the archive, newest first, with keyset pagination (stable and fast at any depth).
+    pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        let limit = query.limit.clamp(1, 1_000);
+        let mut sql = QueryBuilder::<Sqlite>::new(
+            "SELECT id, status, created_at, sender, subject, attempts FROM messages WHERE 1 = 1",
+        );
+        if let Some(status) = query.status {
+            sql.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(to) = &query.to {
+            sql.push(" AND id IN (SELECT message_id FROM recipients WHERE address = ")
+                .push_bind(to.clone())
+                .push(")");
+        }
+        if let Some(text) = query
+            .text
+            .as_deref()
+            .map(fts5_query)
+            .filter(|q| !q.is_empty())
+        {
+            sql.push(" AND rowid IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ")
+                .push_bind(text)
+                .push(")");
+        }
+        if let Some(since) = query.since {
+            sql.push(" AND created_at >= ").push_bind(since);
+        }
+        if let Some(until) = query.until {
+            sql.push(" AND created_at < ").push_bind(until);
+        }
+        if let Some(cursor) = &query.cursor {
+            let (at, id) = parse_cursor(cursor)?;
+            sql.push(" AND (created_at < ")
+                .push_bind(at)
+                .push(" OR (created_at = ")
+                .push_bind(at)
+                .push(" AND id < ")
+                .push_bind(id)
+                .push("))");
+        }
+        sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let mut items: Vec<MessageSummary> = sql
+            .build()
+            .fetch_all(&self.reader)
+            .await?
+            .into_iter()
+            .map(|r| MessageSummary {
+                id: r.get(0),
+                status: r.get(1),
+                created_at: r.get(2),
+                from: r.get(3),
+                subject: r.get(4),
+                attempts: r.get::<i64, _>(5) as u32,
+            })
+            .collect();
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items
+                .last()
+                .map(|last| format!("{}_{}", last.created_at, last.id))
+        } else {
+            None
+        };
+        Ok(SearchPage { items, next_cursor })
+    }
+
+    /// Counts per status (for the overview and metrics).
+    pub async fn counts(&self) -> Result<HashMap<MessageStatus, u64>, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM messages GROUP BY status")
+            .fetch_all(&self.reader)
+            .await?;
+        let mut counts = HashMap::new();
+        for row in rows {
+            if let Ok(status) = MessageStatus::from_str(row.get::<&str, _>(0)) {
+                counts.insert(status, row.get::<i64, _>(1) as u64);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The earliest time any live message is due, so an idle worker can sleep exactly until then.
+    pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT MIN(next_attempt_at) FROM messages WHERE next_attempt_at IS NOT NULL",
+        )
+        .fetch_one(&self.reader)
+        .await?
+        .get(0))
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    pub fn work_signal(&self) -> &WorkSignal {
+        &self.work
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+}
+
+/// The thread that owns the write connection.
+struct Writer {
+    db: RawDb,
+    clock: Arc<dyn Clock>,
+    max_group: usize,
+}
+
+impl Writer {
+    fn run(mut self, mut ops: mpsc::Receiver<WriteOp>) {
+        while let Some(first) = ops.blocking_recv() {
+            // Group commit: everything already waiting joins this transaction, up to the bound.
+            let mut weight = first.weight();
+            let mut group = vec![first];
+            while weight < self.max_group {
+                match ops.try_recv() {
+                    Ok(op) => {
+                        weight += op.weight();
+                        group.push(op);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.apply(group);
+        }
+    }
+
+    fn apply(&mut self, group: Vec<WriteOp>) {
+        let now = self.clock.now();
+        let mut answers = Vec::with_capacity(group.len());
+        let result = (|| {
+            self.db.exec("BEGIN IMMEDIATE")?;
+            for op in &group {
+                answers.push(apply_one(&mut self.db, op, now)?);
+            }
+            self.db.exec("COMMIT")
+        })();
+        match result {
+            Ok(()) => {
+                for (op, answer) in group.into_iter().zip(answers) {
+                    op.answer(Ok(answer));
+                }
+            }
+            Err(error) => {
+                // Nothing of the group was committed: every caller hears the error, none is told "stored".
+                let _ = self.db.exec("ROLLBACK");
+                let message = error.to_string();
+                tracing::error!(error = %message, ops = group.len(), "store write failed; group rolled back");
+                for op in group {
+                    op.answer(Err(message.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// What one op produced inside the transaction, handed to its caller after the commit.
+enum Answer {
+    Accepted(Vec<Accepted>),
+    Claimed(Vec<Claimed>),
+    Unit,
+    Cancel(CancelOutcome),
+    Count(u64),
+}
+
+impl WriteOp {
+    fn weight(&self) -> usize {
+        match self {
+            WriteOp::Accept { messages, .. } => messages.len(),
+            WriteOp::Record { outcomes, .. } => outcomes.len(),
+            _ => 1,
+        }
+    }
+
+    fn answer(self, result: Result<Answer, String>) {
+        // A caller that went away (request timed out) just doesn't hear the answer; the write stands.
+        match (self, result) {
+            (WriteOp::Accept { reply, .. }, Ok(Answer::Accepted(v))) => drop(reply.send(Ok(v))),
+            (WriteOp::Claim { reply, .. }, Ok(Answer::Claimed(v))) => drop(reply.send(Ok(v))),
+            (WriteOp::Record { reply, .. }, Ok(Answer::Unit)) => drop(reply.send(Ok(()))),
+            (WriteOp::Cancel { reply, .. }, Ok(Answer::Cancel(v))) => drop(reply.send(Ok(v))),
+            (
+                WriteOp::Release { reply, .. } | WriteOp::Prune { reply, .. },
+                Ok(Answer::Count(n)),
+            ) => drop(reply.send(Ok(n))),
+            (WriteOp::Accept { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (WriteOp::Claim { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (WriteOp::Record { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (WriteOp::Cancel { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (WriteOp::Release { reply, .. } | WriteOp::Prune { reply, .. }, Err(e)) => {
+                drop(reply.send(Err(e)))
+            }
+            (_, Ok(_)) => unreachable!("each op yields its own answer kind"),
+        }
+    }
+}
+
+fn apply_one(db: &mut RawDb, op: &WriteOp, now: Millis) -> DbResult<Answer> {
+    Ok(match op {
+        WriteOp::Accept { messages, .. } => Answer::Accepted(accept(db, messages, now)?),
+        WriteOp::Claim { owner, lease, limit, .. } => {
+            Answer::Claimed(claim(db, owner, now, now + lease.as_millis() as Millis, *limit)?)
+        }
+        WriteOp::Record { owner, outcomes, .. } => {
+            record(db, owner, outcomes, now)?;
+            Answer::Unit
+        }
+        WriteOp::Cancel { id, .. } => Answer::Cancel(cancel(db, id, now)?),
+        WriteOp::Release { owner, .. } => Answer::Count(
+            db.stmt(
+                "UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
+                 lease_owner = NULL, next_attempt_at = ?1 WHERE lease_owner = ?2 AND status = 'sending'",
+            )?
+            .bind([now.into(), owner.into()])?
+            .execute()?,
+        ),
+        WriteOp::Prune { finished_before, .. } => Answer::Count(prune(db, *finished_before)?),
+    })
+}
+
+fn event(
+    db: &mut RawDb,
+    id: &str,
+    now: Millis,
+    kind: &str,
+    recipient: Option<&str>,
+    detail: Option<&str>,
+) -> DbResult<()> {
+    db.stmt(
+        "INSERT INTO events (message_id, at, type, recipient, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .bind([
+        id.into(),
+        now.into(),
+        kind.into(),
+        recipient.into(),
+        detail.into(),
+    ])?
+    .execute()?;
+    Ok(())
+}
+
+fn accept(db: &mut RawDb, messages: &[NewMessage], now: Millis) -> DbResult<Vec<Accepted>> {
+    let mut results = Vec::with_capacity(messages.len());
+    // Keys made earlier in this same group (not yet visible to a SELECT of other rows' keys).
+    let mut made_here: HashMap<&str, (String, MessageStatus)> = HashMap::new();
+    for message in messages {
+        if let Some(key) = message.idempotency_key.as_deref() {
+            // Idempotency: a key seen before returns the message it made; nothing new is queued.
+            let existing = made_here.get(key).cloned().map_or_else(
+                || -> DbResult<Option<(String, MessageStatus)>> {
+                    let mut q =
+                        db.stmt("SELECT id, status FROM messages WHERE idempotency_key = ?1")?;
+                    q.bind([key.into()])?;
+                    Ok(if q.step()? {
+                        Some((
+                            q.text(0),
+                            MessageStatus::from_str(&q.text(1)).unwrap_or(MessageStatus::Queued),
+                        ))
+                    } else {
+                        None
+                    })
+                },
+                |found| Ok(Some(found)),
+            )?;
+            if let Some((id, status)) = existing {
+                results.push(Accepted::Existing { id, status });
+                continue;
+            }
+        }
+        let status = match message.send_at {
+            Some(at) if at > now => MessageStatus::Scheduled,
+            _ => MessageStatus::Queued,
+        };
+        if let Some(key) = message.idempotency_key.as_deref() {
+            made_here.insert(key, (message.id.clone(), status));
+        }
+
+        for segment in &message.raw {
+            if let RawSegment::Shared { blob, .. } = segment {
+                // Stored once; `refs` counts the bodies that use it, so pruning knows when it is unused.
+                db.stmt(
+                    "INSERT INTO blobs (hash, bytes, created_at, refs) VALUES (?1, ?2, ?3, 1)
+                     ON CONFLICT (hash) DO UPDATE SET refs = refs + 1",
+                )?
+                .bind([
+                    Value::Blob(&blob.hash),
+                    Value::Blob(&blob.bytes),
+                    now.into(),
+                ])?
+                .execute()?;
+            }
+        }
+        let framed = raw::encode(&message.raw);
+        let tags = serde_json::to_string(&message.tags).unwrap_or_else(|_| "[]".into());
+        let metadata = message.metadata.to_string();
+        db.stmt(
+            "INSERT INTO messages (id, status, sender, subject, created_at, send_at, next_attempt_at, attempts,
+             idempotency_key, batch_id, tags, metadata, raw, raw_size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?
+        .bind([
+            Value::Text(&message.id),
+            status.as_str().into(),
+            Value::Text(&message.sender),
+            Value::Text(&message.subject),
+            now.into(),
+            message.send_at.into(),
+            message.send_at.unwrap_or(now).max(now).into(),
+            message.idempotency_key.as_deref().into(),
+            message.batch_id.as_deref().into(),
+            Value::Text(&tags),
+            Value::Text(&metadata),
+            Value::Blob(&framed),
+            (raw::wire_size(&message.raw) as i64).into(),
+        ])?
+        .execute()?;
+        let rowid = db.last_insert_rowid();
+
+        let mut addresses = message.sender.clone();
+        for recipient in &message.recipients {
+            addresses.push(' ');
+            addresses.push_str(&recipient.address);
+        }
+        db.stmt(
+            "INSERT INTO messages_fts (rowid, subject, addresses, body) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .bind([
+            rowid.into(),
+            Value::Text(&message.subject),
+            Value::Text(&addresses),
+            Value::Text(&message.search_text),
+        ])?
+        .execute()?;
+        for (position, recipient) in message.recipients.iter().enumerate() {
+            db.stmt(
+                "INSERT INTO recipients (message_id, position, address, kind, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
+            )?
+            .bind([
+                Value::Text(&message.id),
+                (position as i64).into(),
+                Value::Text(&recipient.address),
+                recipient.kind.as_str().into(),
+            ])?
+            .execute()?;
+        }
+        event(db, &message.id, now, status.as_str(), None, None)?;
+        results.push(Accepted::New {
+            id: message.id.clone(),
+            status,
+        });
+    }
+    Ok(results)
+}
+
+fn claim(
+    db: &mut RawDb,
+    owner: &str,
+    now: Millis,
+    lease_until: Millis,
+    limit: u32,
+) -> DbResult<Vec<Claimed>> {
+    // Due = next_attempt_at passed: queued, deferred, scheduled whose time came, or sending with an expired
+    // lease (its worker died). The partial index makes this a range scan whatever the queue length.
+    let mut claimed = Vec::new();
+    {
+        let mut q = db.stmt(
+            "UPDATE messages SET status = 'sending', lease_owner = ?1, next_attempt_at = ?2
+             WHERE rowid IN (SELECT rowid FROM messages WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?3
+                             ORDER BY next_attempt_at LIMIT ?4)
+             RETURNING id, sender, created_at, attempts, raw",
+        )?;
+        q.bind([
+            owner.into(),
+            lease_until.into(),
+            now.into(),
+            i64::from(limit).into(),
+        ])?;
+        while q.step()? {
+            claimed.push(Claimed {
+                id: q.text(0),
+                sender: q.text(1),
+                created_at: q.int(2),
+                attempts: q.int(3) as u32,
+                raw: (!q.is_null(4)).then(|| q.bytes(4).to_vec()),
+                recipients: Vec::new(),
+            });
+        }
+    }
+    for message in &mut claimed {
+        {
+            let mut q = db.stmt(
+                "SELECT position, address FROM recipients
+                 WHERE message_id = ?1 AND status IN ('pending', 'deferred') ORDER BY position",
+            )?;
+            q.bind([Value::Text(&message.id)])?;
+            while q.step()? {
+                message.recipients.push(ClaimedRecipient {
+                    position: q.int(0) as u32,
+                    address: q.text(1),
+                });
+            }
+        }
+        event(db, &message.id, now, "sending", None, None)?;
+    }
+    Ok(claimed)
+}
+
+fn record(db: &mut RawDb, owner: &str, outcomes: &[AttemptOutcome], now: Millis) -> DbResult<()> {
+    for outcome in outcomes {
+        let id = outcome.id.as_str();
+        for r in &outcome.recipients {
+            db.stmt(
+                "UPDATE recipients SET status = ?1, smtp_code = ?2, enhanced_status = ?3, reply = ?4
+                 WHERE message_id = ?5 AND position = ?6 AND status NOT IN ('delivered', 'failed', 'cancelled')",
+            )?
+            .bind([
+                r.status.as_str().into(),
+                r.smtp_code.map(i64::from).into(),
+                r.enhanced_status.as_deref().into(),
+                r.reply.as_deref().into(),
+                id.into(),
+                i64::from(r.position).into(),
+            ])?
+            .execute()?;
+            let position = r.position.to_string();
+            event(
+                db,
+                id,
+                now,
+                r.status.as_str(),
+                Some(&position),
+                r.reply.as_deref(),
+            )?;
+        }
+        let mut statuses = Vec::new();
+        {
+            let mut q = db.stmt("SELECT status FROM recipients WHERE message_id = ?1")?;
+            q.bind([id.into()])?;
+            while q.step()? {
+                if let Ok(status) = RecipientStatus::from_str(&q.text(0)) {
+                    statuses.push(status);
+                }
+            }
+        }
+        let mut status = message_status_from(&statuses);
+        // Deferred recipients with no retry time left: the message gave up on them.
+        if matches!(status, MessageStatus::Deferred | MessageStatus::Queued)
+            && outcome.retry_at.is_none()
+        {
+            db.stmt(
+                "UPDATE recipients SET status = 'failed' WHERE message_id = ?1 AND status IN ('pending', 'deferred')",
+            )?
+            .bind([id.into()])?
+            .execute()?;
+            status = if statuses.contains(&RecipientStatus::Delivered) {
+                MessageStatus::Delivered
+            } else {
+                MessageStatus::Failed
+            };
+        }
+        let next_attempt_at = if status.is_final() {
+            None
+        } else {
+            outcome.retry_at.or(Some(now))
+        };
+        let finished_at = status.is_final().then_some(now);
+        // Only the lease holder moves the message on; a worker whose lease expired (and whose message another
+        // worker took over) still records what the server said for each recipient above.
+        db.stmt(
+            "UPDATE messages SET status = ?1, attempts = attempts + ?6, next_attempt_at = ?2, lease_owner = NULL,
+             finished_at = ?3 WHERE id = ?4 AND lease_owner = ?5",
+        )?
+        .bind([
+            status.as_str().into(),
+            next_attempt_at.into(),
+            finished_at.into(),
+            id.into(),
+            owner.into(),
+            i64::from(outcome.counts_attempt).into(),
+        ])?
+        .execute()?;
+        let kind = format!("attempt_{status}");
+        event(db, id, now, &kind, None, Some(&outcome.detail))?;
+    }
+    Ok(())
+}
+
+fn cancel(db: &mut RawDb, id: &str, now: Millis) -> DbResult<CancelOutcome> {
+    let done = db
+        .stmt(
+            "UPDATE messages SET status = 'cancelled', next_attempt_at = NULL, finished_at = ?1
+             WHERE id = ?2 AND status IN ('scheduled', 'queued', 'deferred')",
+        )?
+        .bind([now.into(), id.into()])?
+        .execute()?;
+    if done == 1 {
+        db.stmt("UPDATE recipients SET status = 'cancelled' WHERE message_id = ?1 AND status IN ('pending', 'deferred')")?
+            .bind([id.into()])?
+            .execute()?;
+        event(db, id, now, "cancelled", None, None)?;
+        return Ok(CancelOutcome::Cancelled);
+    }
+    let mut q = db.stmt("SELECT status FROM messages WHERE id = ?1")?;
+    q.bind([id.into()])?;
+    Ok(if q.step()? {
+        CancelOutcome::NotCancellable(
+            MessageStatus::from_str(&q.text(0)).unwrap_or(MessageStatus::Sending),
+        )
+    } else {
+        CancelOutcome::NotFound
+    })
+}
+
+fn prune(db: &mut RawDb, finished_before: Millis) -> DbResult<u64> {
+    let mut pruned = Vec::new();
+    {
+        let mut q = db.stmt(
+            "SELECT id, raw FROM messages WHERE raw IS NOT NULL AND finished_at IS NOT NULL AND finished_at < ?1",
+        )?;
+        q.bind([finished_before.into()])?;
+        while q.step()? {
+            // A corrupt frame cannot hold a valid reference; pruning it releases nothing rather than failing.
+            pruned.push((
+                q.text(0),
+                raw::shared_hashes(q.bytes(1)).unwrap_or_default(),
+            ));
+        }
+    }
+    for (id, hashes) in &pruned {
+        db.stmt("UPDATE messages SET raw = NULL WHERE id = ?1")?
+            .bind([Value::Text(id)])?
+            .execute()?;
+        for hash in hashes {
+            db.stmt("UPDATE blobs SET refs = refs - 1 WHERE hash = ?1")?
+                .bind([Value::Blob(hash)])?
+                .execute()?;
+        }
+    }
+    db.stmt("DELETE FROM blobs WHERE refs <= 0")?.execute()?;
+    Ok(pruned.len() as u64)
+}

@@ -1,0 +1,293 @@
+//! The values that cross the store boundary.
+
+use std::{fmt, str::FromStr};
+
+use super::raw::RawSegment;
+
+/// Milliseconds since the Unix epoch: the one time unit of the store, the same in both dialects.
+pub type Millis = i64;
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "unknown {} {other:?} (expected one of: {})",
+                        stringify!($name),
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// Where a message is in its life. `Delivered`, `Failed` and `Cancelled` are final.
+    MessageStatus {
+        Scheduled => "scheduled",
+        Queued => "queued",
+        Sending => "sending",
+        Deferred => "deferred",
+        Delivered => "delivered",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+}
+
+string_enum! {
+    /// Where one recipient of a message is. A message's status is derived from its recipients'.
+    RecipientStatus {
+        Pending => "pending",
+        Deferred => "deferred",
+        Delivered => "delivered",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+}
+
+string_enum! {
+    /// How a recipient was addressed; `bcc` is in the envelope but never in the headers.
+    RecipientKind {
+        To => "to",
+        Cc => "cc",
+        Bcc => "bcc",
+    }
+}
+
+impl MessageStatus {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            MessageStatus::Delivered | MessageStatus::Failed | MessageStatus::Cancelled
+        )
+    }
+}
+
+impl RecipientStatus {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RecipientStatus::Delivered | RecipientStatus::Failed | RecipientStatus::Cancelled
+        )
+    }
+}
+
+/// One envelope recipient of a new message.
+#[derive(Debug, Clone)]
+pub struct NewRecipient {
+    pub address: String,
+    pub kind: RecipientKind,
+}
+
+/// A composed message ready to be stored: the bytes are final, every attempt sends exactly these.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: String,
+    pub sender: String,
+    pub subject: String,
+    pub recipients: Vec<NewRecipient>,
+    /// Text indexed for full-text search (the text body, or text made from the HTML).
+    pub search_text: String,
+    pub raw: Vec<RawSegment>,
+    pub send_at: Option<Millis>,
+    pub idempotency_key: Option<String>,
+    pub batch_id: Option<String>,
+    pub tags: Vec<String>,
+    pub metadata: serde_json::Value,
+}
+
+/// What `accept` did with one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored now, with this status (queued or scheduled).
+    New { id: String, status: MessageStatus },
+    /// The idempotency key was seen before: nothing new was queued; this is the message it made.
+    Existing { id: String, status: MessageStatus },
+}
+
+impl Accepted {
+    pub fn id(&self) -> &str {
+        match self {
+            Accepted::New { id, .. } | Accepted::Existing { id, .. } => id,
+        }
+    }
+
+    pub fn status(&self) -> MessageStatus {
+        match self {
+            Accepted::New { status, .. } | Accepted::Existing { status, .. } => *status,
+        }
+    }
+}
+
+/// A message taken from the queue by one worker, under a lease.
+#[derive(Debug, Clone)]
+pub struct ClaimedMessage {
+    pub id: String,
+    pub sender: String,
+    pub created_at: Millis,
+    /// Attempts before this one.
+    pub attempts: u32,
+    /// Only the recipients still to be tried (pending or deferred); delivered and failed ones are never resent.
+    pub recipients: Vec<ClaimedRecipient>,
+    pub raw: Vec<RawSegment>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimedRecipient {
+    pub position: u32,
+    pub address: String,
+}
+
+/// The server's answer for one recipient (or the reason there was none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientResult {
+    pub position: u32,
+    /// For the timeline; the position is what identifies the row.
+    pub address: String,
+    pub status: RecipientStatus,
+    pub smtp_code: Option<u16>,
+    pub enhanced_status: Option<String>,
+    pub reply: Option<String>,
+}
+
+/// The end of one delivery attempt of a claimed message.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub id: String,
+    pub recipients: Vec<RecipientResult>,
+    /// When to try the deferred recipients again; `None` when none is deferred or the message gave up.
+    pub retry_at: Option<Millis>,
+    /// A line for the timeline (`delivered to 2 of 3 recipients`, the relay's error …).
+    pub detail: String,
+    /// Whether this counts as an attempt of the message. A relay found down does not: the message waits for
+    /// the relay instead of burning its retries.
+    pub counts_attempt: bool,
+}
+
+/// One line of a message's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Event {
+    pub at: Millis,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecipientView {
+    pub address: String,
+    pub kind: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smtp_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enhanced_status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smtp_reply: Option<String>,
+}
+
+/// Everything the API shows about one message.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MessageView {
+    pub id: String,
+    pub status: String,
+    pub created_at: Millis,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<Millis>,
+    pub from: String,
+    pub subject: String,
+    pub attempts: u32,
+    pub batch_id: Option<String>,
+    pub tags: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub raw_size: u64,
+    pub recipients: Vec<RecipientView>,
+    pub events: Vec<Event>,
+}
+
+/// One row of a search result.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MessageSummary {
+    pub id: String,
+    pub status: String,
+    pub created_at: Millis,
+    pub from: String,
+    pub subject: String,
+    pub attempts: u32,
+}
+
+/// Filters for the archive; every field narrows the result.
+#[derive(Debug, Clone, Default)]
+pub struct SearchQuery {
+    pub status: Option<MessageStatus>,
+    /// Exact recipient address.
+    pub to: Option<String>,
+    /// Full-text words over subject, addresses and text body.
+    pub text: Option<String>,
+    pub since: Option<Millis>,
+    pub until: Option<Millis>,
+    pub limit: u32,
+    /// From a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchPage {
+    pub items: Vec<MessageSummary>,
+    pub next_cursor: Option<String>,
+}
+
+/// What `cancel` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Cancelled,
+    /// Too late: already sending or finished; carries the status it has.
+    NotCancellable(MessageStatus),
+    NotFound,
+}
+
+/// Derives a message's status from its recipients' (the API contract's rule): `delivered` when all were
+/// accepted, `failed` when none can be, `deferred` while any will be retried. A finished message with some
+/// recipients accepted and some failed for good is `delivered` (it left for someone), and its recipients tell
+/// which failed, as Postmark and SES report per recipient.
+pub fn message_status_from(recipients: &[RecipientStatus]) -> MessageStatus {
+    use RecipientStatus as R;
+    let any = |wanted: R| recipients.contains(&wanted);
+    if any(R::Deferred) {
+        MessageStatus::Deferred
+    } else if any(R::Pending) {
+        MessageStatus::Queued
+    } else if any(R::Delivered) {
+        MessageStatus::Delivered
+    } else if !recipients.is_empty() && recipients.iter().all(|s| *s == R::Cancelled) {
+        MessageStatus::Cancelled
+    } else {
+        MessageStatus::Failed
+    }
+}

@@ -1,0 +1,603 @@
+//! The store against real databases (a SQLite file, a fresh PostgreSQL database): durability, group commit,
+//! claims and leases, outcomes, cancellation, search and pruning. Time moves through a ManualClock.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use common::{Backend, T0, TestStore};
+use herald::{
+    clock::Clock,
+    store::{
+        Accepted, AttemptOutcome, CancelOutcome, MessageStatus, NewMessage, NewRecipient,
+        RawSegment, RecipientKind, RecipientResult, RecipientStatus, SearchPage, SearchQuery,
+        SharedBlob, Store,
+    },
+};
+
+on_both_stores!(
+    accepted_messages_survive_reopening_the_database,
+    concurrent_accepts_are_grouped_and_all_stored,
+    idempotency_key_returns_the_first_message_and_queues_nothing_new,
+    scheduled_messages_are_claimed_only_when_due,
+    a_claimed_message_is_not_claimed_twice_until_its_lease_expires,
+    outcomes_are_kept_per_recipient_and_only_deferred_ones_are_retried,
+    giving_up_fails_the_recipients_still_deferred,
+    cancel_works_before_sending_and_is_refused_after,
+    search_filters_and_paginates_newest_first,
+    shared_parts_are_stored_once_and_pruned_with_the_last_body,
+    releasing_leases_makes_messages_due_at_once,
+);
+
+fn message(n: usize, recipients: &[&str]) -> NewMessage {
+    NewMessage {
+        id: format!("msg-{n:06}"),
+        sender: "shop@example.test".into(),
+        subject: format!("Order {n} shipped"),
+        recipients: recipients
+            .iter()
+            .map(|a| NewRecipient {
+                address: (*a).into(),
+                kind: RecipientKind::To,
+            })
+            .collect(),
+        search_text: format!("Hello, your parcel number {n} is on its way"),
+        raw: vec![RawSegment::Literal {
+            bytes: Bytes::from(format!("Subject: Order {n} shipped\r\n\r\nbody\r\n")),
+            dot_safe: false,
+        }],
+        send_at: None,
+        idempotency_key: None,
+        batch_id: None,
+        tags: vec![],
+        metadata: serde_json::json!({}),
+    }
+}
+
+fn result(position: u32, status: RecipientStatus, code: u16, reply: &str) -> RecipientResult {
+    RecipientResult {
+        position,
+        address: format!("recipient{position}@example.test"),
+        status,
+        smtp_code: Some(code),
+        enhanced_status: None,
+        reply: Some(reply.into()),
+    }
+}
+
+async fn accepted_messages_survive_reopening_the_database(t: TestStore) {
+    let accepted = t
+        .store
+        .accept(vec![message(1, &["a@example.test"])])
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted,
+        vec![Accepted::New {
+            id: "msg-000001".into(),
+            status: MessageStatus::Queued
+        }]
+    );
+    let (reopened, _dir) = reopen(t).await;
+    let view = reopened
+        .message("msg-000001")
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(view.status, "queued");
+    assert_eq!(view.subject, "Order 1 shipped");
+    assert_eq!(view.recipients[0].address, "a@example.test");
+    assert_eq!(view.events[0].kind, "queued");
+    let raw = reopened.raw("msg-000001").await.unwrap().unwrap();
+    assert_eq!(
+        raw[0].bytes().as_ref(),
+        b"Subject: Order 1 shipped\r\n\r\nbody\r\n"
+    );
+}
+
+async fn concurrent_accepts_are_grouped_and_all_stored(t: TestStore) {
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let store = t.store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.accept(vec![message(n, &["x@example.test"])]).await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let counts = t.store.counts().await.unwrap();
+    assert_eq!(counts.get(&MessageStatus::Queued), Some(&200));
+}
+
+async fn idempotency_key_returns_the_first_message_and_queues_nothing_new(t: TestStore) {
+    let mut first = message(1, &["a@example.test"]);
+    first.idempotency_key = Some("order-1".into());
+    let mut again = message(2, &["a@example.test"]);
+    again.idempotency_key = Some("order-1".into());
+    let mut same_group = message(3, &["a@example.test"]);
+    same_group.idempotency_key = Some("order-1".into());
+    t.store.accept(vec![first]).await.unwrap();
+    let answers = t.store.accept(vec![again, same_group]).await.unwrap();
+    for answer in &answers {
+        assert_eq!(
+            answer,
+            &Accepted::Existing {
+                id: "msg-000001".into(),
+                status: MessageStatus::Queued
+            }
+        );
+    }
+    assert!(t.store.message("msg-000002").await.unwrap().is_none());
+    assert_eq!(t.store.counts().await.unwrap().values().sum::<u64>(), 1);
+}
+
+async fn scheduled_messages_are_claimed_only_when_due(t: TestStore) {
+    let mut later = message(1, &["a@example.test"]);
+    later.send_at = Some(T0 + 60_000);
+    let accepted = t.store.accept(vec![later]).await.unwrap();
+    assert_eq!(accepted[0].status(), MessageStatus::Scheduled);
+    assert!(
+        t.store
+            .claim("w1", Duration::from_secs(60), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(t.store.next_due().await.unwrap(), Some(T0 + 60_000));
+    t.clock.advance(Duration::from_secs(60));
+    let claimed = t
+        .store
+        .claim("w1", Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].recipients[0].address, "a@example.test");
+}
+
+async fn a_claimed_message_is_not_claimed_twice_until_its_lease_expires(t: TestStore) {
+    t.store
+        .accept((0..5).map(|n| message(n, &["a@example.test"])).collect())
+        .await
+        .unwrap();
+    let first = t
+        .store
+        .claim("w1", Duration::from_secs(300), 3)
+        .await
+        .unwrap();
+    let second = t
+        .store
+        .claim("w2", Duration::from_secs(300), 10)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 3);
+    assert_eq!(second.len(), 2);
+    let mut ids: Vec<_> = first.iter().chain(&second).map(|m| m.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "no message was handed to two workers");
+    assert!(
+        t.store
+            .claim("w3", Duration::from_secs(300), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // w1 dies: after its lease expires its messages are due again and another worker takes them over.
+    t.clock.advance(Duration::from_secs(301));
+    let taken_over = t
+        .store
+        .claim("w3", Duration::from_secs(300), 10)
+        .await
+        .unwrap();
+    assert_eq!(taken_over.len(), 5);
+}
+
+async fn outcomes_are_kept_per_recipient_and_only_deferred_ones_are_retried(t: TestStore) {
+    t.store
+        .accept(vec![message(
+            1,
+            &["ok@example.test", "later@example.test", "bad@example.test"],
+        )])
+        .await
+        .unwrap();
+    let claimed = t
+        .store
+        .claim("w1", Duration::from_secs(300), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].recipients.len(), 3);
+    t.store
+        .record(
+            "w1",
+            vec![AttemptOutcome {
+                id: claimed[0].id.clone(),
+                recipients: vec![
+                    result(0, RecipientStatus::Delivered, 250, "2.1.5 OK"),
+                    result(1, RecipientStatus::Deferred, 451, "4.3.0 try later"),
+                    result(2, RecipientStatus::Failed, 550, "5.1.1 no such user"),
+                ],
+                retry_at: Some(T0 + 30_000),
+                detail: "1 delivered, 1 deferred, 1 failed".into(),
+                counts_attempt: true,
+            }],
+        )
+        .await
+        .unwrap();
+    let view = t.store.message("msg-000001").await.unwrap().unwrap();
+    assert_eq!(view.status, "deferred");
+    assert_eq!(view.attempts, 1);
+    let statuses: Vec<_> = view.recipients.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["delivered", "deferred", "failed"]);
+    assert_eq!(
+        view.recipients[2].smtp_reply.as_deref(),
+        Some("5.1.1 no such user")
+    );
+    assert!(
+        view.events
+            .iter()
+            .any(|e| e.detail.as_deref() == Some("4.3.0 try later"))
+    );
+
+    assert!(
+        t.store
+            .claim("w1", Duration::from_secs(300), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due yet"
+    );
+    t.clock.advance(Duration::from_secs(30));
+    let retry = t
+        .store
+        .claim("w1", Duration::from_secs(300), 10)
+        .await
+        .unwrap();
+    assert_eq!(retry[0].attempts, 1);
+    let addresses: Vec<_> = retry[0]
+        .recipients
+        .iter()
+        .map(|r| r.address.as_str())
+        .collect();
+    assert_eq!(
+        addresses,
+        ["later@example.test"],
+        "delivered and failed recipients are never resent"
+    );
+    t.store
+        .record(
+            "w1",
+            vec![AttemptOutcome {
+                id: retry[0].id.clone(),
+                recipients: vec![result(1, RecipientStatus::Delivered, 250, "OK")],
+                retry_at: None,
+                detail: "delivered".into(),
+                counts_attempt: true,
+            }],
+        )
+        .await
+        .unwrap();
+    let view = t.store.message("msg-000001").await.unwrap().unwrap();
+    assert_eq!(view.status, "delivered");
+    assert_eq!(view.attempts, 2);
+    assert_eq!(t.store.next_due().await.unwrap(), None);
+}
+
+async fn giving_up_fails_the_recipients_still_deferred(t: TestStore) {
+    t.store
+        .accept(vec![message(1, &["later@example.test"])])
+        .await
+        .unwrap();
+    let claimed = t
+        .store
+        .claim("w1", Duration::from_secs(300), 10)
+        .await
+        .unwrap();
+    t.store
+        .record(
+            "w1",
+            vec![AttemptOutcome {
+                id: claimed[0].id.clone(),
+                recipients: vec![result(0, RecipientStatus::Deferred, 451, "try later")],
+                retry_at: None,
+                detail: "gave up after the maximum age".into(),
+                counts_attempt: true,
+            }],
+        )
+        .await
+        .unwrap();
+    let view = t.store.message("msg-000001").await.unwrap().unwrap();
+    assert_eq!(view.status, "failed");
+    assert_eq!(view.recipients[0].status, "failed");
+}
+
+async fn cancel_works_before_sending_and_is_refused_after(t: TestStore) {
+    let mut scheduled = message(1, &["a@example.test"]);
+    scheduled.send_at = Some(T0 + 3_600_000);
+    t.store
+        .accept(vec![scheduled, message(2, &["b@example.test"])])
+        .await
+        .unwrap();
+    assert_eq!(
+        t.store.cancel("msg-000001").await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    let claimed = t
+        .store
+        .claim("w1", Duration::from_secs(300), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "the cancelled message is never claimed");
+    assert_eq!(
+        t.store.cancel("msg-000002").await.unwrap(),
+        CancelOutcome::NotCancellable(MessageStatus::Sending)
+    );
+    assert_eq!(
+        t.store.cancel("nope").await.unwrap(),
+        CancelOutcome::NotFound
+    );
+    t.clock.advance(Duration::from_secs(7_200));
+    let later = t
+        .store
+        .claim("w1", Duration::from_secs(300), 10)
+        .await
+        .unwrap();
+    assert!(
+        later.iter().all(|m| m.id != "msg-000001"),
+        "cancelled stays cancelled past its send time"
+    );
+    let view = t.store.message("msg-000001").await.unwrap().unwrap();
+    assert_eq!(
+        (view.status.as_str(), view.recipients[0].status.as_str()),
+        ("cancelled", "cancelled")
+    );
+}
+
+/// Closes the store and opens the same database again, as a restarted process would.
+/// (The folder comes back too: a SQLite database lives only as long as it.)
+async fn reopen(t: TestStore) -> (Store, tempfile::TempDir) {
+    let clock: Arc<dyn Clock> = Arc::new(t.clock.clone());
+    drop(t.store);
+    match t.backend {
+        Backend::Sqlite => {
+            let path = t.dir.path().join("herald.db");
+            (
+                Store::open(&format!("sqlite://{}", path.display()), clock)
+                    .await
+                    .unwrap(),
+                t.dir,
+            )
+        }
+        Backend::Postgres => (
+            Store::open(t.pg_url.as_deref().unwrap(), clock)
+                .await
+                .unwrap(),
+            t.dir,
+        ),
+    }
+}
+
+/// Bytes the store occupies: the SQLite files, or PostgreSQL's tables that hold bodies (TOAST included).
+async fn storage_bytes(t: &TestStore) -> u64 {
+    use sqlx::{Connection, Row};
+    match t.backend {
+        Backend::Sqlite => ["herald.db", "herald.db-wal"]
+            .iter()
+            .map(|f| {
+                std::fs::metadata(t.dir.path().join(f))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .sum(),
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(t.pg_url.as_deref().unwrap())
+                .await
+                .unwrap();
+            let row = sqlx::query(
+                "SELECT pg_total_relation_size('blobs') + pg_total_relation_size('messages')",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            row.get::<i64, _>(0) as u64
+        }
+    }
+}
+
+/// Random-looking bytes PostgreSQL cannot compress away (so a size check sees every copy).
+fn incompressible(len: usize) -> Bytes {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+async fn search(store: &Store, mut query: SearchQuery) -> SearchPage {
+    query.limit = 10;
+    store.search(&query).await.unwrap()
+}
+
+async fn search_filters_and_paginates_newest_first(t: TestStore) {
+    for n in 0..25 {
+        let to = if n % 5 == 0 {
+            "vip@example.test"
+        } else {
+            "someone@example.test"
+        };
+        let mut m = message(n, &[to]);
+        if n == 7 {
+            m.subject = "Password reset for José".into();
+        }
+        t.store.accept(vec![m]).await.unwrap();
+        t.clock.advance(Duration::from_millis(10));
+    }
+    let hit = search(
+        &t.store,
+        SearchQuery {
+            text: Some("password".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(hit.items.len(), 1);
+    assert_eq!(hit.items[0].id, "msg-000007");
+    // Diacritics folded; user input with FTS syntax is only text.
+    let folded = search(
+        &t.store,
+        SearchQuery {
+            text: Some("jose".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(folded.items.len(), 1);
+    let syntax = search(
+        &t.store,
+        SearchQuery {
+            text: Some("\"OR* NEAR(".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(syntax.items.is_empty());
+
+    let vip = search(
+        &t.store,
+        SearchQuery {
+            to: Some("vip@example.test".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(vip.items.len(), 5);
+
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = t
+            .store
+            .search(&SearchQuery {
+                limit: 10,
+                cursor: cursor.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|m| m.id.clone()));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).rev().map(|n| format!("msg-{n:06}")).collect();
+    assert_eq!(seen, expected);
+    let bad = SearchQuery {
+        cursor: Some("garbage".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(
+        t.store
+            .search(&bad)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("cursor")
+    );
+}
+
+async fn shared_parts_are_stored_once_and_pruned_with_the_last_body(t: TestStore) {
+    let pdf = SharedBlob::new(incompressible(50_000));
+    let batch: Vec<NewMessage> = (0..100)
+        .map(|n| {
+            let mut m = message(n, &["a@example.test"]);
+            m.raw.push(RawSegment::Shared {
+                blob: pdf.clone(),
+                dot_safe: true,
+            });
+            m
+        })
+        .collect();
+    t.store.accept(batch).await.unwrap();
+    let raw = t.store.raw("msg-000042").await.unwrap().unwrap();
+    assert_eq!(
+        raw[1],
+        RawSegment::Shared {
+            blob: pdf.clone(),
+            dot_safe: true
+        }
+    );
+    let size = storage_bytes(&t).await;
+    assert!(
+        size < 100 * 50_000 / 4,
+        "database holds the 50 KB part once, not 100 times: {size} bytes"
+    );
+
+    let claimed = t
+        .store
+        .claim("w1", Duration::from_secs(300), 100)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 100);
+    assert!(Arc::ptr_eq(
+        match &claimed[0].raw[1] {
+            RawSegment::Shared { blob, .. } => blob,
+            other => panic!("{other:?}"),
+        },
+        match &claimed[99].raw[1] {
+            RawSegment::Shared { blob, .. } => blob,
+            other => panic!("{other:?}"),
+        },
+    ));
+    let outcomes = claimed
+        .iter()
+        .map(|c| AttemptOutcome {
+            id: c.id.clone(),
+            recipients: vec![result(0, RecipientStatus::Delivered, 250, "OK")],
+            retry_at: None,
+            detail: "delivered".into(),
+            counts_attempt: true,
+        })
+        .collect();
+    t.store.record("w1", outcomes).await.unwrap();
+    t.clock.advance(Duration::from_secs(1));
+    assert_eq!(t.store.prune_raw(t.clock.now()).await.unwrap(), 100);
+    assert!(t.store.raw("msg-000042").await.unwrap().is_none());
+    let view = t.store.message("msg-000042").await.unwrap().unwrap();
+    assert_eq!(view.status, "delivered", "status and events are kept");
+}
+
+async fn releasing_leases_makes_messages_due_at_once(t: TestStore) {
+    t.store
+        .accept(vec![message(1, &["a@example.test"])])
+        .await
+        .unwrap();
+    assert_eq!(
+        t.store
+            .claim("w1", Duration::from_secs(300), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(t.store.release_leases("w1").await.unwrap(), 1);
+    assert_eq!(
+        t.store.message("msg-000001").await.unwrap().unwrap().status,
+        "queued"
+    );
+    assert_eq!(
+        t.store
+            .claim("w2", Duration::from_secs(300), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
