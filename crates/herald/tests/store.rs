@@ -12,7 +12,7 @@ use herald::{
     store::{
         Accepted, AttemptOutcome, CancelOutcome, MessageStatus, NewMessage, NewRecipient,
         RawSegment, RecipientKind, RecipientResult, RecipientStatus, SearchPage, SearchQuery,
-        SharedBlob, Store,
+        SharedBlob, Store, TemplateSource,
     },
 };
 
@@ -28,6 +28,7 @@ on_both_stores!(
     search_filters_and_paginates_newest_first,
     shared_parts_are_stored_once_and_pruned_with_the_last_body,
     releasing_leases_makes_messages_due_at_once,
+    templates_and_tokens_are_stored,
 );
 
 fn message(n: usize, recipients: &[&str]) -> NewMessage {
@@ -600,4 +601,34 @@ async fn releasing_leases_makes_messages_due_at_once(t: TestStore) {
             .len(),
         1
     );
+}
+
+async fn templates_and_tokens_are_stored(t: TestStore) {
+    let mut welcome = TemplateSource {
+        name: "welcome".into(),
+        subject: "Hi {{ name }}".into(),
+        text: None,
+        html: Some("<p>Hi {{ name }}</p>".into()),
+    };
+    t.store.put_template(&welcome).await.unwrap();
+    welcome.text = Some("Hi {{ name }}".into());
+    t.store.put_template(&welcome).await.unwrap();
+    let stored = t.store.template("welcome").await.unwrap().unwrap();
+    assert_eq!(stored.source, welcome, "the second put replaced the first");
+    assert_eq!(t.store.templates().await.unwrap().len(), 1);
+    assert!(t.store.template("nope").await.unwrap().is_none());
+    assert!(t.store.delete_template("welcome").await.unwrap());
+    assert!(!t.store.delete_template("welcome").await.unwrap());
+
+    let hash = [7u8; 32];
+    assert!(t.store.create_token("ci", &hash).await.unwrap());
+    assert!(
+        !t.store.create_token("ci", &[8u8; 32]).await.unwrap(),
+        "names are unique"
+    );
+    assert!(t.store.token_hash_exists(&hash).await.unwrap());
+    assert!(!t.store.token_hash_exists(&[9u8; 32]).await.unwrap());
+    assert_eq!(t.store.tokens().await.unwrap()[0].name, "ci");
+    assert!(t.store.revoke_token("ci").await.unwrap());
+    assert!(!t.store.token_hash_exists(&hash).await.unwrap());
 }

@@ -86,6 +86,14 @@ impl Store {
         pub async fn counts(&self) -> Result<HashMap<MessageStatus, u64>, StoreError>;
         pub async fn next_due(&self) -> Result<Option<Millis>, StoreError>;
         pub async fn ping(&self) -> Result<(), StoreError>;
+        pub async fn put_template(&self, template: &TemplateSource) -> Result<(), StoreError>;
+        pub async fn template(&self, name: &str) -> Result<Option<StoredTemplate>, StoreError>;
+        pub async fn templates(&self) -> Result<Vec<StoredTemplate>, StoreError>;
+        pub async fn delete_template(&self, name: &str) -> Result<bool, StoreError>;
+        pub async fn create_token(&self, name: &str, hash: &[u8; 32]) -> Result<bool, StoreError>;
+        pub async fn token_hash_exists(&self, hash: &[u8; 32]) -> Result<bool, StoreError>;
+        pub async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError>;
+        pub async fn revoke_token(&self, name: &str) -> Result<bool, StoreError>;
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Accepted, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, Event,
     MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus, RecipientView,
-    SearchPage, SearchQuery, StoreError, WorkSignal,
+    SearchPage, SearchQuery, StoreError, StoredTemplate, TemplateSource, TokenInfo, WorkSignal,
     raw::{self, RawSegment, SharedBlob},
     search::{fold, parse_cursor},
     types::message_status_from,
@@ -582,6 +582,112 @@ impl PgStore {
         .fetch_one(&self.pool)
         .await?
         .get(0))
+    }
+
+    pub async fn put_template(&self, template: &TemplateSource) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO templates (name, subject, text, html, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (name) DO UPDATE SET subject = EXCLUDED.subject, text = EXCLUDED.text,
+             html = EXCLUDED.html, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(&template.name)
+        .bind(&template.subject)
+        .bind(&template.text)
+        .bind(&template.html)
+        .bind(self.clock.now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn template(&self, name: &str) -> Result<Option<StoredTemplate>, StoreError> {
+        let row = sqlx::query(
+            "SELECT name, subject, text, html, updated_at FROM templates WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| StoredTemplate {
+            source: TemplateSource {
+                name: r.get(0),
+                subject: r.get(1),
+                text: r.get(2),
+                html: r.get(3),
+            },
+            updated_at: r.get(4),
+        }))
+    }
+
+    pub async fn templates(&self) -> Result<Vec<StoredTemplate>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, subject, text, html, updated_at FROM templates ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredTemplate {
+                source: TemplateSource {
+                    name: r.get(0),
+                    subject: r.get(1),
+                    text: r.get(2),
+                    html: r.get(3),
+                },
+                updated_at: r.get(4),
+            })
+            .collect())
+    }
+
+    pub async fn delete_template(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM templates WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn create_token(&self, name: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO api_tokens (id, name, token_hash, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(name)
+        .bind(&hash[..])
+        .bind(self.clock.now())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn token_hash_exists(&self, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 FROM api_tokens WHERE token_hash = $1")
+                .bind(&hash[..])
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        let rows = sqlx::query("SELECT name, created_at FROM api_tokens ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TokenInfo {
+                name: r.get(0),
+                created_at: r.get(1),
+            })
+            .collect())
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM api_tokens WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

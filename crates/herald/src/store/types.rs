@@ -291,3 +291,25 @@ pub fn message_status_from(recipients: &[RecipientStatus]) -> MessageStatus {
         MessageStatus::Failed
     }
 }
+
+/// A stored template's source: Jinja for the subject, the text and the HTML.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TemplateSource {
+    pub name: String,
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTemplate {
+    pub source: TemplateSource,
+    pub updated_at: Millis,
+}
+
+/// An API token's public side: the secret itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub name: String,
+    pub created_at: Millis,
+}

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Accepted, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, Event,
     MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus, RecipientView,
-    SearchPage, SearchQuery, StoreError, WorkSignal,
+    SearchPage, SearchQuery, StoreError, StoredTemplate, TemplateSource, TokenInfo, WorkSignal,
     raw::{self, RawSegment, SharedBlob},
     search::{fts5_query, parse_cursor},
     types::message_status_from,
@@ -83,6 +83,12 @@ pub struct SqliteStore {
 
 /// One request to the writer task.
 enum WriteOp {
+    /// One statement with owned parameters, for the rare writes (templates, tokens): rows changed.
+    Execute {
+        sql: &'static str,
+        params: Vec<Param>,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
     Accept {
         messages: Vec<NewMessage>,
         reply: oneshot::Sender<Result<Vec<Accepted>, String>>,
@@ -110,6 +116,44 @@ enum WriteOp {
         finished_before: Millis,
         reply: oneshot::Sender<Result<u64, String>>,
     },
+}
+
+/// An owned statement parameter (for [`WriteOp::Execute`]).
+#[derive(Debug, Clone)]
+pub(super) enum Param {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Param {
+    fn value(&self) -> Value<'_> {
+        match self {
+            Param::Null => Value::Null,
+            Param::Int(v) => Value::Int(*v),
+            Param::Text(v) => Value::Text(v),
+            Param::Blob(v) => Value::Blob(v),
+        }
+    }
+}
+
+impl From<&str> for Param {
+    fn from(v: &str) -> Self {
+        Param::Text(v.to_owned())
+    }
+}
+
+impl From<Option<&str>> for Param {
+    fn from(v: Option<&str>) -> Self {
+        v.map_or(Param::Null, Into::into)
+    }
+}
+
+impl From<i64> for Param {
+    fn from(v: i64) -> Self {
+        Param::Int(v)
+    }
 }
 
 /// A claimed row before its shared blobs are resolved (outside the writer, by the caller's task).
@@ -552,6 +596,121 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Runs one write statement through the writer (group commit like everything else): rows changed.
+    async fn execute(&self, sql: &'static str, params: Vec<Param>) -> Result<u64, StoreError> {
+        self.call(|reply| WriteOp::Execute { sql, params, reply })
+            .await
+    }
+
+    pub async fn put_template(&self, template: &TemplateSource) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO templates (name, subject, text, html, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (name) DO UPDATE SET subject = excluded.subject, text = excluded.text,
+             html = excluded.html, updated_at = excluded.updated_at",
+            vec![
+                template.name.as_str().into(),
+                template.subject.as_str().into(),
+                template.text.as_deref().into(),
+                template.html.as_deref().into(),
+                self.clock.now().into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn template(&self, name: &str) -> Result<Option<StoredTemplate>, StoreError> {
+        let row = sqlx::query(
+            "SELECT name, subject, text, html, updated_at FROM templates WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|r| StoredTemplate {
+            source: TemplateSource {
+                name: r.get(0),
+                subject: r.get(1),
+                text: r.get(2),
+                html: r.get(3),
+            },
+            updated_at: r.get(4),
+        }))
+    }
+
+    pub async fn templates(&self) -> Result<Vec<StoredTemplate>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, subject, text, html, updated_at FROM templates ORDER BY name",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredTemplate {
+                source: TemplateSource {
+                    name: r.get(0),
+                    subject: r.get(1),
+                    text: r.get(2),
+                    html: r.get(3),
+                },
+                updated_at: r.get(4),
+            })
+            .collect())
+    }
+
+    pub async fn delete_template(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .execute("DELETE FROM templates WHERE name = ?1", vec![name.into()])
+            .await?
+            > 0)
+    }
+
+    /// Stores a token's hash under a unique name; `false` when the name is taken.
+    pub async fn create_token(&self, name: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let params = vec![
+            id.as_str().into(),
+            name.into(),
+            Param::Blob(hash.to_vec()),
+            self.clock.now().into(),
+        ];
+        let created = self
+            .execute(
+                "INSERT INTO api_tokens (id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+                params,
+            )
+            .await?;
+        Ok(created > 0)
+    }
+
+    pub async fn token_hash_exists(&self, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(sqlx::query("SELECT 1 FROM api_tokens WHERE token_hash = ?")
+            .bind(&hash[..])
+            .fetch_optional(&self.reader)
+            .await?
+            .is_some())
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        let rows = sqlx::query("SELECT name, created_at FROM api_tokens ORDER BY name")
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TokenInfo {
+                name: r.get(0),
+                created_at: r.get(1),
+            })
+            .collect())
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .execute("DELETE FROM api_tokens WHERE name = ?1", vec![name.into()])
+            .await?
+            > 0)
+    }
+
     pub fn work_signal(&self) -> &WorkSignal {
         &self.work
     }
@@ -638,6 +797,8 @@ impl WriteOp {
         // A caller that went away (request timed out) just doesn't hear the answer; the write stands.
         match (self, result) {
             (WriteOp::Accept { reply, .. }, Ok(Answer::Accepted(v))) => drop(reply.send(Ok(v))),
+            (WriteOp::Execute { reply, .. }, Ok(Answer::Count(n))) => drop(reply.send(Ok(n))),
+            (WriteOp::Execute { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (WriteOp::Claim { reply, .. }, Ok(Answer::Claimed(v))) => drop(reply.send(Ok(v))),
             (WriteOp::Record { reply, .. }, Ok(Answer::Unit)) => drop(reply.send(Ok(()))),
             (WriteOp::Cancel { reply, .. }, Ok(Answer::Cancel(v))) => drop(reply.send(Ok(v))),
@@ -659,6 +820,9 @@ impl WriteOp {
 
 fn apply_one(db: &mut RawDb, op: &WriteOp, now: Millis) -> DbResult<Answer> {
     Ok(match op {
+        WriteOp::Execute { sql, params, .. } => {
+            Answer::Count(db.stmt(sql)?.bind(params.iter().map(Param::value))?.execute()?)
+        }
         WriteOp::Accept { messages, .. } => Answer::Accepted(accept(db, messages, now)?),
         WriteOp::Claim { owner, lease, limit, .. } => {
             Answer::Claimed(claim(db, owner, now, now + lease.as_millis() as Millis, *limit)?)
