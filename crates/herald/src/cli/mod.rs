@@ -1,6 +1,7 @@
 //! Command-line interface: one module per subcommand.
 
 mod bench_compose;
+mod bench_e2e;
 mod bench_smtp;
 mod compose;
 mod send;
@@ -42,6 +43,8 @@ pub enum BenchCommand {
     Compose(bench_compose::BenchComposeArgs),
     /// Send standard notifications to an SMTP relay and print msg/s and client CPU µs/msg.
     Smtp(bench_smtp::BenchSmtpArgs),
+    /// Measure a running `herald serve` end to end: HTTP API → store → relay (see scripts/bench-e2e).
+    E2e(bench_e2e::BenchE2eArgs),
 }
 
 /// Runs one parsed command line and returns the process exit code.
@@ -52,6 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => send::run(args),
         Command::Bench(BenchCommand::Compose(args)) => bench_compose::run(args),
         Command::Bench(BenchCommand::Smtp(args)) => bench_smtp::run(args),
+        Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args),
         Command::Token => {
             bail!("`herald token` is not yet available: it arrives with `herald serve`")
         }
