@@ -12,7 +12,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use herald_mime::{ComposeError, Mailbox, Message, Part};
+use herald_mime::{ComposeError, EncodedPart, Mailbox, Message, Part};
 use serde::Deserialize;
 
 /// One message to compose, as JSON.
@@ -156,7 +156,6 @@ fn err(field: impl Into<String>, message: impl fmt::Display) -> RequestError {
 
 /// Where attachment `path`s may be read from.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // `Forbidden` is for the HTTP API, which is not built yet; tests use it now.
 pub enum Files<'a> {
     /// Paths are not allowed (the HTTP API: a client may not read the
     /// server's files).
@@ -173,6 +172,16 @@ impl MessageRequest {
 
     /// Validates the request and builds the message.
     pub fn into_message(self, files: Files<'_>) -> Result<Message, RequestError> {
+        self.into_message_with(files, &[])
+    }
+
+    /// Like [`into_message`](Self::into_message), adding parts encoded once for a whole batch (see
+    /// `herald_mime::Part::encode`) after the request's own attachments.
+    pub fn into_message_with(
+        self,
+        files: Files<'_>,
+        shared: &[EncodedPart],
+    ) -> Result<Message, RequestError> {
         let mut b =
             Message::builder().from(Mailbox::parse(&self.from).map_err(|e| err("from", e))?);
         for (field, list) in [
@@ -205,71 +214,11 @@ impl MessageRequest {
         if let Some(h) = self.html {
             b = b.html(h);
         }
-        for (i, a) in self.attachments.into_iter().enumerate() {
-            let at = |f: &str| format!("attachments[{i}].{f}");
-            let data: Vec<u8> = match (&a.content_base64, &a.path) {
-                (Some(_), Some(_)) => {
-                    return Err(err(
-                        format!("attachments[{i}]"),
-                        "give content_base64 or path, not both",
-                    ));
-                }
-                (None, None) => {
-                    return Err(err(
-                        format!("attachments[{i}]"),
-                        "missing content_base64 (or path)",
-                    ));
-                }
-                (Some(b64), None) => {
-                    decode_base64(b64).ok_or_else(|| err(at("content_base64"), "invalid base64"))?
-                }
-                (None, Some(p)) => match files {
-                    Files::Forbidden => {
-                        return Err(err(at("path"), "not allowed here: use content_base64"));
-                    }
-                    Files::RelativeTo(dir) => {
-                        let full = if p.is_absolute() {
-                            p.clone()
-                        } else {
-                            dir.join(p)
-                        };
-                        std::fs::read(&full).map_err(|e| {
-                            err(at("path"), format!("cannot read {}: {e}", full.display()))
-                        })?
-                    }
-                },
-            };
-            let ct = a
-                .content_type
-                .clone()
-                .unwrap_or_else(|| guess_content_type(&a.filename).to_owned());
-            let field_of = |e: &ComposeError| match e {
-                ComposeError::InvalidContentType { .. } => at("content_type"),
-                ComposeError::InvalidContentId(_) => at("content_id"),
-                _ => at("filename"),
-            };
-            let part = if a.inline {
-                let cid = a.content_id.as_deref().unwrap_or(&a.filename);
-                Part::inline(cid, &ct, data).and_then(|p| p.with_filename(&a.filename))
-            } else {
-                Part::attachment(&a.filename, &ct, data).and_then(|p| match &a.content_id {
-                    Some(c) => p.with_content_id(c),
-                    None => Ok(p),
-                })
-            }
-            .map_err(|e| match e {
-                // The Content-ID defaulted to the file name, which cannot serve.
-                ComposeError::InvalidContentId(_) if a.inline && a.content_id.is_none() => err(
-                    at("content_id"),
-                    format!(
-                        "missing: the filename {:?} cannot serve as a Content-ID; give content_id \
-                         (e.g. logo@example.com) and refer to it as cid:… in the html",
-                        a.filename
-                    ),
-                ),
-                e => err(field_of(&e), e),
-            })?;
-            b = b.part(part);
+        for (i, a) in self.attachments.iter().enumerate() {
+            b = b.part(a.to_part(i, &files)?);
+        }
+        for part in shared {
+            b = b.shared_part(part.clone());
         }
         for (name, value) in self.headers {
             let value = match value {
@@ -297,6 +246,76 @@ impl MessageRequest {
                 other => other.to_string(),
             };
             RequestError { field, message }
+        })
+    }
+}
+
+impl AttachmentRequest {
+    /// Reads and checks attachment number `i`, naming its fields in errors (`attachments[0].content_type`).
+    pub fn to_part(&self, i: usize, files: &Files<'_>) -> Result<Part, RequestError> {
+        let a = self;
+        let at = |f: &str| format!("attachments[{i}].{f}");
+        let data: Vec<u8> = match (&a.content_base64, &a.path) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    format!("attachments[{i}]"),
+                    "give content_base64 or path, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(err(
+                    format!("attachments[{i}]"),
+                    "missing content_base64 (or path)",
+                ));
+            }
+            (Some(b64), None) => {
+                decode_base64(b64).ok_or_else(|| err(at("content_base64"), "invalid base64"))?
+            }
+            (None, Some(p)) => match files {
+                Files::Forbidden => {
+                    return Err(err(at("path"), "not allowed here: use content_base64"));
+                }
+                Files::RelativeTo(dir) => {
+                    let full = if p.is_absolute() {
+                        p.clone()
+                    } else {
+                        dir.join(p)
+                    };
+                    std::fs::read(&full).map_err(|e| {
+                        err(at("path"), format!("cannot read {}: {e}", full.display()))
+                    })?
+                }
+            },
+        };
+        let ct = a
+            .content_type
+            .clone()
+            .unwrap_or_else(|| guess_content_type(&a.filename).to_owned());
+        let field_of = |e: &ComposeError| match e {
+            ComposeError::InvalidContentType { .. } => at("content_type"),
+            ComposeError::InvalidContentId(_) => at("content_id"),
+            _ => at("filename"),
+        };
+        if a.inline {
+            let cid = a.content_id.as_deref().unwrap_or(&a.filename);
+            Part::inline(cid, &ct, data).and_then(|p| p.with_filename(&a.filename))
+        } else {
+            Part::attachment(&a.filename, &ct, data).and_then(|p| match &a.content_id {
+                Some(c) => p.with_content_id(c),
+                None => Ok(p),
+            })
+        }
+        .map_err(|e| match e {
+            // The Content-ID defaulted to the file name, which cannot serve.
+            ComposeError::InvalidContentId(_) if a.inline && a.content_id.is_none() => err(
+                at("content_id"),
+                format!(
+                    "missing: the filename {:?} cannot serve as a Content-ID; give content_id \
+                     (e.g. logo@example.com) and refer to it as cid:… in the html",
+                    a.filename
+                ),
+            ),
+            e => err(field_of(&e), e),
         })
     }
 }

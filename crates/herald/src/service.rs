@@ -6,15 +6,16 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_mime::{ComposeOptions, Composed, Mailbox, Message};
+use herald_mime::{ComposeOptions, Composed, EncodedPart, Mailbox, Message};
 use serde_json::{Map, Value};
 
 use crate::{
-    request::{Files, MessageRequest, RequestError},
+    request::{AttachmentRequest, Files, MessageRequest, OneOrMany, RequestError},
     store::{
         Accepted, Millis, NewMessage, NewRecipient, RawSegment, RecipientKind, SharedBlob, Store,
         StoreError,
     },
+    templates::{self, LoadError, RenderError, Rendered, TemplateError, TemplateSet},
 };
 
 /// Limits on what one client request may ask for (DESIGN.md invariant 5).
@@ -26,6 +27,8 @@ pub struct Limits {
     pub metadata_bytes: usize,
     pub idempotency_key_length: usize,
     pub batch_recipients: usize,
+    /// Render budget and sizes of templates.
+    pub template: templates::Limits,
 }
 
 impl Default for Limits {
@@ -37,6 +40,7 @@ impl Default for Limits {
             metadata_bytes: 16 * 1024,
             idempotency_key_length: 255,
             batch_recipients: 10_000,
+            template: templates::Limits::default(),
         }
     }
 }
@@ -46,8 +50,28 @@ impl Default for Limits {
 pub enum SubmitError {
     #[error("{0}")]
     Invalid(RequestError),
+    /// A template could not be rendered with the data given; `field` is where that data came from (`data`,
+    /// `recipients[17].data`).
+    #[error("{field}: {error}")]
+    Template { field: String, error: TemplateError },
+    /// The template named in `template` does not exist.
+    #[error("no template named {0:?}")]
+    UnknownTemplate(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl SubmitError {
+    fn from_load(error: LoadError, field: impl Into<String>) -> Self {
+        match error {
+            LoadError::NotFound(name) => SubmitError::UnknownTemplate(name),
+            LoadError::Template(error) => SubmitError::Template {
+                field: field.into(),
+                error,
+            },
+            LoadError::Store(e) => SubmitError::Store(e),
+        }
+    }
 }
 
 impl From<RequestError> for SubmitError {
@@ -73,7 +97,7 @@ pub struct Service {
 }
 
 /// The fields of `POST /v1/messages` that are about queueing, not about the message's content.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Queueing {
     pub send_at: Option<Millis>,
     pub idempotency_key: Option<String>,
@@ -112,15 +136,150 @@ impl Service {
             }
             queueing.idempotency_key = Some(self.check_key(key)?);
         }
-        if object.contains_key("template") || object.contains_key("data") {
+        if object.contains_key("template") {
+            self.render_into(&mut object).await?;
+        } else if object.contains_key("data") {
             return Err(invalid(
-                "template",
-                "stored templates are not available in this version yet",
+                "data",
+                "data is for templates: give `template` (a stored template's name) too",
             ));
         }
         let message = self.compose(object)?;
         let mut accepted = self.store.accept(vec![message.into_new(queueing)]).await?;
         Ok(accepted.remove(0))
+    }
+
+    /// Replaces `template` + `data` in a message request by the rendered `subject`, `text` and `html`.
+    async fn render_into(&self, object: &mut Map<String, Value>) -> Result<(), SubmitError> {
+        for field in ["subject", "text", "html"] {
+            if object.contains_key(field) {
+                return Err(invalid(
+                    field,
+                    "give either `template` and `data`, or subject/text/html, not both",
+                ));
+            }
+        }
+        let name = template_name(object.remove("template"))?;
+        let data = template_data(object.remove("data"), "data")?;
+        let rendered = self.render(&name, &data, "data").await?;
+        insert_rendered(object, rendered);
+        Ok(())
+    }
+
+    /// Renders the stored template `name` with `data` (fetching the templates it extends or includes). Errors
+    /// in the data are reported on `field`.
+    pub async fn render(
+        &self,
+        name: &str,
+        data: &Value,
+        field: &str,
+    ) -> Result<Rendered, SubmitError> {
+        let mut set = TemplateSet::load(&self.store, name, self.limits.template.clone())
+            .await
+            .map_err(|e| SubmitError::from_load(e, field))?;
+        set.render_loading(&self.store, data)
+            .await
+            .map_err(|e| SubmitError::from_load(e, field))
+    }
+
+    /// Validates, renders, composes and durably stores one message per recipient of a batch
+    /// (`POST /v1/batches`), all in one commit. Shared attachments are encoded once and stored once.
+    pub async fn submit_batch(
+        &self,
+        body: &[u8],
+        idempotency_header: Option<&str>,
+    ) -> Result<BatchAccepted, SubmitError> {
+        let mut object = parse_object(body)?;
+        let mut queueing = self.take_queueing(&mut object)?;
+        if let Some(key) = idempotency_header {
+            if queueing
+                .idempotency_key
+                .as_deref()
+                .is_some_and(|k| k != key)
+            {
+                return Err(invalid(
+                    "idempotency_key",
+                    "differs from the Idempotency-Key header; send one or make them equal",
+                ));
+            }
+            queueing.idempotency_key = Some(self.check_key(key)?);
+        }
+        let batch = BatchRequest::take(&mut object, self)?;
+        let BatchRequest {
+            template,
+            common,
+            attachments,
+            recipients,
+        } = batch;
+
+        // Encoded once: every message refers to the same bytes, and the store keeps them once (by hash).
+        let mut encoded = Vec::with_capacity(attachments.len());
+        let mut blobs = Vec::with_capacity(attachments.len());
+        for (i, attachment) in attachments.iter().enumerate() {
+            let part = attachment.to_part(i, &Files::Forbidden)?.encode();
+            blobs.push(SharedBlob::new(part.segment().bytes.clone()));
+            encoded.push(part);
+        }
+
+        let mut set = TemplateSet::load(&self.store, &template, self.limits.template.clone())
+            .await
+            .map_err(|e| SubmitError::from_load(e, "recipients[0].data"))?;
+        // The first recipient renders on its own first, which fetches what the template extends or includes.
+        set.render_loading(&self.store, &recipients[0].data)
+            .await
+            .map_err(|e| SubmitError::from_load(e, "recipients[0].data"))?;
+
+        let batch_id = uuid::Uuid::now_v7().to_string();
+        let shared = Arc::new(BatchShared {
+            common,
+            encoded,
+            blobs,
+            queueing,
+            batch_id: batch_id.clone(),
+            options: self.compose_options(),
+            recipient_limit: self.limits.recipients,
+        });
+        let recipients = Arc::new(recipients);
+        let mut set = Arc::new(set);
+        let messages = loop {
+            let job = {
+                let (set, shared, recipients) = (set.clone(), shared.clone(), recipients.clone());
+                tokio::task::spawn_blocking(move || compose_batch(&set, &shared, &recipients))
+            };
+            match job.await.expect("batch composition does not panic") {
+                Ok(messages) => break messages,
+                Err(BatchFailure::Missing(names)) => {
+                    set = Arc::new(
+                        set.extended(&self.store, &names)
+                            .await
+                            .map_err(|e| SubmitError::from_load(e, "recipients[0].data"))?,
+                    );
+                }
+                Err(BatchFailure::Invalid(e)) => return Err(*e),
+            }
+        };
+        let accepted = self.store.accept(messages).await?;
+        let replayed = accepted
+            .iter()
+            .all(|a| matches!(a, Accepted::Existing { .. }));
+        // A replayed key answers with the batch it made the first time.
+        let batch_id = match (replayed, accepted.first()) {
+            (true, Some(first)) => self
+                .store
+                .message(first.id())
+                .await?
+                .and_then(|view| view.batch_id)
+                .unwrap_or(batch_id),
+            _ => batch_id,
+        };
+        Ok(BatchAccepted {
+            batch_id,
+            status: accepted
+                .first()
+                .map_or(crate::store::MessageStatus::Queued, Accepted::status),
+            ids: accepted.iter().map(|a| a.id().to_owned()).collect(),
+            replayed,
+        })
     }
 
     /// Splits off and checks the queueing fields, leaving the message fields in `object`.
@@ -334,6 +493,333 @@ impl ComposedMessage {
             tags: queueing.tags,
             metadata: queueing.metadata,
         }
+    }
+}
+
+/// The answer to a batch: one id per recipient, in the order given.
+#[derive(Debug, Clone)]
+pub struct BatchAccepted {
+    pub batch_id: String,
+    pub ids: Vec<String>,
+    /// `queued`, or `scheduled` with `send_at`.
+    pub status: crate::store::MessageStatus,
+    /// The idempotency key was seen before: nothing new was queued.
+    pub replayed: bool,
+}
+
+/// One recipient of a batch.
+#[derive(Debug)]
+struct BatchRecipient {
+    to: OneOrMany,
+    data: Value,
+}
+
+/// What every message of a batch has in common.
+#[derive(Debug)]
+struct CommonFields {
+    from: String,
+    reply_to: OneOrMany,
+    headers: Vec<(String, Value)>,
+}
+
+/// `POST /v1/batches`, checked field by field so that every error names its field (`recipients[17].to`).
+struct BatchRequest {
+    template: String,
+    common: CommonFields,
+    attachments: Vec<AttachmentRequest>,
+    recipients: Vec<BatchRecipient>,
+}
+
+impl BatchRequest {
+    fn take(object: &mut Map<String, Value>, service: &Service) -> Result<Self, SubmitError> {
+        let template = template_name(object.remove("template"))?;
+        let from = match object.remove("from").filter(|v| !v.is_null()) {
+            Some(Value::String(from)) => from,
+            Some(_) => return Err(invalid("from", "must be a string")),
+            None => service.default_from.clone().ok_or_else(|| {
+                invalid("from", "missing (and no HERALD_FROM default is configured)")
+            })?,
+        };
+        Mailbox::parse(&from).map_err(|e| invalid("from", e.to_string()))?;
+        let reply_to: OneOrMany = match object.remove("reply_to") {
+            Some(v) => serde_json::from_value(v)
+                .map_err(|_| invalid("reply_to", "must be an address or an array of addresses"))?,
+            None => OneOrMany::None,
+        };
+        let headers = match object.remove("headers").filter(|v| !v.is_null()) {
+            Some(Value::Object(map)) => map.into_iter().collect(),
+            Some(_) => {
+                return Err(invalid(
+                    "headers",
+                    "must be an object of header names to strings",
+                ));
+            }
+            None => Vec::new(),
+        };
+        let attachments: Vec<AttachmentRequest> = match object.remove("attachments") {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    serde_json::from_value(item)
+                        .map_err(|e| invalid(format!("attachments[{i}]"), e.to_string()))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(Value::Null) | None => Vec::new(),
+            Some(_) => return Err(invalid("attachments", "must be an array")),
+        };
+        let items = match object.remove("recipients") {
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(invalid("recipients", "must be an array of {to, data}")),
+            None => return Err(invalid("recipients", "missing: an array of {to, data}")),
+        };
+        if items.is_empty() || items.len() > service.limits.batch_recipients {
+            return Err(invalid(
+                "recipients",
+                format!(
+                    "must hold 1 to {} recipients (split larger sends into several batches)",
+                    service.limits.batch_recipients
+                ),
+            ));
+        }
+        let mut recipients = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let Value::Object(mut fields) = item else {
+                return Err(invalid(
+                    format!("recipients[{i}]"),
+                    "must be an object {to, data}",
+                ));
+            };
+            let to = match fields.remove("to") {
+                Some(v @ (Value::String(_) | Value::Array(_))) => serde_json::from_value(v)
+                    .map_err(|_| {
+                        invalid(
+                            format!("recipients[{i}].to"),
+                            "must be an address or an array of addresses",
+                        )
+                    })?,
+                Some(_) => {
+                    return Err(invalid(
+                        format!("recipients[{i}].to"),
+                        "must be an address or an array of addresses",
+                    ));
+                }
+                None => return Err(invalid(format!("recipients[{i}].to"), "missing")),
+            };
+            let data = template_data(fields.remove("data"), &format!("recipients[{i}].data"))?;
+            if let Some(unknown) = fields.keys().next() {
+                return Err(invalid(
+                    format!("recipients[{i}].{unknown}"),
+                    "unknown field (a recipient has `to` and `data`)",
+                ));
+            }
+            recipients.push(BatchRecipient { to, data });
+        }
+        if let Some(unknown) = object.keys().next() {
+            return Err(invalid(
+                unknown.as_str(),
+                "unknown field for a batch (template, from, reply_to, headers, recipients, attachments, \
+                 send_at, idempotency_key, tags, metadata)",
+            ));
+        }
+        Ok(Self {
+            template,
+            common: CommonFields {
+                from,
+                reply_to,
+                headers,
+            },
+            attachments,
+            recipients,
+        })
+    }
+}
+
+/// What the composing threads of one batch share.
+struct BatchShared {
+    common: CommonFields,
+    encoded: Vec<EncodedPart>,
+    blobs: Vec<Arc<SharedBlob>>,
+    queueing: Queueing,
+    batch_id: String,
+    options: ComposeOptions,
+    recipient_limit: usize,
+}
+
+enum BatchFailure {
+    /// Rendering needs templates not loaded yet.
+    Missing(Vec<String>),
+    /// Boxed: the error is the rare path, and a small `Result` keeps the per-message path lean.
+    Invalid(Box<SubmitError>),
+}
+
+/// Renders and composes every message of a batch on all cores. The first failure in recipient order wins,
+/// so the error names the lowest bad index.
+fn compose_batch(
+    set: &TemplateSet,
+    shared: &BatchShared,
+    recipients: &[BatchRecipient],
+) -> Result<Vec<NewMessage>, BatchFailure> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(recipients.len().div_ceil(64))
+        .max(1);
+    let chunk = recipients.len().div_ceil(threads);
+    let results: Vec<Result<Vec<NewMessage>, (usize, BatchFailure)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = recipients
+            .chunks(chunk)
+            .enumerate()
+            .map(|(c, slice)| {
+                s.spawn(move || {
+                    slice
+                        .iter()
+                        .enumerate()
+                        .map(|(j, recipient)| {
+                            let i = c * chunk + j;
+                            compose_one(set, shared, i, recipient).map_err(|e| (i, e))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("composing a message does not panic"))
+            .collect()
+    });
+    let mut messages = Vec::with_capacity(recipients.len());
+    let mut first_error: Option<(usize, BatchFailure)> = None;
+    for result in results {
+        match result {
+            Ok(mut part) => messages.append(&mut part),
+            Err((i, e)) => {
+                // A missing template outranks any error: rendering again after loading it may change it.
+                let replace = match (&first_error, &e) {
+                    (None, _) => true,
+                    (Some((_, BatchFailure::Missing(_))), _) => false,
+                    (Some(_), BatchFailure::Missing(_)) => true,
+                    (Some((j, _)), _) => i < *j,
+                };
+                if replace {
+                    first_error = Some((i, e));
+                }
+            }
+        }
+    }
+    match first_error {
+        Some((_, e)) => Err(e),
+        None => Ok(messages),
+    }
+}
+
+fn compose_one(
+    set: &TemplateSet,
+    shared: &BatchShared,
+    i: usize,
+    recipient: &BatchRecipient,
+) -> Result<NewMessage, BatchFailure> {
+    let data_field = || format!("recipients[{i}].data");
+    let rendered = set.render(&recipient.data).map_err(|e| match e {
+        RenderError::Missing(names) => BatchFailure::Missing(names),
+        RenderError::Template(error) => BatchFailure::Invalid(Box::new(SubmitError::Template {
+            field: data_field(),
+            error,
+        })),
+    })?;
+    let request = MessageRequest {
+        from: shared.common.from.clone(),
+        to: recipient.to.clone(),
+        cc: OneOrMany::None,
+        bcc: OneOrMany::None,
+        reply_to: shared.common.reply_to.clone(),
+        subject: Some(rendered.subject),
+        text: Some(rendered.text),
+        html: rendered.html,
+        attachments: Vec::new(),
+        headers: shared.common.headers.clone(),
+    };
+    // Errors about this recipient's fields name them; errors about shared fields keep their own names.
+    let locate = |e: RequestError| {
+        let field = if e.field == "to" || e.field.starts_with("to[") {
+            format!("recipients[{i}].{}", e.field)
+        } else if matches!(e.field.as_str(), "subject" | "text") {
+            return SubmitError::Invalid(RequestError {
+                field: data_field(),
+                message: format!("rendered {}: {}", e.field, e.message),
+            });
+        } else if e.field == "html" {
+            "attachments".to_owned()
+        } else {
+            e.field
+        };
+        SubmitError::Invalid(RequestError {
+            field,
+            message: e.message,
+        })
+    };
+    let kinds =
+        recipient_kinds(&request).map_err(|e| BatchFailure::Invalid(Box::new(locate(e))))?;
+    if kinds.len() > shared.recipient_limit {
+        return Err(BatchFailure::Invalid(Box::new(invalid(
+            format!("recipients[{i}].to"),
+            format!("at most {} addresses per message", shared.recipient_limit),
+        ))));
+    }
+    let search = request.text.clone().unwrap_or_default();
+    let subject = request.subject.clone().unwrap_or_default();
+    let message = request
+        .into_message_with(Files::Forbidden, &shared.encoded)
+        .map_err(|e| BatchFailure::Invalid(Box::new(locate(e))))?;
+    let composed = ComposedMessage::new(
+        &message,
+        subject,
+        kinds,
+        search,
+        shared.options.clone(),
+        &shared.blobs,
+    );
+    let mut queueing = shared.queueing.clone();
+    // One key per message, derived from the batch's: a retried batch finds every message it made. The unit
+    // separator cannot occur in a client's key (control characters are refused), so no message-level key
+    // collides with it.
+    queueing.idempotency_key = queueing
+        .idempotency_key
+        .map(|key| format!("{key}\u{1f}{i}"));
+    let mut new = composed.into_new(queueing);
+    new.batch_id = Some(shared.batch_id.clone());
+    Ok(new)
+}
+
+/// The `template` field: a stored template's name.
+fn template_name(value: Option<Value>) -> Result<String, SubmitError> {
+    match value {
+        Some(Value::String(name)) => {
+            templates::check_name(&name).map_err(|e| invalid("template", e))?;
+            Ok(name)
+        }
+        Some(_) => Err(invalid("template", "must be a template name (a string)")),
+        None => Err(invalid(
+            "template",
+            "missing: the name of a stored template",
+        )),
+    }
+}
+
+/// The `data` of a template: a JSON object (absent means `{}`).
+fn template_data(value: Option<Value>, field: &str) -> Result<Value, SubmitError> {
+    match value {
+        None | Some(Value::Null) => Ok(Value::Object(Map::new())),
+        Some(v @ Value::Object(_)) => Ok(v),
+        Some(_) => Err(invalid(field, "must be an object of template variables")),
+    }
+}
+
+/// Puts a rendered template into a message request as its subject, text and html.
+fn insert_rendered(object: &mut Map<String, Value>, rendered: Rendered) {
+    object.insert("subject".into(), Value::String(rendered.subject));
+    object.insert("text".into(), Value::String(rendered.text));
+    if let Some(html) = rendered.html {
+        object.insert("html".into(), Value::String(html));
     }
 }
 

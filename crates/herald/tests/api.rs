@@ -440,10 +440,16 @@ async fn every_documented_route_exists_and_probes_answer(backend: Backend) {
     let paths = document["paths"].as_object().unwrap();
     for (path, operations) in paths {
         for method in operations.as_object().unwrap().keys() {
-            let url = format!("{}{}", app.base, path.replace("{id}", id));
+            let url = format!(
+                "{}{}",
+                app.base,
+                path.replace("{id}", id).replace("{name}", "welcome")
+            );
             let request = match method.as_str() {
                 "get" => app.client.get(&url),
                 "post" => app.client.post(&url).json(&json!({})),
+                "put" => app.client.put(&url).json(&json!({})),
+                "delete" => app.client.delete(&url),
                 other => panic!("unexpected method {other} in the document"),
             };
             let response = request.send().await.unwrap();

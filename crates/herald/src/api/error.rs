@@ -5,7 +5,9 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde_json::{Map, Value, json};
+
+use crate::templates::TemplateError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -13,6 +15,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// More members of the error object (a template error's `template`, `part`, `line`, `column`).
+    pub details: Map<String, Value>,
 }
 
 impl ApiError {
@@ -22,6 +26,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            details: Map::new(),
         }
     }
 
@@ -35,6 +40,7 @@ impl ApiError {
                 code: "invalid_field",
                 message: message.into(),
                 field: Some(field.to_owned()),
+                details: Map::new(),
             }
         }
     }
@@ -46,12 +52,36 @@ impl ApiError {
             format!("no message with id {id:?}"),
         )
     }
+
+    /// 422 for a template that cannot be stored or rendered, with where it went wrong:
+    /// `{"code": "template_error", "message": "template \"welcome\" (html), line 3, column 7: `name` is
+    /// undefined", "field": "data", "template": "welcome", "part": "html", "line": 3, "column": 7}`.
+    pub fn template(field: &str, error: &TemplateError) -> Self {
+        let mut details = Map::new();
+        if let Some(location) = error.location() {
+            details.insert("template".into(), json!(location.template));
+            details.insert("line".into(), json!(location.line));
+            details.insert("column".into(), json!(location.column));
+        }
+        if let Some(part) = error.part() {
+            details.insert("part".into(), json!(part.as_str()));
+        }
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: error.code(),
+            message: error.to_string(),
+            field: Some(field.to_owned()),
+            details,
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
-        (self.status, Json(body)).into_response()
+        let mut error = self.details;
+        error.insert("code".into(), json!(self.code));
+        error.insert("message".into(), json!(self.message));
+        error.insert("field".into(), json!(self.field));
+        (self.status, Json(json!({ "error": error }))).into_response()
     }
 }

@@ -1,9 +1,15 @@
 //! The HTTP API: axum routes, bearer authentication, errors as JSON naming the field.
 
+mod batches;
 mod error;
 mod openapi;
+mod templates;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json, Router,
@@ -12,7 +18,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{Html, IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, put},
 };
 pub use error::ApiError;
 use serde::Deserialize;
@@ -28,8 +34,23 @@ use crate::{
 #[derive(Clone)]
 pub struct AppState {
     pub service: Service,
-    /// SHA-256 of the accepted bearer tokens; empty means no authentication (loopback only, checked at start).
+    /// SHA-256 of `HERALD_API_TOKEN`, when set.
     pub token_hashes: Arc<Vec<[u8; 32]>>,
+    /// What the store said about tokens created with `herald token create`, for a moment.
+    stored_tokens: Arc<StoredTokens>,
+}
+
+/// How long the API trusts what it learnt from the store about tokens. A token revoked with `herald token
+/// revoke` stops working within this time on every node, and the first token created on a server that had
+/// none closes the API within it; in exchange, an authenticated request costs no store read.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+struct StoredTokens {
+    /// Hashes found in the store, with when.
+    valid: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Whether the store holds any token, with when that was asked.
+    any: Mutex<Option<(bool, Instant)>>,
 }
 
 impl AppState {
@@ -41,7 +62,43 @@ impl AppState {
         Self {
             service,
             token_hashes: Arc::new(token_hashes),
+            stored_tokens: Arc::default(),
         }
+    }
+
+    /// Whether `hash` is the hash of a token in the store (`herald token create`).
+    async fn is_stored_token(&self, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let fresh = |at: &Instant| at.elapsed() < TOKEN_CACHE_TTL;
+        if self
+            .stored_tokens
+            .valid
+            .lock()
+            .expect("not poisoned")
+            .get(hash)
+            .is_some_and(fresh)
+        {
+            return Ok(true);
+        }
+        // Unknown hashes are not remembered: the map holds real tokens only, so it cannot be grown by guessing.
+        let found = self.service.store.token_hash_exists(hash).await?;
+        let mut valid = self.stored_tokens.valid.lock().expect("not poisoned");
+        valid.retain(|_, at| fresh(at));
+        if found {
+            valid.insert(*hash, Instant::now());
+        }
+        Ok(found)
+    }
+
+    /// Whether the store holds any token: then the API requires one even without `HERALD_API_TOKEN`.
+    async fn any_stored_token(&self) -> Result<bool, StoreError> {
+        if let Some((any, at)) = *self.stored_tokens.any.lock().expect("not poisoned")
+            && at.elapsed() < TOKEN_CACHE_TTL
+        {
+            return Ok(any);
+        }
+        let any = !self.service.store.tokens().await?.is_empty();
+        *self.stored_tokens.any.lock().expect("not poisoned") = Some((any, Instant::now()));
+        Ok(any)
     }
 }
 
@@ -52,6 +109,18 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/messages/{id}", get(get_message))
         .route("/messages/{id}/raw", get(get_raw))
         .route("/messages/{id}/cancel", post(cancel_message))
+        .route("/batches", post(batches::post_batch))
+        .route("/templates", get(templates::list_templates))
+        .route(
+            "/templates/{name}",
+            put(templates::put_template)
+                .get(templates::get_template)
+                .delete(templates::delete_template),
+        )
+        .route(
+            "/templates/{name}/preview",
+            post(templates::preview_template),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)
@@ -65,20 +134,37 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .with_state(state)
 }
 
-/// Bearer authentication on `/v1/*`. Tokens are compared by hash, so the comparison time says nothing
-/// about the secret.
+/// Bearer authentication on `/v1/*`. A request passes with `HERALD_API_TOKEN` or with any token made by
+/// `herald token create` (stored as its SHA-256 only). Authentication is required as soon as either exists:
+/// `HERALD_API_TOKEN` is set, or the store holds at least one token. With neither, the API is open, which
+/// `herald serve` allows on a loopback address only. Tokens are compared by hash, so the comparison time says
+/// nothing about the secret, and no token is ever logged or echoed.
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if state.token_hashes.is_empty() {
-        return next.run(request).await;
-    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| <[u8; 32]>::from(Sha256::digest(t.trim().as_bytes())));
+    if let Some(hash) = &presented {
+        if state.token_hashes.contains(hash) {
+            return next.run(request).await;
+        }
+        match state.is_stored_token(hash).await {
+            Ok(true) => return next.run(request).await,
+            Ok(false) => {}
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    }
+    let required = !state.token_hashes.is_empty()
+        || match state.any_stored_token().await {
+            Ok(any) => any,
+            Err(e) => return ApiError::from(e).into_response(),
+        };
+    if !required {
+        return next.run(request).await;
+    }
     match presented {
-        Some(hash) if state.token_hashes.contains(&hash) => next.run(request).await,
         Some(_) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -100,6 +186,18 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     }
 }
 
+/// The `Idempotency-Key` header, if any.
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                ApiError::invalid("Idempotency-Key", "the header must be visible ASCII")
+            })
+        })
+        .transpose()
+}
+
 fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -118,6 +216,14 @@ impl From<SubmitError> for ApiError {
     fn from(error: SubmitError) -> Self {
         match error {
             SubmitError::Invalid(e) => ApiError::invalid(&e.field, e.message),
+            SubmitError::Template { field, error } => ApiError::template(&field, &error),
+            SubmitError::UnknownTemplate(name) => ApiError {
+                code: "unknown_template",
+                ..ApiError::invalid(
+                    "template",
+                    format!("no template named {name:?} (store it with PUT /v1/templates/{name})"),
+                )
+            },
             SubmitError::Store(e) => e.into(),
         }
     }
@@ -129,11 +235,7 @@ async fn post_message(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body)?;
-    let key = headers.get("idempotency-key").map(|v| {
-        v.to_str()
-            .map_err(|_| ApiError::invalid("Idempotency-Key", "the header must be visible ASCII"))
-    });
-    let key = key.transpose()?;
+    let key = idempotency_header(&headers)?;
     let accepted = state.service.submit(&body, key).await?;
     let (status, replay) = match &accepted {
         Accepted::New { .. } => (StatusCode::ACCEPTED, false),

@@ -6,9 +6,17 @@ fn error_response(description: &str) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
 }
 
+fn template_error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TemplateError"}}}})
+}
+
 pub fn document() -> Value {
     let id_param =
         json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let name_param = json!({"name": "name", "in": "path", "required": true,
+        "description": "1 to 128 of A-Z a-z 0-9 _ . - (starting with a letter or digit)",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"}});
+    let idempotency_header = json!({"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255}});
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Herald", "version": env!("CARGO_PKG_VERSION"),
@@ -18,14 +26,14 @@ pub fn document() -> Value {
             "/v1/messages": {
                 "post": {
                     "summary": "Queue one message (answered after it is stored durably)",
-                    "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255}}],
+                    "parameters": [idempotency_header.clone()],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessageRequest"}}}},
                     "responses": {
                         "202": {"description": "Stored; delivery follows", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
                         "400": error_response("Unreadable request"),
                         "401": error_response("Missing or wrong bearer token"),
                         "413": error_response("Body over the size limit"),
-                        "422": error_response("A field is invalid (named in error.field)"),
+                        "422": template_error_response("A field is invalid (named in error.field), or the template failed with this data"),
                     }
                 },
                 "get": {
@@ -66,6 +74,56 @@ pub fn document() -> Value {
                               "404": error_response("No such message"),
                               "409": error_response("Already sending or finished")}
             }},
+            "/v1/batches": {"post": {
+                "summary": "Queue one message per recipient from one template, in one durable commit",
+                "description": "Every recipient's `data` renders the template; attachments are encoded and stored once for the whole batch. Errors name the recipient (`recipients[17].to`, `recipients[17].data`); a bad recipient queues nothing. With an idempotency key, repeating the request returns the same batch_id and ids and queues nothing new.",
+                "parameters": [idempotency_header],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"}}}},
+                "responses": {
+                    "202": {"description": "Stored; delivery follows", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchAccepted"}}}},
+                    "400": error_response("Unreadable request"),
+                    "401": error_response("Missing or wrong bearer token"),
+                    "413": error_response("Body over the size limit"),
+                    "422": template_error_response("A field is invalid, or the template failed for a recipient's data (with template, part, line, column)"),
+                }
+            }},
+            "/v1/templates": {"get": {
+                "summary": "List stored templates by name",
+                "responses": {"200": {"description": "The templates", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"type": "object", "properties": {
+                        "name": {"type": "string"}, "subject": {"type": "string"}, "has_text": {"type": "boolean"},
+                        "has_html": {"type": "boolean"}, "updated_at": {"type": "string", "format": "date-time"}}}}}}}}}}
+            }},
+            "/v1/templates/{name}": {
+                "put": {
+                    "summary": "Store a template (Jinja syntax), replacing one of the same name",
+                    "description": "Each part is compiled first: a syntax error is a 422 naming the part, line and column. Variables are strict (an undefined one is an error naming it); the html part is auto-escaped, subject and text are not. `{% extends \"layout\" %}` and `{% include \"footer\" %}` refer to other stored templates, part for part.",
+                    "parameters": [name_param.clone()],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TemplateRequest"}}}},
+                    "responses": {"200": {"description": "Stored", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Template"}}}},
+                                  "422": template_error_response("Invalid name or field, or a syntax error (with part, line, column)")}
+                },
+                "get": {
+                    "summary": "One stored template",
+                    "parameters": [name_param.clone()],
+                    "responses": {"200": {"description": "The template", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Template"}}}},
+                                  "404": error_response("No such template")}
+                },
+                "delete": {
+                    "summary": "Delete a stored template",
+                    "parameters": [name_param.clone()],
+                    "responses": {"200": {"description": "Deleted"}, "404": error_response("No such template")}
+                }
+            },
+            "/v1/templates/{name}/preview": {"post": {
+                "summary": "Render a template with data: exactly the subject, text and html a message would carry",
+                "description": "CSS from <style> is inlined into the html; when the template has no text part, the text is made from the html.",
+                "parameters": [name_param],
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"data": {"type": "object"}}}}}},
+                "responses": {"200": {"description": "The rendered parts", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Rendered"}}}},
+                              "404": error_response("No such template"),
+                              "422": template_error_response("The template failed with this data (with template, part, line, column)")}
+            }},
             "/healthz": {"get": {"summary": "Alive", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "Store reachable", "security": [], "responses": {"200": {"description": "ready"}, "503": error_response("Store unreachable")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "Prometheus text format"}}}},
@@ -80,11 +138,13 @@ pub fn document() -> Value {
                 "Attachment": {"type": "object", "required": ["filename", "content_base64"], "properties": {
                     "filename": {"type": "string"}, "content_type": {"type": "string"},
                     "content_base64": {"type": "string"}, "inline": {"type": "boolean"}, "content_id": {"type": "string"}}},
-                "MessageRequest": {"type": "object", "properties": {
+                "MessageRequest": {"type": "object", "description": "Either subject + text and/or html, or template + data.", "properties": {
                     "from": {"type": "string", "description": "\"Name <addr>\" or addr; optional when HERALD_FROM is set"},
                     "to": {"$ref": "#/components/schemas/Addresses"}, "cc": {"$ref": "#/components/schemas/Addresses"},
                     "bcc": {"$ref": "#/components/schemas/Addresses"}, "reply_to": {"$ref": "#/components/schemas/Addresses"},
                     "subject": {"type": "string"}, "text": {"type": "string"}, "html": {"type": "string"},
+                    "template": {"type": "string", "description": "A stored template's name, instead of subject/text/html"},
+                    "data": {"type": "object", "description": "The template's variables"},
                     "attachments": {"type": "array", "items": {"$ref": "#/components/schemas/Attachment"}},
                     "headers": {"type": "object", "additionalProperties": {"type": "string"}},
                     "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 32},
@@ -110,6 +170,33 @@ pub fn document() -> Value {
                     "events": {"type": "array", "items": {"type": "object", "properties": {
                         "at": {"type": "string", "format": "date-time"}, "type": {"type": "string"},
                         "recipient": {"type": ["string", "null"]}, "detail": {"type": ["string", "null"]}}}}}},
+                "BatchRequest": {"type": "object", "required": ["template", "recipients"], "properties": {
+                    "template": {"type": "string"},
+                    "from": {"type": "string", "description": "optional when HERALD_FROM is set"},
+                    "reply_to": {"$ref": "#/components/schemas/Addresses"},
+                    "recipients": {"type": "array", "minItems": 1, "maxItems": 10000, "items": {"type": "object", "required": ["to"], "properties": {
+                        "to": {"$ref": "#/components/schemas/Addresses"}, "data": {"type": "object"}}}},
+                    "attachments": {"type": "array", "items": {"$ref": "#/components/schemas/Attachment"}},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 32},
+                    "metadata": {"type": "object"},
+                    "send_at": {"type": "string", "format": "date-time"},
+                    "idempotency_key": {"type": "string", "maxLength": 255}}},
+                "BatchAccepted": {"type": "object", "required": ["batch_id", "ids", "status"], "properties": {
+                    "batch_id": {"type": "string"}, "status": {"type": "string", "enum": ["queued", "scheduled"]},
+                    "ids": {"type": "array", "items": {"type": "string"}, "description": "One message id per recipient, in order"}}},
+                "TemplateRequest": {"type": "object", "required": ["subject"], "description": "At least one of text and html.", "properties": {
+                    "subject": {"type": "string"}, "text": {"type": ["string", "null"]}, "html": {"type": ["string", "null"]}}},
+                "Template": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "subject": {"type": "string"}, "text": {"type": ["string", "null"]},
+                    "html": {"type": ["string", "null"]}, "updated_at": {"type": "string", "format": "date-time"}}},
+                "Rendered": {"type": "object", "required": ["subject", "text", "html"], "properties": {
+                    "subject": {"type": "string"}, "text": {"type": "string"}, "html": {"type": ["string", "null"]}}},
+                "TemplateError": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object",
+                    "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                    "field": {"type": ["string", "null"]}, "template": {"type": "string"},
+                    "part": {"type": "string", "enum": ["subject", "text", "html"]},
+                    "line": {"type": "integer"}, "column": {"type": ["integer", "null"]}}}}},
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object",
                     "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"},
                     "field": {"type": ["string", "null"]}}}}}

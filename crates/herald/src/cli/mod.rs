@@ -6,10 +6,10 @@ mod bench_smtp;
 mod compose;
 mod send;
 mod serve;
+mod token;
 
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::{Parser, Subcommand};
 
 /// Herald: a real-time email notification service.
@@ -33,8 +33,8 @@ pub enum Command {
     /// Measure Herald's hot paths.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Manage API tokens (not yet available).
-    Token,
+    /// Manage API tokens: create (printed once), list, revoke.
+    Token(token::TokenArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,8 +56,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Compose(args)) => bench_compose::run(args),
         Command::Bench(BenchCommand::Smtp(args)) => bench_smtp::run(args),
         Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args),
-        Command::Token => {
-            bail!("`herald token` is not yet available: it arrives with `herald serve`")
-        }
+        Command::Token(args) => token::run(args),
     }
 }

@@ -1,0 +1,169 @@
+//! `/v1/templates`: store, read, list, delete and preview templates.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, State, rejection::BytesRejection},
+    http::StatusCode,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, body_or_error};
+use crate::{
+    service::{SubmitError, format_rfc3339},
+    store::{StoredTemplate, TemplateSource},
+    templates,
+};
+
+/// The body of `PUT /v1/templates/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateBody {
+    subject: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    html: Option<String>,
+}
+
+/// The body of `POST /v1/templates/{name}/preview`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewBody {
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    templates::check_name(name).map_err(|e| ApiError::invalid("name", e))
+}
+
+fn template_not_found(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no template named {name:?}"),
+    )
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        // serde names the field in its message (`missing field `subject``, `unknown field `txt``).
+        let message = e.to_string();
+        let field = ["subject", "text", "html", "data"]
+            .into_iter()
+            .find(|f| message.contains(&format!("`{f}`")))
+            .unwrap_or("");
+        ApiError::invalid(field, format!("invalid template request: {message}"))
+    })
+}
+
+fn template_json(stored: &StoredTemplate) -> Value {
+    json!({
+        "name": stored.source.name,
+        "subject": stored.source.subject,
+        "text": stored.source.text,
+        "html": stored.source.html,
+        "updated_at": format_rfc3339(stored.updated_at),
+    })
+}
+
+/// `PUT /v1/templates/{name}`: compiles every part (a syntax error is a 422 naming part, line and column),
+/// then stores the template, replacing one of the same name.
+pub async fn put_template(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    check_name(&name)?;
+    let body: TemplateBody = parse(&body_or_error(body)?)?;
+    let source = TemplateSource {
+        name: name.clone(),
+        subject: body.subject,
+        text: body.text,
+        html: body.html,
+    };
+    if let Err(e) = templates::validate(&source, &state.service.limits.template) {
+        let field = e.part().map_or("text", |p| p.as_str());
+        return Err(ApiError::template(field, &e));
+    }
+    let store = &state.service.store;
+    store.put_template(&source).await?;
+    let stored = store
+        .template(&name)
+        .await?
+        .ok_or_else(|| template_not_found(&name))?;
+    Ok(Json(template_json(&stored)))
+}
+
+pub async fn get_template(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match state.service.store.template(&name).await? {
+        Some(stored) => Ok(Json(template_json(&stored))),
+        None => Err(template_not_found(&name)),
+    }
+}
+
+/// `GET /v1/templates`: every template's name, subject and time of change, by name (a short list: the
+/// sources are fetched one at a time).
+pub async fn list_templates(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let all = state.service.store.templates().await?;
+    Ok(Json(json!({
+        "items": all.iter().map(|t| json!({
+            "name": t.source.name,
+            "subject": t.source.subject,
+            "has_text": t.source.text.is_some(),
+            "has_html": t.source.html.is_some(),
+            "updated_at": format_rfc3339(t.updated_at),
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+pub async fn delete_template(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if state.service.store.delete_template(&name).await? {
+        Ok(Json(json!({"name": name, "deleted": true})))
+    } else {
+        Err(template_not_found(&name))
+    }
+}
+
+/// `POST /v1/templates/{name}/preview`: exactly the subject, text and HTML a message made from this template
+/// with this data would carry (CSS inlined, text made from the HTML when the template has none).
+pub async fn preview_template(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    check_name(&name)?;
+    let body = body_or_error(body)?;
+    let body: PreviewBody = if body.is_empty() {
+        PreviewBody { data: None }
+    } else {
+        parse(&body)?
+    };
+    let data = match body.data {
+        None | Some(Value::Null) => json!({}),
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "data",
+                "must be an object of template variables",
+            ));
+        }
+    };
+    match state.service.render(&name, &data, "data").await {
+        Ok(rendered) => Ok(Json(json!({
+            "subject": rendered.subject,
+            "text": rendered.text,
+            "html": rendered.html,
+        }))),
+        Err(SubmitError::UnknownTemplate(name)) => Err(template_not_found(&name)),
+        Err(e) => Err(e.into()),
+    }
+}
