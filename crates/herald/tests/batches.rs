@@ -125,13 +125,33 @@ async fn each_recipient_gets_their_own_message(backend: Backend) {
         return;
     };
     put_invoice_template(&app).await;
+    // The same template with an inline logo, shared by the batch like the PDF.
+    let mut template: Value = app.get_template("invoice").await.json().await.unwrap();
+    template["html"] = json!(template["html"].as_str().unwrap().replace(
+        "<body>",
+        "<body><img src=\"cid:logo@shop.example\" alt=\"Shop\">"
+    ));
+    for field in ["name", "updated_at"] {
+        template.as_object_mut().unwrap().remove(field);
+    }
+    assert_eq!(
+        app.put_template("invoice", &template)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
     let invoice = pdf(3_000);
+    let logo = pdf(700);
     let body = json!({
         "template": "invoice",
         "from": "Billing <billing@example.test>",
         "reply_to": "help@example.test",
         "recipients": [recipient(0), recipient(1), {"to": ["Two <user2@example.test>", "cfo@example.test"], "data": recipient(2)["data"]}],
-        "attachments": [{"filename": "invoice.pdf", "content_base64": b64(&invoice)}],
+        "attachments": [
+            {"filename": "invoice.pdf", "content_base64": b64(&invoice)},
+            {"filename": "logo.png", "content_base64": b64(&logo), "inline": true, "content_id": "logo@shop.example"},
+        ],
         "headers": {"X-Campaign": "nov"},
     });
     let response = app.post_batch(&body).await;
@@ -171,10 +191,16 @@ async fn each_recipient_gets_their_own_message(backend: Backend) {
                 .contains("<p style=\"color: #222;\">")
         );
         assert_eq!(parsed.header_raw("X-Campaign").map(str::trim), Some("nov"));
-        assert_eq!(
-            parsed.attachments().next().unwrap().contents(),
-            invoice.as_slice()
-        );
+        let pdf_part = parsed
+            .attachments()
+            .find(|a| a.attachment_name() == Some("invoice.pdf"))
+            .unwrap();
+        assert_eq!(pdf_part.contents(), invoice.as_slice());
+        let logo_part = parsed
+            .attachments()
+            .find(|a| a.content_id() == Some("logo@shop.example"))
+            .expect("the inline logo");
+        assert_eq!(logo_part.contents(), logo.as_slice());
         assert_eq!(sent.mail_from, "billing@example.test");
     }
     let third = received

@@ -53,13 +53,15 @@ impl ApiError {
         )
     }
 
-    /// 422 for a template that cannot be stored or rendered, with where it went wrong:
-    /// `{"code": "template_error", "message": "template \"welcome\" (html), line 3, column 7: `name` is
-    /// undefined", "field": "data", "template": "welcome", "part": "html", "line": 3, "column": 7}`.
+    /// 422 for a template that cannot be stored or rendered, saying where it went wrong: besides `code`,
+    /// `message` and `field` (`data`, `recipients[17].data`, or the part for a syntax error), the error
+    /// object has `template`, `part`, `line` and `column` (1-based) whenever they are known.
     pub fn template(field: &str, error: &TemplateError) -> Self {
         let mut details = Map::new();
+        if let Some(template) = error.template() {
+            details.insert("template".into(), json!(template));
+        }
         if let Some(location) = error.location() {
-            details.insert("template".into(), json!(location.template));
             details.insert("line".into(), json!(location.line));
             details.insert("column".into(), json!(location.column));
         }

@@ -86,6 +86,20 @@ impl TemplateError {
         }
     }
 
+    /// The stored template the error is in (for an error inside a layout or an include, that one).
+    pub fn template(&self) -> Option<&str> {
+        match self {
+            TemplateError::Engine { location, .. } => {
+                location.as_ref().map(|l| l.template.as_str())
+            }
+            TemplateError::OutputTooLarge { template, .. }
+            | TemplateError::SourceTooLarge { template, .. }
+            | TemplateError::TooManyTemplates { template, .. }
+            | TemplateError::Empty { template }
+            | TemplateError::Css { template, .. } => Some(template),
+        }
+    }
+
     pub fn location(&self) -> Option<&Location> {
         match self {
             TemplateError::Engine { location, .. } => location.as_ref(),
