@@ -39,6 +39,18 @@ async fn templates_are_stored_listed_read_and_deleted(backend: Backend) {
     let read: Value = app.get_template("welcome").await.json().await.unwrap();
     assert_eq!(read["subject"], "Hi {{ name }}!");
     assert!(read["text"].is_null(), "a PUT replaces the whole template");
+    let mut round_trip = read.clone();
+    round_trip["subject"] = json!("Hello again, {{ name }}");
+    assert_eq!(
+        app.put_template("welcome", &round_trip)
+            .await
+            .status()
+            .as_u16(),
+        200,
+        "what GET returns can be PUT back"
+    );
+    let (status, error) = error_of(app.put_template("other", &round_trip).await).await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("name")));
     app.put_template("alpha", &body).await;
     let list: Value = app.list_templates().await.json().await.unwrap();
     let names: Vec<&str> = list["items"]

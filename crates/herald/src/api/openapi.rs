@@ -185,7 +185,8 @@ pub fn document() -> Value {
                 "BatchAccepted": {"type": "object", "required": ["batch_id", "ids", "status"], "properties": {
                     "batch_id": {"type": "string"}, "status": {"type": "string", "enum": ["queued", "scheduled"]},
                     "ids": {"type": "array", "items": {"type": "string"}, "description": "One message id per recipient, in order"}}},
-                "TemplateRequest": {"type": "object", "required": ["subject"], "description": "At least one of text and html.", "properties": {
+                "TemplateRequest": {"type": "object", "required": ["subject"], "description": "At least one of text and html. A template as GET returns it may be sent back: name (if given, the one in the path) and updated_at are accepted and ignored.", "properties": {
+                    "name": {"type": "string"}, "updated_at": {"type": "string"},
                     "subject": {"type": "string"}, "text": {"type": ["string", "null"]}, "html": {"type": ["string", "null"]}}},
                 "Template": {"type": "object", "properties": {
                     "name": {"type": "string"}, "subject": {"type": "string"}, "text": {"type": ["string", "null"]},

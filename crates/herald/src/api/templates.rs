@@ -16,10 +16,16 @@ use crate::{
     templates,
 };
 
-/// The body of `PUT /v1/templates/{name}`.
+/// The body of `PUT /v1/templates/{name}`. What `GET` returns may be sent back as it is: `name` (if given,
+/// it must be the one in the path) and `updated_at` are accepted and not stored from the body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TemplateBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)] // Accepted so a GET can be PUT back; the store sets the time.
+    updated_at: Option<Value>,
     subject: String,
     #[serde(default)]
     text: Option<String>,
@@ -78,6 +84,14 @@ pub async fn put_template(
 ) -> Result<Json<Value>, ApiError> {
     check_name(&name)?;
     let body: TemplateBody = parse(&body_or_error(body)?)?;
+    if body.name.as_deref().is_some_and(|n| n != name) {
+        return Err(ApiError::invalid(
+            "name",
+            format!(
+                "the body names another template than the path ({name:?}); rename by PUT to the new name and DELETE the old one"
+            ),
+        ));
+    }
     let source = TemplateSource {
         name: name.clone(),
         subject: body.subject,

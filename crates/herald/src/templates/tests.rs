@@ -174,6 +174,7 @@ fn a_text_part_is_made_from_the_html_when_there_is_none() {
 
 #[test]
 fn renders_are_bounded_in_work_and_size() {
+    let start = std::time::Instant::now();
     let e = render(
         vec![source(
             "t",
@@ -185,6 +186,11 @@ fn renders_are_bounded_in_work_and_size() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("budget"), "{e}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "a runaway loop stops at its budget, quickly: {:?}",
+        start.elapsed()
+    );
     let limits = Limits {
         output_bytes: 1_000,
         ..Limits::default()
