@@ -187,7 +187,9 @@ impl<T: Transport> Engine<T> {
             routes,
             options,
         } = self;
-        let slots = Arc::new(Semaphore::new(options.concurrency.max(1)));
+        let concurrency = options.concurrency.max(1);
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let claim_at_least = (concurrency / 4).clamp(1, 256);
         let (outcomes_tx, mut outcomes_rx) = mpsc::unbounded_channel::<AttemptOutcome>();
         let recorder = {
             let store = store.clone();
@@ -248,16 +250,19 @@ impl<T: Transport> Engine<T> {
             if *shutdown.borrow() {
                 break;
             }
-            let free = slots.available_permits() as u32;
-            if free == 0 {
-                // Every slot busy: wait for one to free up.
+            let free = slots.available_permits();
+            if free < claim_at_least {
+                // Most slots busy: wait until a quarter of them are free, so that a claim (one commit) takes a
+                // batch worth a commit instead of one message per freed slot.
                 tokio::select! {
-                    permit = slots.acquire() => drop(permit),
+                    permits = slots.acquire_many(claim_at_least as u32) => drop(permits),
                     _ = shutdown.changed() => {}
                 }
                 continue;
             }
-            let claimed = store.claim(&options.owner, options.lease, free).await?;
+            let claimed = store
+                .claim(&options.owner, options.lease, free as u32)
+                .await?;
             if claimed.is_empty() {
                 let now = store.clock().now();
                 let wait = match store.next_due().await? {
