@@ -58,8 +58,13 @@ CREATE INDEX events_message ON events (message_id, id);
 CREATE TABLE blobs (
     hash       BYTEA PRIMARY KEY,
     bytes      BYTEA NOT NULL,
-    created_at BIGINT NOT NULL,
-    refs       BIGINT NOT NULL DEFAULT 0
+    created_at BIGINT NOT NULL
+);
+
+-- References per blob, apart from the blob's row so counting never rewrites it.
+CREATE TABLE blob_refs (
+    hash BYTEA PRIMARY KEY,
+    refs BIGINT NOT NULL
 );
 
 CREATE TABLE templates (

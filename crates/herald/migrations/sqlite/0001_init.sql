@@ -57,10 +57,15 @@ CREATE INDEX events_message ON events (message_id, id);
 CREATE TABLE blobs (
     hash       BLOB PRIMARY KEY,
     bytes      BLOB NOT NULL,
-    created_at INTEGER NOT NULL,
-    -- How many stored raw bodies refer to this blob; at 0 (all pruned) the blob goes too.
-    refs       INTEGER NOT NULL DEFAULT 0
+    created_at INTEGER NOT NULL
 );
+
+-- How many stored raw bodies refer to each blob; at 0 (all pruned) the blob goes too. A table of its own so
+-- that counting a reference never rewrites the blob's row (and its 50 KB of overflow pages).
+CREATE TABLE blob_refs (
+    hash BLOB PRIMARY KEY,
+    refs INTEGER NOT NULL
+) WITHOUT ROWID;
 
 CREATE TABLE templates (
     name       TEXT PRIMARY KEY,

@@ -2,6 +2,7 @@
 
 mod bench_compose;
 mod bench_smtp;
+mod bench_store;
 mod compose;
 mod send;
 mod serve;
@@ -42,6 +43,10 @@ pub enum BenchCommand {
     Compose(bench_compose::BenchComposeArgs),
     /// Send standard notifications to an SMTP relay and print msg/s and client CPU µs/msg.
     Smtp(bench_smtp::BenchSmtpArgs),
+    /// Accept standard notifications durably from concurrent clients; print accepts/s and bytes stored.
+    Store(bench_store::BenchStoreArgs),
+    /// Fill the queue and measure claim latency and resident memory at several lengths.
+    Queue(bench_store::BenchQueueArgs),
 }
 
 /// Runs one parsed command line and returns the process exit code.
@@ -52,6 +57,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => send::run(args),
         Command::Bench(BenchCommand::Compose(args)) => bench_compose::run(args),
         Command::Bench(BenchCommand::Smtp(args)) => bench_smtp::run(args),
+        Command::Bench(BenchCommand::Store(args)) => bench_store::run_store(args),
+        Command::Bench(BenchCommand::Queue(args)) => bench_store::run_queue(args),
         Command::Token => {
             bail!("`herald token` is not yet available: it arrives with `herald serve`")
         }

@@ -403,13 +403,16 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         for (hash, count) in released {
-            sqlx::query("UPDATE blobs SET refs = refs - $1 WHERE hash = $2")
+            sqlx::query("UPDATE blob_refs SET refs = refs - $1 WHERE hash = $2")
                 .bind(count)
                 .bind(&hash[..])
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("DELETE FROM blobs WHERE refs <= 0")
+        sqlx::query("DELETE FROM blobs WHERE hash IN (SELECT hash FROM blob_refs WHERE refs <= 0)")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM blob_refs WHERE refs <= 0")
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -905,12 +908,18 @@ async fn accept_group(
     for (hash, refs) in &stored_refs {
         let (blob, _) = blob_refs[hash];
         sqlx::query(
-            "INSERT INTO blobs (hash, bytes, created_at, refs) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (hash) DO UPDATE SET refs = blobs.refs + EXCLUDED.refs",
+            "INSERT INTO blobs (hash, bytes, created_at) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
         )
         .bind(&hash[..])
         .bind(&blob.bytes[..])
         .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO blob_refs (hash, refs) VALUES ($1, $2)
+             ON CONFLICT (hash) DO UPDATE SET refs = blob_refs.refs + EXCLUDED.refs",
+        )
+        .bind(&hash[..])
         .bind(*refs)
         .execute(&mut *tx)
         .await?;
