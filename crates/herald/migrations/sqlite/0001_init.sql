@@ -27,6 +27,8 @@ CREATE INDEX messages_due ON messages (next_attempt_at) WHERE next_attempt_at IS
 CREATE INDEX messages_created ON messages (created_at, id);
 CREATE INDEX messages_status_created ON messages (status, created_at);
 CREATE INDEX messages_batch ON messages (batch_id) WHERE batch_id IS NOT NULL;
+-- Only messages being sent hold a lease: releasing a node's leases (shutdown) touches just those.
+CREATE INDEX messages_lease ON messages (lease_owner) WHERE lease_owner IS NOT NULL;
 
 CREATE TABLE recipients (
     message_id      TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
