@@ -99,6 +99,11 @@ impl Pool {
         }
     }
 
+    /// The pool's limits.
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.config
+    }
+
     /// The relay client.
     pub fn client(&self) -> &Client {
         &self.inner.client

@@ -26,6 +26,22 @@ pub const KEYS: &[(&str, &str)] = &[
         "HERALD_RELAY_PASSWORD",
         "relay password, instead of putting it in the URL",
     ),
+    (
+        "HERALD_RELAY_URL_<NAME>",
+        "another relay, named NAME (same URL form; limits per relay: pool=N connections, rate=N msg/s, burst=N, domain_concurrency=N sessions per recipient domain, batch=N messages pipelined per session)",
+    ),
+    (
+        "HERALD_RELAY_DOMAINS_<NAME>",
+        "sender domains sent through relay NAME, comma-separated (example.com, *.example.com); other senders use the default relay",
+    ),
+    (
+        "HERALD_RELAY_PASSWORD_<NAME>",
+        "relay NAME's password, instead of putting it in its URL",
+    ),
+    (
+        "HERALD_RELAY_DEFAULT",
+        "the named relay that takes mail from all other sender domains when HERALD_RELAY_URL is unset",
+    ),
     ("HERALD_API_TOKEN", "bearer token required on /v1/*"),
     ("HERALD_FROM", "default sender when a request has none"),
     (
@@ -58,13 +74,45 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Prefixes of the per-relay keys (the rest of the key is the relay's name).
+const RELAY_URL_PREFIX: &str = "HERALD_RELAY_URL_";
+const RELAY_DOMAINS_PREFIX: &str = "HERALD_RELAY_DOMAINS_";
+const RELAY_PASSWORD_PREFIX: &str = "HERALD_RELAY_PASSWORD_";
+
+/// A relay besides the default one, used for mail from its sender domains.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NamedRelay {
+    /// Lower case, from the key (`HERALD_RELAY_URL_TRANSACTIONAL` → `transactional`).
+    pub name: String,
+    pub url: String,
+    pub password: Option<String>,
+    /// Sender domains (`example.com`, `*.example.com`), lower case.
+    pub domains: Vec<String>,
+}
+
+impl std::fmt::Debug for NamedRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamedRelay")
+            .field("name", &self.name)
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("domains", &self.domains)
+            .finish()
+    }
+}
+
 /// Everything `herald serve` needs to start.
 #[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub database_url: String,
+    /// The default relay; with no relay at all, mail goes to the capture inbox.
     pub relay_url: Option<String>,
     pub relay_password: Option<String>,
+    /// Relays chosen by sender domain, sorted by name.
+    pub relays: Vec<NamedRelay>,
+    /// With `relay_url` unset: the named relay that is the default.
+    pub relay_default: Option<String>,
     pub api_token: Option<String>,
     pub default_from: Option<String>,
     pub message_id_domain: Option<String>,
@@ -86,6 +134,8 @@ impl std::fmt::Debug for Config {
                 "relay_password",
                 &self.relay_password.as_ref().map(|_| "***"),
             )
+            .field("relays", &self.relays)
+            .field("relay_default", &self.relay_default)
             .field("api_token", &self.api_token.as_ref().map(|_| "***"))
             .field("default_from", &self.default_from)
             .field("retry", &self.retry)
@@ -139,6 +189,13 @@ impl Config {
                         message: e.to_string(),
                     })?;
             for (key, value) in table {
+                if key == "relays" {
+                    relays_from_toml(value, &mut values).map_err(|message| ConfigError::File {
+                        path: shown.clone(),
+                        message,
+                    })?;
+                    continue;
+                }
                 let env_key = format!("HERALD_{}", key.to_ascii_uppercase());
                 if !KEYS.iter().any(|(k, _)| *k == env_key) {
                     return Err(ConfigError::File {
@@ -165,6 +222,11 @@ impl Config {
         for (key, _) in KEYS {
             if let Ok(value) = std::env::var(key) {
                 values.insert((*key).to_owned(), value);
+            }
+        }
+        for (key, value) in std::env::vars() {
+            if is_relay_key(&key) {
+                values.insert(key, value);
             }
         }
         Self::from_values(&values)
@@ -216,13 +278,52 @@ impl Config {
                 },
             }
         };
+        let relay_url = get("HERALD_RELAY_URL").map(str::to_owned);
+        let relay_default = get("HERALD_RELAY_DEFAULT").map(str::to_ascii_lowercase);
+        let relays = named_relays(values)?;
+        if relay_url.is_some() && relay_default.is_some() {
+            return Err(invalid(
+                "HERALD_RELAY_DEFAULT",
+                "HERALD_RELAY_URL is the default relay already; set one of the two".into(),
+            ));
+        }
+        if let Some(name) = &relay_default
+            && !relays.iter().any(|relay| relay.name == *name)
+        {
+            return Err(invalid(
+                "HERALD_RELAY_DEFAULT",
+                format!(
+                    "no relay named {name:?} (set HERALD_RELAY_URL_{})",
+                    name.to_ascii_uppercase()
+                ),
+            ));
+        }
+        if !relays.is_empty() && relay_url.is_none() && relay_default.is_none() {
+            return Err(invalid(
+                "HERALD_RELAY_URL",
+                "named relays need a default relay for all other senders: set HERALD_RELAY_URL, or HERALD_RELAY_DEFAULT to one of the names".into(),
+            ));
+        }
+        for relay in &relays {
+            if relay.domains.is_empty() && relay_default.as_deref() != Some(relay.name.as_str()) {
+                return Err(invalid(
+                    &format!("{RELAY_DOMAINS_PREFIX}{}", relay.name.to_ascii_uppercase()),
+                    format!(
+                        "relay {:?} has no sender domains and is not the default, so no mail would use it",
+                        relay.name
+                    ),
+                ));
+            }
+        }
         Ok(Config {
             listen,
             database_url: get("HERALD_DATABASE_URL")
                 .unwrap_or("sqlite://./herald-data/herald.db")
                 .to_owned(),
-            relay_url: get("HERALD_RELAY_URL").map(str::to_owned),
+            relay_url,
             relay_password: get("HERALD_RELAY_PASSWORD").map(str::to_owned),
+            relays,
+            relay_default,
             api_token: get("HERALD_API_TOKEN").map(str::to_owned),
             default_from: get("HERALD_FROM").map(str::to_owned),
             message_id_domain: get("HERALD_MESSAGE_ID_DOMAIN").map(str::to_owned),
@@ -249,6 +350,126 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn is_relay_key(key: &str) -> bool {
+    [
+        RELAY_URL_PREFIX,
+        RELAY_DOMAINS_PREFIX,
+        RELAY_PASSWORD_PREFIX,
+    ]
+    .iter()
+    .any(|prefix| key.len() > prefix.len() && key.starts_with(prefix))
+}
+
+/// The relays named by `HERALD_RELAY_URL_<NAME>` / `_DOMAINS_<NAME>` / `_PASSWORD_<NAME>` keys.
+fn named_relays(values: &HashMap<String, String>) -> Result<Vec<NamedRelay>, ConfigError> {
+    let mut relays: std::collections::BTreeMap<String, NamedRelay> = Default::default();
+    for (key, value) in values {
+        let value = value.trim();
+        let (prefix, name) = match [
+            RELAY_URL_PREFIX,
+            RELAY_DOMAINS_PREFIX,
+            RELAY_PASSWORD_PREFIX,
+        ]
+        .into_iter()
+        .find_map(|prefix| Some((prefix, key.strip_prefix(prefix)?)))
+        {
+            Some((prefix, name)) if !name.is_empty() => (prefix, name),
+            _ => continue,
+        };
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(ConfigError::Invalid {
+                key: key.clone(),
+                message: "a relay name is made of A-Z, 0-9 and _".into(),
+            });
+        }
+        let entry = relays
+            .entry(name.to_ascii_lowercase())
+            .or_insert_with(|| NamedRelay {
+                name: name.to_ascii_lowercase(),
+                url: String::new(),
+                password: None,
+                domains: Vec::new(),
+            });
+        match prefix {
+            RELAY_URL_PREFIX => entry.url = value.to_owned(),
+            RELAY_PASSWORD_PREFIX => {
+                entry.password = Some(value.to_owned()).filter(|p| !p.is_empty())
+            }
+            _ => {
+                entry.domains = value
+                    .split(',')
+                    .map(|d| d.trim().to_ascii_lowercase())
+                    .filter(|d| !d.is_empty())
+                    .collect();
+            }
+        }
+    }
+    let relays: Vec<NamedRelay> = relays.into_values().collect();
+    if let Some(relay) = relays.iter().find(|relay| relay.url.is_empty()) {
+        return Err(ConfigError::Invalid {
+            key: format!("{RELAY_URL_PREFIX}{}", relay.name.to_ascii_uppercase()),
+            message: format!("relay {:?} is configured but has no URL", relay.name),
+        });
+    }
+    Ok(relays)
+}
+
+/// `[relays.NAME]` tables of a config file (`url`, `domains` as an array or a comma-separated string,
+/// `password`) as the equivalent environment keys.
+fn relays_from_toml(
+    value: toml::Value,
+    values: &mut HashMap<String, String>,
+) -> Result<(), String> {
+    let toml::Value::Table(relays) = value else {
+        return Err("relays: expected tables like [relays.NAME] with url and domains".into());
+    };
+    for (name, relay) in relays {
+        let upper = name.to_ascii_uppercase();
+        let toml::Value::Table(relay) = relay else {
+            return Err(format!(
+                "relays.{name}: expected a table with url and domains"
+            ));
+        };
+        for (key, value) in relay {
+            let prefix = match key.as_str() {
+                "url" => RELAY_URL_PREFIX,
+                "domains" => RELAY_DOMAINS_PREFIX,
+                "password" => RELAY_PASSWORD_PREFIX,
+                other => {
+                    return Err(format!(
+                        "relays.{name}: unknown key {other:?} (known: url, domains, password)"
+                    ));
+                }
+            };
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Array(items) => items
+                    .into_iter()
+                    .map(|item| match item {
+                        toml::Value::String(s) => Ok(s),
+                        other => Err(format!(
+                            "relays.{name}.{key}: expected strings, found {}",
+                            other.type_str()
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(","),
+                other => {
+                    return Err(format!(
+                        "relays.{name}.{key}: expected a string, found {}",
+                        other.type_str()
+                    ));
+                }
+            };
+            values.insert(format!("{prefix}{upper}"), text);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -316,6 +537,92 @@ mod tests {
         assert!(
             !format!("{guarded:?}").contains("s3cret"),
             "Debug never shows the token"
+        );
+    }
+
+    #[test]
+    fn named_relays_by_sender_domain() {
+        let c = config(&[
+            ("HERALD_RELAY_URL", "smtp://default.example?pool=8"),
+            (
+                "HERALD_RELAY_URL_SHOP",
+                "smtp://u@shop-relay.example?rate=20",
+            ),
+            ("HERALD_RELAY_PASSWORD_SHOP", "p4ss"),
+            ("HERALD_RELAY_DOMAINS_SHOP", "Shop.Example, *.shop.example"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.relays,
+            vec![NamedRelay {
+                name: "shop".into(),
+                url: "smtp://u@shop-relay.example?rate=20".into(),
+                password: Some("p4ss".into()),
+                domains: vec!["shop.example".into(), "*.shop.example".into()],
+            }]
+        );
+        assert!(!format!("{c:?}").contains("p4ss"));
+        // A named relay as the default instead of HERALD_RELAY_URL.
+        let c = config(&[
+            ("HERALD_RELAY_URL_MAIN", "smtp://main.example"),
+            ("HERALD_RELAY_DEFAULT", "MAIN"),
+        ])
+        .unwrap();
+        assert_eq!(c.relay_default.as_deref(), Some("main"));
+        assert!(c.relay_url.is_none());
+    }
+
+    #[test]
+    fn relay_mistakes_name_their_key() {
+        let error = |pairs: &[(&str, &str)]| config(pairs).unwrap_err().to_string();
+        let e = error(&[
+            ("HERALD_RELAY_URL_SHOP", "smtp://s"),
+            ("HERALD_RELAY_DOMAINS_SHOP", "shop.example"),
+        ]);
+        assert!(
+            e.starts_with("HERALD_RELAY_URL:") && e.contains("default"),
+            "{e}"
+        );
+        let e = error(&[
+            ("HERALD_RELAY_URL", "smtp://d"),
+            ("HERALD_RELAY_DOMAINS_SHOP", "shop.example"),
+        ]);
+        assert!(e.starts_with("HERALD_RELAY_URL_SHOP"), "{e}");
+        let e = error(&[
+            ("HERALD_RELAY_URL", "smtp://d"),
+            ("HERALD_RELAY_URL_SHOP", "smtp://s"),
+        ]);
+        assert!(e.starts_with("HERALD_RELAY_DOMAINS_SHOP"), "{e}");
+        let e = error(&[("HERALD_RELAY_DEFAULT", "nope")]);
+        assert!(e.starts_with("HERALD_RELAY_DEFAULT"), "{e}");
+        let e = error(&[
+            ("HERALD_RELAY_URL", "smtp://d"),
+            ("HERALD_RELAY_URL_MAIN", "smtp://m"),
+            ("HERALD_RELAY_DEFAULT", "main"),
+        ]);
+        assert!(e.starts_with("HERALD_RELAY_DEFAULT"), "{e}");
+    }
+
+    #[test]
+    fn a_config_file_names_relays_in_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "relay_url = \"smtp://default.example\"\n\
+             [relays.shop]\nurl = \"smtp://shop-relay.example?rate=5\"\ndomains = [\"shop.example\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.relays.len(), 1);
+        assert_eq!(c.relays[0].name, "shop");
+        assert_eq!(c.relays[0].domains, vec!["shop.example".to_string()]);
+        std::fs::write(&path, "[relays.shop]\nhost = \"x\"\n").unwrap();
+        assert!(
+            Config::load(Some(&path))
+                .unwrap_err()
+                .to_string()
+                .contains("unknown key \"host\"")
         );
     }
 

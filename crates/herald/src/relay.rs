@@ -10,8 +10,11 @@
 //! `ca=PATH` (extra trusted CA certificates, PEM), `timeout_s=N` (every SMTP wait),
 //! `auth=plain|login|xoauth2` (xoauth2 takes the password as the bearer token),
 //! `plaintext_auth=loopback` (allow AUTH without TLS when the relay is a loopback address),
-//! `helo=NAME`, `chunking=on|off` (BDAT when offered; off by default). An unknown key is an
-//! error. User name and password are percent-decoded; the password may come from
+//! `helo=NAME`, `chunking=on|off` (BDAT when offered; off by default). Delivery limits (used by
+//! `herald serve`): `rate=N` (messages per second, fractions allowed), `burst=N` (messages that may
+//! leave at once; default a tenth of a second's worth), `domain_concurrency=N` (sessions carrying mail
+//! for one recipient domain at once), `batch=N` (messages pipelined per session in one go, default 16).
+//! An unknown key is an error. User name and password are percent-decoded; the password may come from
 //! `HERALD_RELAY_PASSWORD` instead. Errors never repeat the URL, so a password in it cannot leak
 //! into logs.
 
@@ -20,10 +23,12 @@ use std::{path::PathBuf, time::Duration};
 use herald_smtp::{Credentials, Mechanism, PoolConfig, RelayConfig, Security, Timeouts};
 use url::Url;
 
+use crate::delivery::RelayLimits;
+
 /// The environment variable that can hold the relay password.
 pub const PASSWORD_ENV: &str = "HERALD_RELAY_PASSWORD";
 
-const KEYS: &str = "tls, pool, ca, timeout_s, auth, plaintext_auth, helo, chunking";
+const KEYS: &str = "tls, pool, ca, timeout_s, auth, plaintext_auth, helo, chunking, rate, burst, domain_concurrency, batch";
 
 /// A relay URL that could not be used; the message names the part that is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -34,11 +39,12 @@ fn invalid(message: impl Into<String>) -> RelayUrlError {
     RelayUrlError(message.into())
 }
 
-/// A parsed relay URL: how to connect, and how many connections to keep.
+/// A parsed relay URL: how to connect, how many connections to keep, and the delivery limits.
 #[derive(Debug, Clone)]
 pub struct Relay {
     pub config: RelayConfig,
     pub pool: PoolConfig,
+    pub limits: RelayLimits,
 }
 
 impl Relay {
@@ -72,6 +78,7 @@ impl Relay {
         let mut config = RelayConfig::new(host, parsed.port().unwrap_or(default_port));
         config.security = security;
         let mut pool = PoolConfig::default();
+        let mut limits = RelayLimits::default();
 
         let user = decode(parsed.username(), "user name")?;
         let password = match parsed.password() {
@@ -158,6 +165,24 @@ impl Relay {
                         other => return Err(invalid(format!("chunking={other}: use on or off"))),
                     };
                 }
+                "rate" => {
+                    limits.rate = Some(
+                        value
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1e6)
+                            .ok_or_else(|| {
+                                invalid(format!(
+                                    "rate={value}: messages per second, more than 0 (e.g. 20 or 0.5)"
+                                ))
+                            })?,
+                    );
+                }
+                "burst" => limits.burst = Some(count(&key, &value, 1_000_000)? as u32),
+                "domain_concurrency" => {
+                    limits.domain_concurrency = Some(count(&key, &value, 1000)?)
+                }
+                "batch" => limits.batch = count(&key, &value, 1000)?,
                 other => {
                     return Err(invalid(format!(
                         "unknown query key {other:?} (known keys: {KEYS})"
@@ -180,7 +205,14 @@ impl Relay {
         } else if mechanism.is_some() {
             return Err(invalid("auth= needs a user name in the URL"));
         }
-        Ok(Relay { config, pool })
+        if limits.burst.is_some() && limits.rate.is_none() {
+            return Err(invalid("burst= needs rate="));
+        }
+        Ok(Relay {
+            config,
+            pool,
+            limits,
+        })
     }
 
     /// `host:port` for messages (never the credentials).
@@ -191,6 +223,15 @@ impl Relay {
             format!("{}:{}", self.config.host, self.config.port)
         }
     }
+}
+
+/// A whole number from 1 to `max` for query key `key`.
+fn count(key: &str, value: &str, max: usize) -> Result<usize, RelayUrlError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| invalid(format!("{key}={value}: a whole number from 1 to {max}")))
 }
 
 fn decode(value: &str, what: &str) -> Result<String, RelayUrlError> {
@@ -296,6 +337,34 @@ mod tests {
             Some(Credentials::oauth2("u", "token"))
         );
         assert_eq!(relay.config.auth_mechanism, Some(Mechanism::XOAuth2));
+    }
+
+    #[test]
+    fn delivery_limits() {
+        let relay = parse("smtp://h?pool=2&rate=20&burst=5&domain_concurrency=3&batch=8").unwrap();
+        assert_eq!(relay.pool.max_connections, 2);
+        assert_eq!(
+            relay.limits,
+            RelayLimits {
+                rate: Some(20.0),
+                burst: Some(5),
+                domain_concurrency: Some(3),
+                batch: 8,
+            }
+        );
+        assert_eq!(parse("smtp://h").unwrap().limits, RelayLimits::default());
+        assert_eq!(parse("smtp://h?rate=0.5").unwrap().limits.rate, Some(0.5));
+        for bad in [
+            "smtp://h?rate=0",
+            "smtp://h?rate=fast",
+            "smtp://h?burst=3",
+            "smtp://h?rate=1&burst=0",
+            "smtp://h?domain_concurrency=0",
+            "smtp://h?batch=-1",
+        ] {
+            let error = parse(bad).unwrap_err().to_string();
+            assert!(error.starts_with("invalid relay URL"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -14,7 +14,9 @@ use crate::{
     api::{self, AppState},
     clock::{Clock, SystemClock},
     config::{Config, redact_url},
-    delivery::{CaptureTransport, Engine, EngineOptions, SmtpTransport},
+    delivery::{
+        CaptureTransport, Engine, EngineOptions, Route, Routes, SmtpTransport, Transport as _,
+    },
     relay::Relay,
     service::Service,
     store::Store,
@@ -65,17 +67,19 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         lease: config.lease,
         ..Default::default()
     };
-    let engine: JoinHandle<Result<(), crate::store::StoreError>> = match &config.relay_url {
-        Some(url) => {
-            let relay = Relay::parse(url, config.relay_password.clone())
-                .map_err(|e| anyhow::anyhow!("HERALD_RELAY_URL: {e}"))?;
-            let name = relay.display_address();
-            let pool = Pool::new(
-                Client::new(relay.config).context("HERALD_RELAY_URL")?,
-                relay.pool,
-            );
-            tracing::info!(relay = %name, "delivering through the SMTP relay");
-            let engine = Engine::new(store.clone(), SmtpTransport::new(pool, name), options);
+    let engine: JoinHandle<Result<(), crate::store::StoreError>> = match relay_routes(&config)? {
+        Some(routes) => {
+            for route in routes.relays() {
+                tracing::info!(
+                    relay = %route.name,
+                    sender_domains = ?route.sender_domains,
+                    connections = route.transport.sessions(),
+                    rate = ?route.limits.rate,
+                    domain_concurrency = ?route.limits.domain_concurrency,
+                    "delivering through the SMTP relay"
+                );
+            }
+            let engine = Engine::with_routes(store.clone(), routes, options);
             tokio::spawn(engine.run(stopped.clone()))
         }
         None => {
@@ -123,6 +127,60 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         stop,
         task,
     })
+}
+
+/// The configured relays (`HERALD_RELAY_URL` as the default, `HERALD_RELAY_URL_<NAME>` by sender domain), or
+/// `None` when there is none and mail goes to the capture inbox.
+fn relay_routes(config: &Config) -> anyhow::Result<Option<Routes<SmtpTransport>>> {
+    let transport = |key: &str, url: &str, password: Option<String>, name: Option<&str>| {
+        let relay = Relay::parse(url, password).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+        let address = relay.display_address();
+        let shown = match name {
+            Some(name) => format!("{name} ({address})"),
+            None => address,
+        };
+        let pool = Pool::new(
+            Client::new(relay.config).context(key.to_owned())?,
+            relay.pool,
+        );
+        anyhow::Ok(Route::new(
+            shown.clone(),
+            SmtpTransport::new(pool, shown),
+            relay.limits,
+        ))
+    };
+    let mut routes = Vec::new();
+    let mut default = None;
+    if let Some(url) = &config.relay_url {
+        routes.push(transport(
+            "HERALD_RELAY_URL",
+            url,
+            config.relay_password.clone(),
+            None,
+        )?);
+        default = Some(0);
+    }
+    for named in &config.relays {
+        let key = format!("HERALD_RELAY_URL_{}", named.name.to_ascii_uppercase());
+        let password = named
+            .password
+            .clone()
+            .or_else(|| config.relay_password.clone());
+        routes.push(
+            transport(&key, &named.url, password, Some(&named.name))?
+                .for_domains(named.domains.iter().cloned()),
+        );
+        if config.relay_default.as_deref() == Some(named.name.as_str()) {
+            default = Some(routes.len() - 1);
+        }
+    }
+    match default {
+        None if routes.is_empty() => Ok(None),
+        None => anyhow::bail!("HERALD_RELAY_URL: named relays need a default relay"),
+        Some(default) => Ok(Some(
+            Routes::new(routes, default).map_err(|e| anyhow::anyhow!("relays: {e}"))?,
+        )),
+    }
 }
 
 /// Drops raw bodies of messages finished longer ago than `retention`, hourly (first run at start).

@@ -1,11 +1,16 @@
-//! The delivery engine: claims due messages, hands them to a transport, records what happened.
+//! The delivery engine: claims due messages, routes each to its relay, delivers, records what happened.
 //!
 //! One loop claims bounded batches under a lease (never more than there are free delivery slots, so memory is
-//! bounded by configuration, not by the queue: DESIGN.md invariant 6); each message is delivered in its own
-//! task; outcomes are recorded through the store's group commit. No database transaction spans network I/O
-//! (invariant 2): the claim commits before the first byte goes out.
+//! bounded by configuration, not by the queue: DESIGN.md invariant 6) and routes each message by its sender's
+//! domain to a relay (`route.rs`). Each relay has its own queue and lanes (`lane.rs`): a lane pipelines a
+//! batch of messages on one pooled session, within the relay's rate and per-domain limits (`limits.rs`).
+//! Outcomes, one per recipient, are recorded through the store's group commit. No database transaction spans
+//! network I/O (invariant 2): the claim commits before the first byte goes out.
 
 mod capture;
+mod lane;
+mod limits;
+mod route;
 mod smtp;
 
 use std::{sync::Arc, time::Duration};
@@ -17,9 +22,12 @@ use tokio::{
 };
 
 pub use capture::CaptureTransport;
+pub use limits::{DEFAULT_BATCH, RateLimit, RelayLimits, TokioClock};
+pub use route::{Route, RouteError, Routes};
 pub use smtp::SmtpTransport;
 
 use crate::{
+    clock::Clock,
     queue::RetryPolicy,
     store::{
         AttemptOutcome, ClaimedMessage, Millis, RawSegment, RecipientResult, RecipientStatus, Store,
@@ -71,6 +79,36 @@ pub trait Transport: Send + Sync + 'static {
         body: Vec<RawSegment>,
     ) -> impl std::future::Future<Output = Delivery> + Send;
 
+    /// Several messages in one go, one result per message in order. A relay pipelines them on one session
+    /// (one round trip per message instead of two); the default sends them one after another.
+    fn deliver_batch(
+        &self,
+        messages: Vec<(Envelope, Vec<RawSegment>)>,
+    ) -> impl std::future::Future<Output = Vec<Delivery>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(messages.len());
+            for (envelope, body) in messages {
+                results.push(self.deliver(envelope, body).await);
+            }
+            results
+        }
+    }
+
+    /// How many batches may be in flight at once: an SMTP pool's connection cap.
+    fn sessions(&self) -> usize {
+        1
+    }
+
+    /// Housekeeping the engine runs now and then (an SMTP pool closes sessions past their idle time).
+    fn maintain(&self) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Called once when the engine stops, after the last delivery (an SMTP pool says QUIT).
+    fn close(&self) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
+
     /// A short name for logs and events (`smtp://relay.example:587`, `capture`).
     fn describe(&self) -> String;
 }
@@ -80,7 +118,8 @@ pub trait Transport: Send + Sync + 'static {
 pub struct EngineOptions {
     /// This node's name in leases.
     pub owner: String,
-    /// Messages in flight at once (bounds memory and connections).
+    /// Messages claimed and not yet finished, across all relays (bounds memory; connections are bounded by
+    /// each relay's pool).
     pub concurrency: usize,
     /// How long a claim holds a message before another worker may take it over.
     pub lease: Duration,
@@ -91,6 +130,8 @@ pub struct EngineOptions {
     pub shutdown_grace: Duration,
     /// Longest idle sleep (a scheduled message's time is found by polling no later than this).
     pub idle_poll: Duration,
+    /// How often transports do their housekeeping (closing idle sessions past their time).
+    pub maintenance: Duration,
 }
 
 impl Default for EngineOptions {
@@ -103,6 +144,7 @@ impl Default for EngineOptions {
             relay_pause: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
             idle_poll: Duration::from_secs(1),
+            maintenance: Duration::from_secs(10),
         }
     }
 }
@@ -110,15 +152,26 @@ impl Default for EngineOptions {
 /// The engine. `run` until the shutdown signal turns true.
 pub struct Engine<T: Transport> {
     store: Store,
-    transport: Arc<T>,
+    routes: Routes<T>,
     options: EngineOptions,
 }
 
 impl<T: Transport> Engine<T> {
+    /// One transport for all mail, without rate or domain limits.
     pub fn new(store: Store, transport: T, options: EngineOptions) -> Self {
+        let name = transport.describe();
+        Self::with_routes(
+            store,
+            Routes::single(Route::new(name, transport, RelayLimits::default())),
+            options,
+        )
+    }
+
+    /// Several relays, chosen per message by the sender's domain, each with its own limits.
+    pub fn with_routes(store: Store, routes: Routes<T>, options: EngineOptions) -> Self {
         Self {
             store,
-            transport: Arc::new(transport),
+            routes,
             options,
         }
     }
@@ -129,11 +182,16 @@ impl<T: Transport> Engine<T> {
         self,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), crate::store::StoreError> {
-        let slots = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
+        let Engine {
+            store,
+            routes,
+            options,
+        } = self;
+        let slots = Arc::new(Semaphore::new(options.concurrency.max(1)));
         let (outcomes_tx, mut outcomes_rx) = mpsc::unbounded_channel::<AttemptOutcome>();
         let recorder = {
-            let store = self.store.clone();
-            let owner = self.options.owner.clone();
+            let store = store.clone();
+            let owner = options.owner.clone();
             tokio::spawn(async move {
                 // Outcomes that finish together are recorded in one commit.
                 while let Some(first) = outcomes_rx.recv().await {
@@ -148,162 +206,220 @@ impl<T: Transport> Engine<T> {
                 }
             })
         };
-        let mut in_flight = JoinSet::new();
-        let mut relay_paused_until: Option<tokio::time::Instant> = None;
-        let (relay_down_tx, mut relay_down_rx) = mpsc::unbounded_channel::<()>();
+        let outcomes = Arc::new(Outcomes {
+            tx: outcomes_tx,
+            clock: store.clock().clone(),
+            retry: options.retry.clone(),
+            relay_pause: options.relay_pause,
+        });
+        let (relays, route_table) = routes.into_parts();
+        let workers: Vec<Arc<lane::RelayWorker<T>>> = relays
+            .into_iter()
+            .map(|route| Arc::new(lane::RelayWorker::new(route)))
+            .collect();
+        let mut lanes = JoinSet::new();
+        for worker in &workers {
+            for _ in 0..worker.lanes() {
+                lanes.spawn(lane::run_lane(
+                    worker.clone(),
+                    outcomes.clone(),
+                    shutdown.clone(),
+                ));
+            }
+        }
+        let maintenance = {
+            let workers = workers.clone();
+            let every = options.maintenance;
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                    for worker in &workers {
+                        worker.transport.maintain().await;
+                    }
+                }
+            })
+        };
 
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            while relay_down_rx.try_recv().is_ok() {
-                relay_paused_until = Some(tokio::time::Instant::now() + self.options.relay_pause);
-            }
-            while in_flight.try_join_next().is_some() {}
-            if let Some(until) = relay_paused_until {
-                if tokio::time::Instant::now() < until {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                    continue;
-                }
-                relay_paused_until = None;
-            }
             let free = slots.available_permits() as u32;
             if free == 0 {
                 // Every slot busy: wait for one to free up.
                 tokio::select! {
-                    _ = in_flight.join_next() => {}
+                    permit = slots.acquire() => drop(permit),
                     _ = shutdown.changed() => {}
                 }
                 continue;
             }
-            let claimed = self
-                .store
-                .claim(&self.options.owner, self.options.lease, free)
-                .await?;
+            let claimed = store.claim(&options.owner, options.lease, free).await?;
             if claimed.is_empty() {
-                let now = self.store.clock().now();
-                let wait = match self.store.next_due().await? {
+                let now = store.clock().now();
+                let wait = match store.next_due().await? {
                     Some(due) if due > now => {
-                        Duration::from_millis((due - now) as u64).min(self.options.idle_poll)
+                        Duration::from_millis((due - now) as u64).min(options.idle_poll)
                     }
                     Some(_) => Duration::from_millis(10),
-                    None => self.options.idle_poll,
+                    None => options.idle_poll,
                 };
                 tokio::select! {
-                    _ = self.store.work_signal().notified() => {}
+                    _ = store.work_signal().notified() => {}
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
             }
+            let mut per_relay: Vec<Vec<_>> = workers.iter().map(|_| Vec::new()).collect();
             for message in claimed {
                 let permit = slots
                     .clone()
                     .acquire_owned()
                     .await
                     .expect("the semaphore is never closed");
-                let transport = self.transport.clone();
-                let outcomes = outcomes_tx.clone();
-                let relay_down = relay_down_tx.clone();
-                let retry = self.options.retry.clone();
-                let clock = self.store.clock().clone();
-                let relay_pause = self.options.relay_pause.as_millis() as Millis;
-                in_flight.spawn(async move {
-                    let _permit = permit;
-                    let created_at = message.created_at;
-                    let attempts = message.attempts;
-                    let (mut outcome, was_relay_down) = attempt(&*transport, message, |failed| {
-                        let mut rng = StdRng::from_os_rng();
-                        retry.next_attempt(attempts + failed, created_at, clock.now(), &mut rng)
-                    })
-                    .await;
-                    if was_relay_down {
-                        let _ = relay_down.send(());
-                        // Not the message's fault: wait for the relay without counting an attempt, up to the
-                        // maximum age like any retry.
-                        let now = clock.now();
-                        let deadline = created_at + retry.max_age.as_millis() as Millis;
-                        outcome.counts_attempt = false;
-                        outcome.retry_at =
-                            (now + relay_pause <= deadline).then_some(now + relay_pause);
-                    }
-                    let _ = outcomes.send(outcome);
-                });
+                let index = route_table.pick(&message.sender);
+                let worker = &workers[index];
+                match worker.paused_for() {
+                    // A paused relay's mail waits in the store, not in memory, so it holds no slot that
+                    // another relay's mail could use.
+                    Some(left) => outcomes.send(outcomes.relay_paused(&worker.name, message, left)),
+                    None => per_relay[index].push((message, permit)),
+                }
+            }
+            for (worker, messages) in workers.iter().zip(per_relay) {
+                if !messages.is_empty() {
+                    worker.push(messages);
+                }
             }
         }
 
-        // Shutdown: no new claims; in-flight transactions get the grace period.
-        let grace = tokio::time::sleep(self.options.shutdown_grace);
+        // Shutdown: no new claims or batches; in-flight transactions get the grace period.
+        for worker in &workers {
+            worker.close();
+        }
+        let grace = tokio::time::sleep(options.shutdown_grace);
         tokio::pin!(grace);
         loop {
             tokio::select! {
-                next = in_flight.join_next() => if next.is_none() { break },
+                next = lanes.join_next() => if next.is_none() { break },
                 _ = &mut grace => {
-                    tracing::warn!(left = in_flight.len(), "shutdown grace over; abandoning in-flight deliveries");
-                    in_flight.abort_all();
+                    tracing::warn!(left = lanes.len(), "shutdown grace over; abandoning in-flight deliveries");
+                    lanes.abort_all();
+                    while lanes.join_next().await.is_some() {}
                     break;
                 }
             }
         }
-        drop(outcomes_tx);
+        maintenance.abort();
+        let _ = maintenance.await;
+        for worker in &workers {
+            worker.transport.close().await;
+        }
+        drop(workers);
+        drop(outcomes);
         let _ = recorder.await;
-        let released = self.store.release_leases(&self.options.owner).await?;
+        let released = store.release_leases(&options.owner).await?;
         tracing::info!(released, "delivery engine stopped");
         Ok(())
     }
 }
 
-/// One attempt of one message: deliver, then turn the transport's answer into per-recipient results.
-/// `retry_at(extra_failures)` gives the next try time (or `None`: give up) for transient results.
-async fn attempt<T: Transport>(
-    transport: &T,
-    message: ClaimedMessage,
-    retry_at: impl Fn(u32) -> Option<Millis>,
-) -> (AttemptOutcome, bool) {
-    let envelope = Envelope {
-        sender: message.sender.clone(),
-        recipients: message
+/// Where lanes send finished attempts, with what they need to schedule the next one.
+pub(crate) struct Outcomes {
+    tx: mpsc::UnboundedSender<AttemptOutcome>,
+    clock: Arc<dyn Clock>,
+    retry: RetryPolicy,
+    relay_pause: Duration,
+}
+
+impl Outcomes {
+    fn send(&self, outcome: AttemptOutcome) {
+        // The recorder only stops after every sender is gone.
+        let _ = self.tx.send(outcome);
+    }
+
+    /// When a message waiting for its relay should be tried again: `wait` from now, unless that passes the
+    /// maximum age (then `None`: give up, like any retry).
+    fn wait_for_relay(&self, created_at: Millis, wait: Duration) -> Option<Millis> {
+        let retry_at = self.clock.now() + wait.as_millis() as Millis;
+        let deadline = created_at + self.retry.max_age.as_millis() as Millis;
+        (retry_at <= deadline).then_some(retry_at)
+    }
+
+    /// A message for a paused relay goes back to the queue until the pause ends, without counting an attempt.
+    fn relay_paused(&self, relay: &str, message: ClaimedMessage, left: Duration) -> AttemptOutcome {
+        let retry_at = self.wait_for_relay(message.created_at, left);
+        let reason = format!("relay {relay} is paused after a connection failure");
+        let recipients = message
             .recipients
             .iter()
-            .map(|r| r.address.clone())
-            .collect(),
-    };
-    let delivery = transport.deliver(envelope, message.raw).await;
-    let mut relay_down = false;
-    let results: Vec<RecipientResult> = match &delivery {
-        Delivery::Replies(replies) => message
-            .recipients
-            .iter()
-            .zip(replies)
-            .map(|(recipient, reply)| RecipientResult {
+            .map(|recipient| RecipientResult {
                 position: recipient.position,
                 address: recipient.address.clone(),
-                status: match reply.verdict {
-                    Verdict::Accepted => RecipientStatus::Delivered,
-                    Verdict::Transient => RecipientStatus::Deferred,
-                    Verdict::Permanent => RecipientStatus::Failed,
-                },
-                smtp_code: reply.code,
-                enhanced_status: reply.enhanced_status.clone(),
-                reply: Some(reply.text.clone()),
+                status: RecipientStatus::Deferred,
+                smtp_code: None,
+                enhanced_status: None,
+                reply: Some(reason.clone()),
             })
-            .collect(),
+            .collect();
+        let mut detail = format!("waiting: {reason}");
+        if retry_at.is_none() {
+            detail.push_str("; gave up: the wait would pass the maximum age");
+        }
+        AttemptOutcome {
+            id: message.id,
+            recipients,
+            retry_at,
+            detail,
+            counts_attempt: false,
+        }
+    }
+}
+
+/// Turns a transport's answer for one message into per-recipient results and the next step.
+fn outcome_of(
+    relay: &str,
+    message: ClaimedMessage,
+    delivery: Delivery,
+    outcomes: &Outcomes,
+) -> AttemptOutcome {
+    let (mut results, failure): (Vec<RecipientResult>, _) = match delivery {
+        Delivery::Replies(replies) => (
+            message
+                .recipients
+                .iter()
+                .zip(replies)
+                .map(|(recipient, reply)| RecipientResult {
+                    position: recipient.position,
+                    address: recipient.address.clone(),
+                    status: match reply.verdict {
+                        Verdict::Accepted => RecipientStatus::Delivered,
+                        Verdict::Transient => RecipientStatus::Deferred,
+                        Verdict::Permanent => RecipientStatus::Failed,
+                    },
+                    smtp_code: reply.code,
+                    enhanced_status: reply.enhanced_status,
+                    reply: Some(reply.text),
+                })
+                .collect(),
+            None,
+        ),
         Delivery::Failed {
             transient,
-            relay_down: down,
+            relay_down,
             reason,
-        } => {
-            relay_down = *down;
+        } => (
             message
                 .recipients
                 .iter()
                 .map(|recipient| RecipientResult {
                     position: recipient.position,
                     address: recipient.address.clone(),
-                    status: if *transient {
+                    status: if transient {
                         RecipientStatus::Deferred
                     } else {
                         RecipientStatus::Failed
@@ -312,38 +428,60 @@ async fn attempt<T: Transport>(
                     enhanced_status: None,
                     reply: Some(reason.clone()),
                 })
-                .collect()
-        }
+                .collect(),
+            Some((relay_down, reason)),
+        ),
     };
+    // A transport that answered for fewer recipients than it was given decided nothing for the rest.
+    for recipient in message.recipients.iter().skip(results.len()) {
+        results.push(RecipientResult {
+            position: recipient.position,
+            address: recipient.address.clone(),
+            status: RecipientStatus::Deferred,
+            smtp_code: None,
+            enhanced_status: None,
+            reply: Some("no reply for this recipient".into()),
+        });
+    }
     let deferred = results
         .iter()
         .filter(|r| r.status == RecipientStatus::Deferred)
         .count();
-    let retry_at = if deferred > 0 { retry_at(1) } else { None };
     let delivered = results
         .iter()
         .filter(|r| r.status == RecipientStatus::Delivered)
         .count();
     let failed = results.len() - delivered - deferred;
-    let mut detail = format!(
-        "via {}: {delivered} delivered, {deferred} deferred, {failed} failed",
-        transport.describe()
-    );
+    let relay_down = matches!(failure, Some((true, _)));
+    let retry_at = if deferred == 0 {
+        None
+    } else if relay_down {
+        // Not the message's fault: wait for the relay without counting an attempt, up to the maximum age
+        // like any retry.
+        outcomes.wait_for_relay(message.created_at, outcomes.relay_pause)
+    } else {
+        let mut rng = StdRng::from_os_rng();
+        outcomes.retry.next_attempt(
+            message.attempts + 1,
+            message.created_at,
+            outcomes.clock.now(),
+            &mut rng,
+        )
+    };
+    let mut detail =
+        format!("via {relay}: {delivered} delivered, {deferred} deferred, {failed} failed");
     if deferred > 0 && retry_at.is_none() {
         detail.push_str("; gave up: the next retry would pass the maximum age");
     }
-    if let Delivery::Failed { reason, .. } = &delivery {
+    if let Some((_, reason)) = &failure {
         detail.push_str(": ");
         detail.push_str(reason);
     }
-    (
-        AttemptOutcome {
-            id: message.id,
-            recipients: results,
-            retry_at,
-            detail,
-            counts_attempt: true,
-        },
-        relay_down,
-    )
+    AttemptOutcome {
+        id: message.id,
+        recipients: results,
+        retry_at,
+        detail,
+        counts_attempt: !relay_down,
+    }
 }
