@@ -98,6 +98,23 @@ mod libc_rusage {
     }
 }
 
+/// CPU time of this process's thread named `name` (the store writer), from /proc: on a busy machine this
+/// tells the writer's own cost per message, and so its ceiling, whatever the other processes take.
+fn thread_cpu(name: &str) -> Option<Duration> {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = entry.ok()?.path();
+        if std::fs::read_to_string(dir.join("comm")).ok()?.trim() == name {
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks: f64 =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            return Some(Duration::from_secs_f64(ticks / ticks_per_second));
+        }
+    }
+    None
+}
+
 /// Resident memory of this process (VmRSS), in MB.
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -215,6 +232,7 @@ pub fn run_store(args: BenchStoreArgs) -> anyhow::Result<ExitCode> {
         let message_bytes = workload.build(0, Some(&shared)).len();
         let latencies = Arc::new(Mutex::new(Vec::with_capacity(args.count / args.per_call + 1)));
         let cpu0 = cpu_time();
+        let writer0 = thread_cpu("herald-store-wr");
         let start = Instant::now();
         let mut tasks = Vec::new();
         for client in 0..args.clients {
@@ -244,6 +262,10 @@ pub fn run_store(args: BenchStoreArgs) -> anyhow::Result<ExitCode> {
             task.await??;
         }
         let wall = start.elapsed();
+        let writer_us = match (writer0, thread_cpu("herald-store-wr")) {
+            (Some(a), Some(b)) => Some((b - a).as_secs_f64() * 1e6 / args.count as f64),
+            _ => None,
+        };
         drop(store_for_clients);
         let cpu = cpu_time() - cpu0;
         let mut latencies = latencies.lock().await.clone();
@@ -272,6 +294,12 @@ pub fn run_store(args: BenchStoreArgs) -> anyhow::Result<ExitCode> {
             args.count,
             message_bytes,
         );
+        if let Some(us) = writer_us {
+            println!(
+                "writer thread: {us:.1} µs CPU per message (alone on a core it could commit {:.0} messages/s)",
+                1e6 / us
+            );
+        }
         if let Some(after) = after {
             println!(
                 "stored: {:.0} bytes per message on disk (database + WAL growth / messages; the image and PDF once)",
