@@ -26,10 +26,11 @@ use sqlx::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Accepted, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, Event,
-    MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus, RecipientView,
-    SearchPage, SearchQuery, StoreError, StoredTemplate, TemplateSource, TokenInfo, WorkSignal,
+    Accepted, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, MessageStatus,
+    MessageView, Millis, NewMessage, RecipientStatus, SearchPage, SearchQuery, StoreError,
+    StoredTemplate, TemplateSource, TokenInfo, WorkSignal,
     raw::{self, RawSegment, SharedBlob},
+    rows,
     search::{fts5_query, parse_cursor},
     types::message_status_from,
 };
@@ -452,13 +453,14 @@ impl SqliteStore {
 
     /// One message with its recipients and timeline.
     pub async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
+        // The columns rows::message_view reads, in its order.
         let Some(row) = sqlx::query(
             "SELECT id, status, created_at, send_at, sender, subject, attempts, batch_id, tags, metadata, raw_size
              FROM messages WHERE id = ?",
         )
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?
         else {
             return Ok(None);
         };
@@ -468,47 +470,18 @@ impl SqliteStore {
         )
         .bind(id)
         .fetch_all(&self.reader)
-        .await?
-        .into_iter()
-        .map(|r| RecipientView {
-            address: r.get(0),
-            kind: r.get(1),
-            status: r.get(2),
-            smtp_code: r.get::<Option<i64>, _>(3).map(|c| c as u16),
-            enhanced_status: r.get(4),
-            smtp_reply: r.get(5),
-        })
-        .collect();
+        .await?;
         let events = sqlx::query(
             "SELECT at, type, recipient, detail FROM events WHERE message_id = ? ORDER BY id",
         )
         .bind(id)
         .fetch_all(&self.reader)
-        .await?
-        .into_iter()
-        .map(|r| Event {
-            at: r.get(0),
-            kind: r.get(1),
-            recipient: r.get(2),
-            detail: r.get(3),
-        })
-        .collect();
-        let json = |text: String| serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-        Ok(Some(MessageView {
-            id: row.get(0),
-            status: row.get(1),
-            created_at: row.get(2),
-            send_at: row.get(3),
-            from: row.get(4),
-            subject: row.get(5),
-            attempts: row.get::<i64, _>(6) as u32,
-            batch_id: row.get(7),
-            tags: json(row.get(8)),
-            metadata: json(row.get(9)),
-            raw_size: row.get::<i64, _>(10) as u64,
-            recipients,
-            events,
-        }))
+        .await?;
+        Ok(Some(rows::message_view(
+            &row,
+            recipients.iter().map(rows::recipient).collect(),
+            events.iter().map(rows::event).collect(),
+        )))
     }
 
     /// Searches the archive, newest first, with keyset pagination (stable and fast at any depth).
@@ -553,29 +526,8 @@ impl SqliteStore {
         }
         sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
             .push_bind(i64::from(limit) + 1);
-        let mut items: Vec<MessageSummary> = sql
-            .build()
-            .fetch_all(&self.reader)
-            .await?
-            .into_iter()
-            .map(|r| MessageSummary {
-                id: r.get(0),
-                status: r.get(1),
-                created_at: r.get(2),
-                from: r.get(3),
-                subject: r.get(4),
-                attempts: r.get::<i64, _>(5) as u32,
-            })
-            .collect();
-        let next_cursor = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items
-                .last()
-                .map(|last| format!("{}_{}", last.created_at, last.id))
-        } else {
-            None
-        };
-        Ok(SearchPage { items, next_cursor })
+        let rows = sql.build().fetch_all(&self.reader).await?;
+        Ok(rows::page(rows.iter().map(rows::summary).collect(), limit))
     }
 
     /// Counts per status (for the overview and metrics).
@@ -638,15 +590,7 @@ impl SqliteStore {
         .bind(name)
         .fetch_optional(&self.reader)
         .await?;
-        Ok(row.map(|r| StoredTemplate {
-            source: TemplateSource {
-                name: r.get(0),
-                subject: r.get(1),
-                text: r.get(2),
-                html: r.get(3),
-            },
-            updated_at: r.get(4),
-        }))
+        Ok(row.as_ref().map(rows::template))
     }
 
     pub async fn templates(&self) -> Result<Vec<StoredTemplate>, StoreError> {
@@ -655,18 +599,7 @@ impl SqliteStore {
         )
         .fetch_all(&self.reader)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StoredTemplate {
-                source: TemplateSource {
-                    name: r.get(0),
-                    subject: r.get(1),
-                    text: r.get(2),
-                    html: r.get(3),
-                },
-                updated_at: r.get(4),
-            })
-            .collect())
+        Ok(rows.iter().map(rows::template).collect())
     }
 
     pub async fn delete_template(&self, name: &str) -> Result<bool, StoreError> {
