@@ -45,7 +45,6 @@ where
 }
 
 /// `SELECT id, status, created_at, send_at, sender, subject, attempts, batch_id, tags, metadata, raw_size`.
-
 pub(super) fn message_view<R: HeraldRow>(
     row: &R,
     recipients: Vec<RecipientView>,
