@@ -28,6 +28,8 @@ CREATE INDEX messages_due ON messages (next_attempt_at) WHERE next_attempt_at IS
 CREATE INDEX messages_created ON messages (created_at, id);
 CREATE INDEX messages_status_created ON messages (status, created_at);
 CREATE INDEX messages_batch ON messages (batch_id) WHERE batch_id IS NOT NULL;
+-- Only messages being sent hold a lease: releasing a node's leases (shutdown) touches just those.
+CREATE INDEX messages_lease ON messages (lease_owner) WHERE lease_owner IS NOT NULL;
 CREATE INDEX messages_search ON messages USING GIN (search);
 
 CREATE TABLE recipients (
@@ -58,8 +60,13 @@ CREATE INDEX events_message ON events (message_id, id);
 CREATE TABLE blobs (
     hash       BYTEA PRIMARY KEY,
     bytes      BYTEA NOT NULL,
-    created_at BIGINT NOT NULL,
-    refs       BIGINT NOT NULL DEFAULT 0
+    created_at BIGINT NOT NULL
+);
+
+-- References per blob, apart from the blob's row so counting never rewrites it.
+CREATE TABLE blob_refs (
+    hash BYTEA PRIMARY KEY,
+    refs BIGINT NOT NULL
 );
 
 CREATE TABLE templates (

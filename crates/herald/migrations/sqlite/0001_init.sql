@@ -27,6 +27,8 @@ CREATE INDEX messages_due ON messages (next_attempt_at) WHERE next_attempt_at IS
 CREATE INDEX messages_created ON messages (created_at, id);
 CREATE INDEX messages_status_created ON messages (status, created_at);
 CREATE INDEX messages_batch ON messages (batch_id) WHERE batch_id IS NOT NULL;
+-- Only messages being sent hold a lease: releasing a node's leases (shutdown) touches just those.
+CREATE INDEX messages_lease ON messages (lease_owner) WHERE lease_owner IS NOT NULL;
 
 CREATE TABLE recipients (
     message_id      TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
@@ -57,10 +59,15 @@ CREATE INDEX events_message ON events (message_id, id);
 CREATE TABLE blobs (
     hash       BLOB PRIMARY KEY,
     bytes      BLOB NOT NULL,
-    created_at INTEGER NOT NULL,
-    -- How many stored raw bodies refer to this blob; at 0 (all pruned) the blob goes too.
-    refs       INTEGER NOT NULL DEFAULT 0
+    created_at INTEGER NOT NULL
 );
+
+-- How many stored raw bodies refer to each blob; at 0 (all pruned) the blob goes too. A table of its own so
+-- that counting a reference never rewrites the blob's row (and its 50 KB of overflow pages).
+CREATE TABLE blob_refs (
+    hash BLOB PRIMARY KEY,
+    refs INTEGER NOT NULL
+) WITHOUT ROWID;
 
 CREATE TABLE templates (
     name       TEXT PRIMARY KEY,

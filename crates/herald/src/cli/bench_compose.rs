@@ -71,7 +71,7 @@ pub struct Workload {
 }
 
 impl Workload {
-    fn load(dir: &Path, allow_8bit: bool) -> anyhow::Result<Workload> {
+    pub(crate) fn load(dir: &Path, allow_8bit: bool) -> anyhow::Result<Workload> {
         let read = |name: &str| {
             std::fs::read(dir.join(name))
                 .with_context(|| format!("reading {}", dir.join(name).display()))
@@ -96,7 +96,7 @@ impl Workload {
         })
     }
 
-    fn parts(&self) -> (Part, Part) {
+    pub(crate) fn parts(&self) -> (Part, Part) {
         let logo = Part::inline(&self.meta.inline_image_cid, "image/png", self.png.clone())
             .and_then(|p| p.with_filename("logo.png"))
             .expect("fixture image part");
@@ -110,7 +110,7 @@ impl Workload {
     }
 
     /// Message `i`, personalized exactly as bench_py.py's `personalise`.
-    fn build(&self, i: usize, shared: Option<&(EncodedPart, EncodedPart)>) -> Composed {
+    pub(crate) fn build(&self, i: usize, shared: Option<&(EncodedPart, EncodedPart)>) -> Composed {
         let m = &self.meta;
         let name = format!("{} #{i}", m.names[i % m.names.len()]);
         let order = format!("ORD-{}", m.order_no_base + i as u64);
@@ -152,7 +152,7 @@ impl Workload {
 
 /// Finds ../shared/bench/fixtures: beside the repository root, looked up
 /// from the current directory and from where this crate was built.
-fn find_fixtures() -> Option<PathBuf> {
+pub(crate) fn find_fixtures() -> Option<PathBuf> {
     let starts = [
         std::env::current_dir().ok(),
         Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),

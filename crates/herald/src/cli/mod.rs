@@ -3,6 +3,7 @@
 mod bench_compose;
 mod bench_e2e;
 mod bench_smtp;
+mod bench_store;
 mod compose;
 mod send;
 mod serve;
@@ -45,6 +46,10 @@ pub enum BenchCommand {
     Smtp(bench_smtp::BenchSmtpArgs),
     /// Measure a running `herald serve` end to end: HTTP API → store → relay (see scripts/bench-e2e).
     E2e(bench_e2e::BenchE2eArgs),
+    /// Accept standard notifications durably from concurrent clients; print accepts/s and bytes stored.
+    Store(bench_store::BenchStoreArgs),
+    /// Fill the queue and measure claim latency and resident memory at several lengths.
+    Queue(bench_store::BenchQueueArgs),
 }
 
 /// Runs one parsed command line and returns the process exit code.
@@ -56,6 +61,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Compose(args)) => bench_compose::run(args),
         Command::Bench(BenchCommand::Smtp(args)) => bench_smtp::run(args),
         Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args),
+        Command::Bench(BenchCommand::Store(args)) => bench_store::run_store(args),
+        Command::Bench(BenchCommand::Queue(args)) => bench_store::run_queue(args),
         Command::Token(args) => token::run(args),
     }
 }

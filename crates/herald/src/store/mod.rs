@@ -6,6 +6,7 @@
 
 mod postgres;
 pub mod raw;
+mod rows;
 mod search;
 mod sqlite;
 mod types;

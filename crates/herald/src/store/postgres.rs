@@ -22,10 +22,11 @@ use sqlx::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Accepted, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, Event,
-    MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus, RecipientView,
-    SearchPage, SearchQuery, StoreError, StoredTemplate, TemplateSource, TokenInfo, WorkSignal,
+    Accepted, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, MessageStatus,
+    MessageView, Millis, NewMessage, RecipientStatus, SearchPage, SearchQuery, StoreError,
+    StoredTemplate, TemplateSource, TokenInfo, WorkSignal,
     raw::{self, RawSegment, SharedBlob},
+    rows,
     search::{fold, parse_cursor},
     types::message_status_from,
 };
@@ -403,13 +404,16 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         for (hash, count) in released {
-            sqlx::query("UPDATE blobs SET refs = refs - $1 WHERE hash = $2")
+            sqlx::query("UPDATE blob_refs SET refs = refs - $1 WHERE hash = $2")
                 .bind(count)
                 .bind(&hash[..])
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("DELETE FROM blobs WHERE refs <= 0")
+        sqlx::query("DELETE FROM blobs WHERE hash IN (SELECT hash FROM blob_refs WHERE refs <= 0)")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM blob_refs WHERE refs <= 0")
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -438,69 +442,41 @@ impl PgStore {
     }
 
     pub async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
+        // The columns rows::message_view reads, in its order.
         let Some(row) = sqlx::query(
-            "SELECT id, status, created_at, send_at, sender, subject, attempts, batch_id, tags, metadata, raw_size
+            "SELECT id, status, created_at, send_at, sender, subject, attempts::bigint, batch_id, tags, metadata, raw_size
              FROM messages WHERE id = $1",
         )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
         else {
             return Ok(None);
         };
         let recipients = sqlx::query(
-            "SELECT address, kind, status, smtp_code, enhanced_status, reply FROM recipients
+            "SELECT address, kind, status, smtp_code::bigint, enhanced_status, reply FROM recipients
              WHERE message_id = $1 ORDER BY position",
         )
         .bind(id)
         .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(|r| RecipientView {
-            address: r.get(0),
-            kind: r.get(1),
-            status: r.get(2),
-            smtp_code: r.get::<Option<i32>, _>(3).map(|c| c as u16),
-            enhanced_status: r.get(4),
-            smtp_reply: r.get(5),
-        })
-        .collect();
+        .await?;
         let events = sqlx::query(
             "SELECT at, type, recipient, detail FROM events WHERE message_id = $1 ORDER BY id",
         )
         .bind(id)
         .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(|r| Event {
-            at: r.get(0),
-            kind: r.get(1),
-            recipient: r.get(2),
-            detail: r.get(3),
-        })
-        .collect();
-        let json = |text: String| serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-        Ok(Some(MessageView {
-            id: row.get(0),
-            status: row.get(1),
-            created_at: row.get(2),
-            send_at: row.get(3),
-            from: row.get(4),
-            subject: row.get(5),
-            attempts: row.get::<i32, _>(6) as u32,
-            batch_id: row.get(7),
-            tags: json(row.get(8)),
-            metadata: json(row.get(9)),
-            raw_size: row.get::<i64, _>(10) as u64,
-            recipients,
-            events,
-        }))
+        .await?;
+        Ok(Some(rows::message_view(
+            &row,
+            recipients.iter().map(rows::recipient).collect(),
+            events.iter().map(rows::event).collect(),
+        )))
     }
 
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
         let limit = query.limit.clamp(1, 1_000);
         let mut sql = QueryBuilder::<Postgres>::new(
-            "SELECT id, status, created_at, sender, subject, attempts FROM messages WHERE TRUE",
+            "SELECT id, status, created_at, sender, subject, attempts::bigint FROM messages WHERE TRUE",
         );
         if let Some(status) = query.status {
             sql.push(" AND status = ").push_bind(status.as_str());
@@ -537,29 +513,8 @@ impl PgStore {
         }
         sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
             .push_bind(i64::from(limit) + 1);
-        let mut items: Vec<MessageSummary> = sql
-            .build()
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|r| MessageSummary {
-                id: r.get(0),
-                status: r.get(1),
-                created_at: r.get(2),
-                from: r.get(3),
-                subject: r.get(4),
-                attempts: r.get::<i32, _>(5) as u32,
-            })
-            .collect();
-        let next_cursor = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items
-                .last()
-                .map(|last| format!("{}_{}", last.created_at, last.id))
-        } else {
-            None
-        };
-        Ok(SearchPage { items, next_cursor })
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        Ok(rows::page(rows.iter().map(rows::summary).collect(), limit))
     }
 
     pub async fn counts(&self) -> Result<HashMap<MessageStatus, u64>, StoreError> {
@@ -607,15 +562,7 @@ impl PgStore {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| StoredTemplate {
-            source: TemplateSource {
-                name: r.get(0),
-                subject: r.get(1),
-                text: r.get(2),
-                html: r.get(3),
-            },
-            updated_at: r.get(4),
-        }))
+        Ok(row.as_ref().map(rows::template))
     }
 
     pub async fn templates(&self) -> Result<Vec<StoredTemplate>, StoreError> {
@@ -624,18 +571,7 @@ impl PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StoredTemplate {
-                source: TemplateSource {
-                    name: r.get(0),
-                    subject: r.get(1),
-                    text: r.get(2),
-                    html: r.get(3),
-                },
-                updated_at: r.get(4),
-            })
-            .collect())
+        Ok(rows.iter().map(rows::template).collect())
     }
 
     pub async fn delete_template(&self, name: &str) -> Result<bool, StoreError> {
@@ -905,12 +841,18 @@ async fn accept_group(
     for (hash, refs) in &stored_refs {
         let (blob, _) = blob_refs[hash];
         sqlx::query(
-            "INSERT INTO blobs (hash, bytes, created_at, refs) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (hash) DO UPDATE SET refs = blobs.refs + EXCLUDED.refs",
+            "INSERT INTO blobs (hash, bytes, created_at) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
         )
         .bind(&hash[..])
         .bind(&blob.bytes[..])
         .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO blob_refs (hash, refs) VALUES ($1, $2)
+             ON CONFLICT (hash) DO UPDATE SET refs = blob_refs.refs + EXCLUDED.refs",
+        )
+        .bind(&hash[..])
         .bind(*refs)
         .execute(&mut *tx)
         .await?;

@@ -26,10 +26,11 @@ use sqlx::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Accepted, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, Event,
-    MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus, RecipientView,
-    SearchPage, SearchQuery, StoreError, StoredTemplate, TemplateSource, TokenInfo, WorkSignal,
+    Accepted, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, MessageStatus,
+    MessageView, Millis, NewMessage, RecipientStatus, SearchPage, SearchQuery, StoreError,
+    StoredTemplate, TemplateSource, TokenInfo, WorkSignal,
     raw::{self, RawSegment, SharedBlob},
+    rows,
     search::{fts5_query, parse_cursor},
     types::message_status_from,
 };
@@ -176,7 +177,7 @@ fn connect_options(path: &Path) -> SqliteConnectOptions {
         .busy_timeout(Duration::from_secs(30))
         .foreign_keys(false)
         .pragma("temp_store", "memory")
-        .pragma("cache_size", "-65536")
+        .pragma("cache_size", "-16384")
 }
 
 /// The migrations, embedded in the binary so one file is all an install needs.
@@ -218,34 +219,46 @@ impl SqliteStore {
                 source,
             })?;
         drop(write_conn);
-        let db = RawDb::open(&options.path).map_err(|e| StoreError::Open {
+        let open_error = |e: raw_db::DbError| StoreError::Open {
             url: options.path.display().to_string(),
             source: sqlx::Error::Protocol(e.to_string()),
-        })?;
-        // Same durability settings as the sqlx connections (see connect_options).
+        };
+        let db = RawDb::open(&options.path).map_err(open_error)?;
+        // Same durability as the sqlx connections (see connect_options). Checkpoints are not the writer's
+        // job: moving WAL pages into the database (and its fsync) ran on the writer's critical path for about
+        // a seventh of its time; the checkpointer thread does it beside it.
         for pragma in [
             "PRAGMA journal_mode = WAL",
             "PRAGMA synchronous = FULL",
-            "PRAGMA cache_size = -65536",
+            "PRAGMA cache_size = -16384",
+            "PRAGMA wal_autocheckpoint = 0",
         ] {
-            db.exec(pragma).map_err(|e| StoreError::Open {
-                url: options.path.display().to_string(),
-                source: sqlx::Error::Protocol(e.to_string()),
-            })?;
+            db.exec(pragma).map_err(open_error)?;
         }
+        let checkpointer = RawDb::open(&options.path).map_err(open_error)?;
+        checkpointer
+            .exec("PRAGMA synchronous = FULL")
+            .map_err(open_error)?;
+        let (written, written_rx) = std::sync::mpsc::channel::<()>();
         let (writer, ops) = mpsc::channel(1_024);
         let task = Writer {
             db,
             clock: clock.clone(),
             max_group: options.max_group.max(1),
+            written,
+        };
+        let spawn_error = |e| StoreError::Open {
+            url: options.path.display().to_string(),
+            source: sqlx::Error::Io(e),
         };
         std::thread::Builder::new()
             .name("herald-store-writer".into())
             .spawn(move || task.run(ops))
-            .map_err(|e| StoreError::Open {
-                url: options.path.display().to_string(),
-                source: sqlx::Error::Io(e),
-            })?;
+            .map_err(spawn_error)?;
+        std::thread::Builder::new()
+            .name("herald-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, written_rx))
+            .map_err(spawn_error)?;
         Ok(Self {
             reader,
             writer,
@@ -440,13 +453,14 @@ impl SqliteStore {
 
     /// One message with its recipients and timeline.
     pub async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
+        // The columns rows::message_view reads, in its order.
         let Some(row) = sqlx::query(
             "SELECT id, status, created_at, send_at, sender, subject, attempts, batch_id, tags, metadata, raw_size
              FROM messages WHERE id = ?",
         )
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?
         else {
             return Ok(None);
         };
@@ -456,47 +470,18 @@ impl SqliteStore {
         )
         .bind(id)
         .fetch_all(&self.reader)
-        .await?
-        .into_iter()
-        .map(|r| RecipientView {
-            address: r.get(0),
-            kind: r.get(1),
-            status: r.get(2),
-            smtp_code: r.get::<Option<i64>, _>(3).map(|c| c as u16),
-            enhanced_status: r.get(4),
-            smtp_reply: r.get(5),
-        })
-        .collect();
+        .await?;
         let events = sqlx::query(
             "SELECT at, type, recipient, detail FROM events WHERE message_id = ? ORDER BY id",
         )
         .bind(id)
         .fetch_all(&self.reader)
-        .await?
-        .into_iter()
-        .map(|r| Event {
-            at: r.get(0),
-            kind: r.get(1),
-            recipient: r.get(2),
-            detail: r.get(3),
-        })
-        .collect();
-        let json = |text: String| serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-        Ok(Some(MessageView {
-            id: row.get(0),
-            status: row.get(1),
-            created_at: row.get(2),
-            send_at: row.get(3),
-            from: row.get(4),
-            subject: row.get(5),
-            attempts: row.get::<i64, _>(6) as u32,
-            batch_id: row.get(7),
-            tags: json(row.get(8)),
-            metadata: json(row.get(9)),
-            raw_size: row.get::<i64, _>(10) as u64,
-            recipients,
-            events,
-        }))
+        .await?;
+        Ok(Some(rows::message_view(
+            &row,
+            recipients.iter().map(rows::recipient).collect(),
+            events.iter().map(rows::event).collect(),
+        )))
     }
 
     /// Searches the archive, newest first, with keyset pagination (stable and fast at any depth).
@@ -541,29 +526,8 @@ impl SqliteStore {
         }
         sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
             .push_bind(i64::from(limit) + 1);
-        let mut items: Vec<MessageSummary> = sql
-            .build()
-            .fetch_all(&self.reader)
-            .await?
-            .into_iter()
-            .map(|r| MessageSummary {
-                id: r.get(0),
-                status: r.get(1),
-                created_at: r.get(2),
-                from: r.get(3),
-                subject: r.get(4),
-                attempts: r.get::<i64, _>(5) as u32,
-            })
-            .collect();
-        let next_cursor = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items
-                .last()
-                .map(|last| format!("{}_{}", last.created_at, last.id))
-        } else {
-            None
-        };
-        Ok(SearchPage { items, next_cursor })
+        let rows = sql.build().fetch_all(&self.reader).await?;
+        Ok(rows::page(rows.iter().map(rows::summary).collect(), limit))
     }
 
     /// Counts per status (for the overview and metrics).
@@ -626,15 +590,7 @@ impl SqliteStore {
         .bind(name)
         .fetch_optional(&self.reader)
         .await?;
-        Ok(row.map(|r| StoredTemplate {
-            source: TemplateSource {
-                name: r.get(0),
-                subject: r.get(1),
-                text: r.get(2),
-                html: r.get(3),
-            },
-            updated_at: r.get(4),
-        }))
+        Ok(row.as_ref().map(rows::template))
     }
 
     pub async fn templates(&self) -> Result<Vec<StoredTemplate>, StoreError> {
@@ -643,18 +599,7 @@ impl SqliteStore {
         )
         .fetch_all(&self.reader)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StoredTemplate {
-                source: TemplateSource {
-                    name: r.get(0),
-                    subject: r.get(1),
-                    text: r.get(2),
-                    html: r.get(3),
-                },
-                updated_at: r.get(4),
-            })
-            .collect())
+        Ok(rows.iter().map(rows::template).collect())
     }
 
     pub async fn delete_template(&self, name: &str) -> Result<bool, StoreError> {
@@ -720,9 +665,27 @@ impl SqliteStore {
     }
 }
 
+/// Copies committed WAL pages into the database file, beside the writer. PASSIVE never blocks the writer or
+/// readers; when it has caught up, SQLite starts the WAL over from the beginning, so the file stops growing.
+/// Ends when the writer ends (its sender drops).
+fn checkpoint_loop(db: RawDb, written: std::sync::mpsc::Receiver<()>) {
+    while written.recv().is_ok() {
+        // Let commits accumulate: one checkpoint per 100 ms at most.
+        std::thread::sleep(Duration::from_millis(100));
+        while written.try_recv().is_ok() {}
+        if let Err(error) = db.exec("PRAGMA wal_checkpoint(PASSIVE)") {
+            tracing::warn!(%error, "WAL checkpoint failed; will retry");
+        }
+    }
+    // Last one, so a clean shutdown leaves a small WAL.
+    let _ = db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+}
+
 /// The thread that owns the write connection.
 struct Writer {
     db: RawDb,
+    /// Tells the checkpointer that commits happened (it checkpoints at most every 100 ms).
+    written: std::sync::mpsc::Sender<()>,
     clock: Arc<dyn Clock>,
     max_group: usize,
 }
@@ -743,6 +706,7 @@ impl Writer {
                 }
             }
             self.apply(group);
+            let _ = self.written.send(());
         }
     }
 
@@ -868,6 +832,8 @@ fn event(
 
 fn accept(db: &mut RawDb, messages: &[NewMessage], now: Millis) -> DbResult<Vec<Accepted>> {
     let mut results = Vec::with_capacity(messages.len());
+    // Shared parts used by the messages stored now, with how many use each (one write per blob per op).
+    let mut blob_refs: HashMap<[u8; 32], (&SharedBlob, i64)> = HashMap::new();
     // Keys made earlier in this same group (not yet visible to a SELECT of other rows' keys).
     let mut made_here: HashMap<&str, (String, MessageStatus)> = HashMap::new();
     for message in messages {
@@ -904,17 +870,7 @@ fn accept(db: &mut RawDb, messages: &[NewMessage], now: Millis) -> DbResult<Vec<
 
         for segment in &message.raw {
             if let RawSegment::Shared { blob, .. } = segment {
-                // Stored once; `refs` counts the bodies that use it, so pruning knows when it is unused.
-                db.stmt(
-                    "INSERT INTO blobs (hash, bytes, created_at, refs) VALUES (?1, ?2, ?3, 1)
-                     ON CONFLICT (hash) DO UPDATE SET refs = refs + 1",
-                )?
-                .bind([
-                    Value::Blob(&blob.hash),
-                    Value::Blob(&blob.bytes),
-                    now.into(),
-                ])?
-                .execute()?;
+                blob_refs.entry(blob.hash).or_insert((blob, 0)).1 += 1;
             }
         }
         let framed = raw::encode(&message.raw);
@@ -975,6 +931,17 @@ fn accept(db: &mut RawDb, messages: &[NewMessage], now: Millis) -> DbResult<Vec<
             id: message.id.clone(),
             status,
         });
+    }
+    for (hash, (blob, refs)) in blob_refs {
+        // Stored once; `blob_refs` counts the bodies that use it, so pruning knows when it is unused.
+        db.stmt("INSERT INTO blobs (hash, bytes, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (hash) DO NOTHING")?
+            .bind([Value::Blob(&hash), Value::Blob(&blob.bytes), now.into()])?
+            .execute()?;
+        db.stmt(
+            "INSERT INTO blob_refs (hash, refs) VALUES (?1, ?2) ON CONFLICT (hash) DO UPDATE SET refs = refs + excluded.refs",
+        )?
+        .bind([Value::Blob(&hash), refs.into()])?
+        .execute()?;
     }
     Ok(results)
 }
@@ -1158,11 +1125,14 @@ fn prune(db: &mut RawDb, finished_before: Millis) -> DbResult<u64> {
             .bind([Value::Text(id)])?
             .execute()?;
         for hash in hashes {
-            db.stmt("UPDATE blobs SET refs = refs - 1 WHERE hash = ?1")?
+            db.stmt("UPDATE blob_refs SET refs = refs - 1 WHERE hash = ?1")?
                 .bind([Value::Blob(hash)])?
                 .execute()?;
         }
     }
-    db.stmt("DELETE FROM blobs WHERE refs <= 0")?.execute()?;
+    db.stmt("DELETE FROM blobs WHERE hash IN (SELECT hash FROM blob_refs WHERE refs <= 0)")?
+        .execute()?;
+    db.stmt("DELETE FROM blob_refs WHERE refs <= 0")?
+        .execute()?;
     Ok(pruned.len() as u64)
 }

@@ -1,0 +1,144 @@
+//! Reading rows into the store's values, once for both dialects.
+//!
+//! Both stores select the same columns in the same order, with every integer as a 64-bit value (PostgreSQL
+//! queries cast `INTEGER` columns with `::bigint`), so one mapping serves SQLite and PostgreSQL rows.
+
+use sqlx::{ColumnIndex, Database, Decode, Row, Type};
+
+use super::{
+    Event, MessageSummary, MessageView, RecipientView, SearchPage, StoredTemplate, TemplateSource,
+};
+
+/// What a row type must decode for the mappings below.
+pub(super) trait HeraldRow: Row
+where
+    usize: ColumnIndex<Self>,
+{
+    fn text(&self, i: usize) -> String;
+    fn opt_text(&self, i: usize) -> Option<String>;
+    fn int(&self, i: usize) -> i64;
+    fn opt_int(&self, i: usize) -> Option<i64>;
+}
+
+impl<R> HeraldRow for R
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+    R::Database: Database,
+{
+    fn text(&self, i: usize) -> String {
+        self.get(i)
+    }
+    fn opt_text(&self, i: usize) -> Option<String> {
+        self.get(i)
+    }
+    fn int(&self, i: usize) -> i64 {
+        self.get(i)
+    }
+    fn opt_int(&self, i: usize) -> Option<i64> {
+        self.get(i)
+    }
+}
+
+/// `SELECT id, status, created_at, send_at, sender, subject, attempts, batch_id, tags, metadata, raw_size`.
+pub(super) fn message_view<R: HeraldRow>(
+    row: &R,
+    recipients: Vec<RecipientView>,
+    events: Vec<Event>,
+) -> MessageView
+where
+    usize: ColumnIndex<R>,
+{
+    let json = |text: String| serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    MessageView {
+        id: row.text(0),
+        status: row.text(1),
+        created_at: row.int(2),
+        send_at: row.opt_int(3),
+        from: row.text(4),
+        subject: row.text(5),
+        attempts: row.int(6) as u32,
+        batch_id: row.opt_text(7),
+        tags: json(row.text(8)),
+        metadata: json(row.text(9)),
+        raw_size: row.int(10) as u64,
+        recipients,
+        events,
+    }
+}
+
+/// `SELECT address, kind, status, smtp_code, enhanced_status, reply`.
+pub(super) fn recipient<R: HeraldRow>(row: &R) -> RecipientView
+where
+    usize: ColumnIndex<R>,
+{
+    RecipientView {
+        address: row.text(0),
+        kind: row.text(1),
+        status: row.text(2),
+        smtp_code: row.opt_int(3).map(|c| c as u16),
+        enhanced_status: row.opt_text(4),
+        smtp_reply: row.opt_text(5),
+    }
+}
+
+/// `SELECT at, type, recipient, detail`.
+pub(super) fn event<R: HeraldRow>(row: &R) -> Event
+where
+    usize: ColumnIndex<R>,
+{
+    Event {
+        at: row.int(0),
+        kind: row.text(1),
+        recipient: row.opt_text(2),
+        detail: row.opt_text(3),
+    }
+}
+
+/// `SELECT id, status, created_at, sender, subject, attempts`.
+pub(super) fn summary<R: HeraldRow>(row: &R) -> MessageSummary
+where
+    usize: ColumnIndex<R>,
+{
+    MessageSummary {
+        id: row.text(0),
+        status: row.text(1),
+        created_at: row.int(2),
+        from: row.text(3),
+        subject: row.text(4),
+        attempts: row.int(5) as u32,
+    }
+}
+
+/// `SELECT name, subject, text, html, updated_at`.
+pub(super) fn template<R: HeraldRow>(row: &R) -> StoredTemplate
+where
+    usize: ColumnIndex<R>,
+{
+    StoredTemplate {
+        source: TemplateSource {
+            name: row.text(0),
+            subject: row.text(1),
+            text: row.opt_text(2),
+            html: row.opt_text(3),
+        },
+        updated_at: row.int(4),
+    }
+}
+
+/// A page from `limit + 1` rows: the extra row only says there is a next page.
+pub(super) fn page(mut items: Vec<MessageSummary>, limit: u32) -> SearchPage {
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items
+            .last()
+            .map(|last| format!("{}_{}", last.created_at, last.id))
+    } else {
+        None
+    };
+    SearchPage { items, next_cursor }
+}
