@@ -26,10 +26,19 @@ pub fn inline_css(html: &str) -> Result<String, String> {
     INLINER.inline(html).map_err(|e| e.to_string())
 }
 
+/// Whether `haystack` contains `needle` (which starts with `<`), ASCII case-insensitively. Jumps from one
+/// `<` to the next instead of comparing six bytes at every offset (a batch scans ten thousand bodies).
 fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+    debug_assert_eq!(needle.first(), Some(&b'<'));
+    let mut rest = haystack;
+    while let Some(at) = rest.iter().position(|&b| b == b'<') {
+        rest = &rest[at..];
+        if rest.len() >= needle.len() && rest[..needle.len()].eq_ignore_ascii_case(needle) {
+            return true;
+        }
+        rest = &rest[1..];
+    }
+    false
 }
 
 /// Lines of the text part wrap at this width (RFC 5322 §2.1.1 recommends 78 characters).
@@ -79,6 +88,9 @@ mod tests {
         assert!(out.contains("<p style=\"color: red;\">Hi</p>"), "{out}");
         assert!(out.contains("@media (max-width: 600px)"), "{out}");
         assert_eq!(inline_css("<p>as is</p>").unwrap(), "<p>as is</p>");
+        assert!(contains_ignore_ascii_case(b"x<b><STYLE>", b"<style"));
+        assert!(!contains_ignore_ascii_case(b"<styl", b"<style"));
+        assert!(!contains_ignore_ascii_case(b"style <p>", b"<style"));
     }
 
     #[test]

@@ -240,3 +240,18 @@ fn a_set_renders_on_many_threads() {
         }
     });
 }
+
+#[test]
+fn optional_values_use_default_or_is_defined() {
+    let r = render(
+        vec![source(
+            "t",
+            "{{ nick | default(name) }}",
+            Some("{% if coupon is defined %}Code: {{ coupon }}{% else %}no code{% endif %}"),
+            None,
+        )],
+        json!({"name": "Ana"}),
+    )
+    .unwrap();
+    assert_eq!((r.subject.as_str(), r.text.as_str()), ("Ana", "no code"));
+}
