@@ -115,6 +115,7 @@ async fn ten_thousand_recipients_in_one_call_store_the_pdf_once(backend: Backend
         let view: Value = app.get_message(id).await.json().await.unwrap();
         assert_eq!(view["status"], "scheduled");
         assert_eq!(view["tags"], json!(["invoices"]));
+        assert_eq!(view["batch_id"], accepted["batch_id"]);
     }
     app.stop().await;
 }

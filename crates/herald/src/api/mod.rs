@@ -271,6 +271,7 @@ fn view_json(view: MessageView) -> Value {
         "to": to,
         "subject": view.subject,
         "attempts": view.attempts,
+        "batch_id": view.batch_id,
         "tags": view.tags,
         "metadata": view.metadata,
         "size": view.raw_size,

@@ -163,6 +163,7 @@ pub fn document() -> Value {
                     "send_at": {"type": ["string", "null"], "format": "date-time"},
                     "from": {"type": "string"}, "to": {"type": "array", "items": {"type": "string"}},
                     "subject": {"type": "string"}, "attempts": {"type": "integer"},
+                    "batch_id": {"type": ["string", "null"], "description": "The batch that made this message (POST /v1/batches)"},
                     "recipients": {"type": "array", "items": {"type": "object", "properties": {
                         "address": {"type": "string"}, "kind": {"type": "string"}, "status": {"type": "string"},
                         "smtp_code": {"type": ["integer", "null"]}, "enhanced_status": {"type": ["string", "null"]},
