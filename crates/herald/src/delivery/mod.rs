@@ -113,6 +113,9 @@ pub trait Transport: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
+/// Default of [`EngineOptions::concurrency`].
+pub const DEFAULT_CONCURRENCY: usize = 256;
+
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -138,7 +141,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             owner: format!("node-{}", uuid::Uuid::now_v7()),
-            concurrency: 64,
+            concurrency: DEFAULT_CONCURRENCY,
             lease: Duration::from_secs(15 * 60),
             retry: RetryPolicy::default(),
             relay_pause: Duration::from_secs(5),
