@@ -104,6 +104,8 @@ impl AppState {
 
 /// The whole HTTP surface of `herald serve`.
 pub fn router(state: AppState, body_limit: usize) -> Router {
+    // Install the metrics recorder before anything is counted.
+    prometheus();
     let v1 = Router::new()
         .route("/messages", post(post_message).get(list_messages))
         .route("/messages/{id}", get(get_message))
@@ -131,7 +133,50 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(count_requests))
         .with_state(state)
+}
+
+/// The process-wide Prometheus recorder (installed once; every server in the process shares it).
+fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(
+                    "herald_http_request_duration_seconds".into(),
+                ),
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            )
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a test binary, an embedding application): then the
+        // metrics go there and this handle renders what it has.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Counts every request by route pattern (never the raw path: ids would make unbounded label values),
+/// method and status, and times it.
+async fn count_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let start = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("herald_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("herald_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(start.elapsed().as_secs_f64());
+    response
 }
 
 /// Bearer authentication on `/v1/*`. A request passes with `HERALD_API_TOKEN` or with any token made by
@@ -408,7 +453,8 @@ async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> 
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let counts = state.service.store.counts().await?;
-    let mut text = String::from(
+    let mut text = prometheus().render();
+    text.push_str(
         "# HELP herald_messages Messages in the store by status.\n# TYPE herald_messages gauge\n",
     );
     for status in MessageStatus::ALL {

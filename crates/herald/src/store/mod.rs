@@ -75,9 +75,7 @@ impl Store {
     }
 
     delegate! {
-        pub async fn accept(&self, messages: Vec<NewMessage>) -> Result<Vec<Accepted>, StoreError>;
         pub async fn claim(&self, owner: &str, lease: Duration, limit: u32) -> Result<Vec<ClaimedMessage>, StoreError>;
-        pub async fn record(&self, owner: &str, outcomes: Vec<AttemptOutcome>) -> Result<(), StoreError>;
         pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, StoreError>;
         pub async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
         pub async fn prune_raw(&self, finished_before: Millis) -> Result<u64, StoreError>;
@@ -95,6 +93,45 @@ impl Store {
         pub async fn token_hash_exists(&self, hash: &[u8; 32]) -> Result<bool, StoreError>;
         pub async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError>;
         pub async fn revoke_token(&self, name: &str) -> Result<bool, StoreError>;
+    }
+
+    /// Stores messages durably (see [`SqliteStore::accept`]); counts what was new for `/metrics`.
+    pub async fn accept(&self, messages: Vec<NewMessage>) -> Result<Vec<Accepted>, StoreError> {
+        let accepted = match self {
+            Store::Sqlite(store) => store.accept(messages).await?,
+            Store::Postgres(store) => store.accept(messages).await?,
+        };
+        let new = accepted
+            .iter()
+            .filter(|a| matches!(a, Accepted::New { .. }))
+            .count();
+        metrics::counter!("herald_messages_accepted_total").increment(new as u64);
+        metrics::counter!("herald_idempotent_replays_total")
+            .increment((accepted.len() - new) as u64);
+        Ok(accepted)
+    }
+
+    /// Records attempt outcomes; counts attempts and per-recipient results for `/metrics`.
+    pub async fn record(
+        &self,
+        owner: &str,
+        outcomes: Vec<AttemptOutcome>,
+    ) -> Result<(), StoreError> {
+        let attempts = outcomes.iter().filter(|o| o.counts_attempt).count();
+        let mut by_status: HashMap<RecipientStatus, u64> = HashMap::new();
+        for result in outcomes.iter().flat_map(|o| &o.recipients) {
+            *by_status.entry(result.status).or_default() += 1;
+        }
+        match self {
+            Store::Sqlite(store) => store.record(owner, outcomes).await?,
+            Store::Postgres(store) => store.record(owner, outcomes).await?,
+        }
+        metrics::counter!("herald_delivery_attempts_total").increment(attempts as u64);
+        for (status, n) in by_status {
+            metrics::counter!("herald_recipient_results_total", "status" => status.as_str())
+                .increment(n);
+        }
+        Ok(())
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
