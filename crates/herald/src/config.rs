@@ -341,13 +341,15 @@ impl Config {
     }
 
     /// Refuses a configuration that would expose an unauthenticated API beyond this machine.
-    pub fn check_exposure(&self) -> Result<(), ConfigError> {
-        if self.api_token.is_none() && !self.listen.ip().is_loopback() {
+    /// `stored_tokens`: whether `herald token create` made tokens (they require authentication too).
+    pub fn check_exposure(&self, stored_tokens: bool) -> Result<(), ConfigError> {
+        if self.api_token.is_none() && !stored_tokens && !self.listen.ip().is_loopback() {
             return Err(ConfigError::Invalid {
                 key: "HERALD_API_TOKEN".into(),
                 message: format!(
                     "not set, and HERALD_LISTEN={} is not a loopback address: refusing to serve an API without \
-                     authentication to the network (set HERALD_API_TOKEN, or listen on 127.0.0.1)",
+                     authentication to the network (set HERALD_API_TOKEN, create a token with `herald token create NAME`, \
+                     or listen on 127.0.0.1)",
                     self.listen
                 ),
             });
@@ -498,7 +500,7 @@ mod tests {
         assert_eq!(c.body_limit, 25 * 1024 * 1024);
         assert_eq!(c.retry, RetryPolicy::default());
         assert_eq!(c.lease, Duration::from_secs(900));
-        c.check_exposure().unwrap();
+        c.check_exposure(false).unwrap();
     }
 
     #[test]
@@ -527,7 +529,7 @@ mod tests {
     fn an_open_listener_needs_a_token() {
         let open = config(&[("HERALD_LISTEN", "0.0.0.0:8025")]).unwrap();
         assert!(
-            open.check_exposure()
+            open.check_exposure(false)
                 .unwrap_err()
                 .to_string()
                 .contains("HERALD_API_TOKEN")
@@ -537,7 +539,8 @@ mod tests {
             ("HERALD_API_TOKEN", "s3cret"),
         ])
         .unwrap();
-        guarded.check_exposure().unwrap();
+        guarded.check_exposure(false).unwrap();
+        open.check_exposure(true).unwrap();
         assert!(
             !format!("{guarded:?}").contains("s3cret"),
             "Debug never shows the token"

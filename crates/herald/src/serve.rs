@@ -50,11 +50,12 @@ impl Server {
 
 /// Opens the store, starts the engine and the HTTP API, and returns once the API is listening.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
-    config.check_exposure()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = Store::open(&config.database_url, clock)
         .await
         .with_context(|| format!("opening the store at {}", redact_url(&config.database_url)))?;
+    let stored_tokens = !store.tokens().await?.is_empty();
+    config.check_exposure(stored_tokens)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -88,8 +89,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             tokio::spawn(engine.run(stopped.clone()))
         }
     };
-    if config.api_token.is_none() {
-        tracing::warn!(listen = %addr, "HERALD_API_TOKEN is not set: the API needs no authentication (loopback only)");
+    if config.api_token.is_none() && !stored_tokens {
+        tracing::warn!(listen = %addr, "no HERALD_API_TOKEN and no stored tokens: the API needs no authentication (loopback only)");
     }
 
     let mut service = Service::new(store.clone());

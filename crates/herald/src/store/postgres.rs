@@ -442,13 +442,19 @@ impl PgStore {
     }
 
     pub async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
+        // One snapshot for the message, its recipients and its events (REPEATABLE READ: a commit between the
+        // reads could otherwise show a queued message whose recipients are delivered).
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
         // The columns rows::message_view reads, in its order.
         let Some(row) = sqlx::query(
             "SELECT id, status, created_at, send_at, sender, subject, attempts::bigint, batch_id, tags, metadata, raw_size
              FROM messages WHERE id = $1",
         )
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?
         else {
             return Ok(None);
@@ -458,13 +464,13 @@ impl PgStore {
              WHERE message_id = $1 ORDER BY position",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         let events = sqlx::query(
             "SELECT at, type, recipient, detail FROM events WHERE message_id = $1 ORDER BY id",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         Ok(Some(rows::message_view(
             &row,

@@ -453,13 +453,16 @@ impl SqliteStore {
 
     /// One message with its recipients and timeline.
     pub async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError> {
+        // One read transaction: the message, its recipients and its events from the same snapshot (a commit
+        // between two reads could otherwise show a queued message whose recipients are delivered).
+        let mut tx = self.reader.begin().await?;
         // The columns rows::message_view reads, in its order.
         let Some(row) = sqlx::query(
             "SELECT id, status, created_at, send_at, sender, subject, attempts, batch_id, tags, metadata, raw_size
              FROM messages WHERE id = ?",
         )
             .bind(id)
-            .fetch_optional(&self.reader)
+            .fetch_optional(&mut *tx)
             .await?
         else {
             return Ok(None);
@@ -469,13 +472,13 @@ impl SqliteStore {
              WHERE message_id = ? ORDER BY position",
         )
         .bind(id)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *tx)
         .await?;
         let events = sqlx::query(
             "SELECT at, type, recipient, detail FROM events WHERE message_id = ? ORDER BY id",
         )
         .bind(id)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *tx)
         .await?;
         Ok(Some(rows::message_view(
             &row,
