@@ -25,6 +25,9 @@ use url::Url;
 
 use crate::delivery::RelayLimits;
 
+/// Connections per relay when the URL gives no `pool=`.
+pub const DEFAULT_POOL: usize = 8;
+
 /// The environment variable that can hold the relay password.
 pub const PASSWORD_ENV: &str = "HERALD_RELAY_PASSWORD";
 
@@ -77,7 +80,11 @@ impl Relay {
         }
         let mut config = RelayConfig::new(host, parsed.port().unwrap_or(default_port));
         config.security = security;
-        let mut pool = PoolConfig::default();
+        // The service contract: `pool=N`, default 8 connections per relay.
+        let mut pool = PoolConfig {
+            max_connections: DEFAULT_POOL,
+            ..PoolConfig::default()
+        };
         let mut limits = RelayLimits::default();
 
         let user = decode(parsed.username(), "user name")?;
@@ -313,6 +320,15 @@ mod tests {
         );
         let error = parse("smtp://user@host").unwrap_err().to_string();
         assert!(error.contains(PASSWORD_ENV), "{error}");
+    }
+
+    #[test]
+    fn pool_defaults_to_eight_connections() {
+        assert_eq!(
+            parse("smtp://h:25").unwrap().pool.max_connections,
+            DEFAULT_POOL
+        );
+        assert_eq!(DEFAULT_POOL, 8);
     }
 
     #[test]
