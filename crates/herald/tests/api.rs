@@ -1,155 +1,15 @@
 //! The HTTP API end to end: a real `herald serve` (in process, port 0, a fresh database) delivering to the
 //! herald-testkit capture server over real sockets. Every test runs on SQLite and on PostgreSQL.
 
+mod app;
 mod common;
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
-
+use app::{DEFAULTS, Options, error_of, spawn_app};
 use common::Backend;
-use herald::{config::Config, serve};
-use herald_testkit::{ServerConfig, TestServer};
 use serde_json::{Value, json};
-
-struct TestApp {
-    base: String,
-    client: reqwest::Client,
-    relay: TestServer,
-    server: Option<serve::Server>,
-    _dir: tempfile::TempDir,
-}
-
-struct Options {
-    token: Option<&'static str>,
-    body_limit: Option<usize>,
-    default_from: Option<&'static str>,
-}
-
-const DEFAULTS: Options = Options {
-    token: None,
-    body_limit: None,
-    default_from: None,
-};
-
-async fn spawn_app(backend: Backend, options: Options) -> Option<TestApp> {
-    let dir = tempfile::tempdir().unwrap();
-    let database_url = match backend {
-        Backend::Sqlite => format!("sqlite://{}", dir.path().join("herald.db").display()),
-        Backend::Postgres => common::fresh_postgres_database().await?,
-    };
-    let relay = TestServer::start(ServerConfig::default()).await;
-    let mut values: HashMap<String, String> = HashMap::from([
-        ("HERALD_LISTEN".into(), "127.0.0.1:0".into()),
-        ("HERALD_DATABASE_URL".into(), database_url),
-        (
-            "HERALD_RELAY_URL".into(),
-            format!("smtp://127.0.0.1:{}?tls=none", relay.port()),
-        ),
-    ]);
-    if let Some(token) = options.token {
-        values.insert("HERALD_API_TOKEN".into(), token.into());
-    }
-    if let Some(limit) = options.body_limit {
-        values.insert("HERALD_BODY_LIMIT".into(), limit.to_string());
-    }
-    if let Some(from) = options.default_from {
-        values.insert("HERALD_FROM".into(), from.into());
-    }
-    let server = serve::start(Config::from_values(&values).unwrap())
-        .await
-        .unwrap();
-    Some(TestApp {
-        base: format!("http://{}", server.addr),
-        client: reqwest::Client::new(),
-        relay,
-        server: Some(server),
-        _dir: dir,
-    })
-}
-
-impl TestApp {
-    async fn post_message(&self, body: &Value) -> reqwest::Response {
-        self.client
-            .post(format!("{}/v1/messages", self.base))
-            .json(body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn get_message(&self, id: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}/v1/messages/{id}", self.base))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn get_raw(&self, id: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}/v1/messages/{id}/raw", self.base))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn list_messages(&self, query: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}/v1/messages?{query}", self.base))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn cancel(&self, id: &str) -> reqwest::Response {
-        self.client
-            .post(format!("{}/v1/messages/{id}/cancel", self.base))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// Polls the message until its status is `status` (deadline 10 s).
-    async fn wait_for_status(&self, id: &str, status: &str) -> Value {
-        let start = Instant::now();
-        loop {
-            let view: Value = self.get_message(id).await.json().await.unwrap();
-            if view["status"] == status {
-                return view;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{id} never became {status}: {view:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        self.server.take().unwrap().shutdown().await.unwrap();
-    }
-}
 
 fn simple(to: Value) -> Value {
     json!({"from": "Shop <shop@example.test>", "to": to, "subject": "Your order 📦", "text": "Hello\nthere", "html": "<p>Hello</p>"})
-}
-
-async fn error_of(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    (
-        status,
-        response.json::<Value>().await.unwrap()["error"].clone(),
-    )
 }
 
 async fn a_message_is_stored_then_delivered_with_the_exact_bytes(backend: Backend) {
@@ -168,7 +28,7 @@ async fn a_message_is_stored_then_delivered_with_the_exact_bytes(backend: Backen
     assert_eq!(view["recipients"].as_array().unwrap().len(), 2);
     assert_eq!(view["recipients"][0]["smtp_code"], 250);
     assert!(view["created_at"].as_str().unwrap().ends_with('Z'));
-    let raw = app.get_raw(id).await;
+    let raw = app.get(&format!("/v1/messages/{id}/raw")).await;
     assert_eq!(raw.headers()["content-type"], "message/rfc822");
     let raw = raw.bytes().await.unwrap();
     let received = app.relay.transactions();
@@ -239,7 +99,7 @@ async fn bad_input_names_the_field_and_queues_nothing(backend: Backend) {
         (413, Some("body_too_large"))
     );
 
-    let page: Value = app.list_messages("").await.json().await.unwrap();
+    let page: Value = app.list_messages("").await;
     assert!(
         page["items"].as_array().unwrap().is_empty(),
         "nothing was queued: {page}"
@@ -278,7 +138,7 @@ async fn idempotency_key_returns_the_same_message(backend: Backend) {
     assert_eq!(first["id"], third["id"]);
     app.wait_for_status(first["id"].as_str().unwrap(), "delivered")
         .await;
-    let page: Value = app.list_messages("").await.json().await.unwrap();
+    let page: Value = app.list_messages("").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
     assert_eq!(app.relay.transactions().len(), 1, "sent once");
     app.stop().await;
@@ -324,20 +184,15 @@ async fn search_filters_and_pages(backend: Backend) {
         let accepted: Value = app.post_message(&body).await.json().await.unwrap();
         ids.push(accepted["id"].as_str().unwrap().to_owned());
     }
-    let hit: Value = app.list_messages("q=jose").await.json().await.unwrap();
+    let hit: Value = app.list_messages("q=jose").await;
     assert_eq!(hit["items"].as_array().unwrap().len(), 1);
     assert_eq!(hit["items"][0]["id"], ids[3].as_str());
-    let to: Value = app
-        .list_messages("to=user5@example.test")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let to: Value = app.list_messages("to=user5@example.test").await;
     assert_eq!(to["items"][0]["id"], ids[5].as_str());
     let mut seen = Vec::new();
     let mut query = "limit=3".to_owned();
     loop {
-        let page: Value = app.list_messages(&query).await.json().await.unwrap();
+        let page: Value = app.list_messages(&query).await;
         seen.extend(
             page["items"]
                 .as_array()
@@ -353,9 +208,9 @@ async fn search_filters_and_pages(backend: Backend) {
     let mut expected = ids.clone();
     expected.reverse();
     assert_eq!(seen, expected, "newest first, each once");
-    let (status, error) = error_of(app.list_messages("status=lost").await).await;
+    let (status, error) = error_of(app.get("/v1/messages?status=lost").await).await;
     assert_eq!((status, error["field"].as_str()), (422, Some("status")));
-    let (status, error) = error_of(app.list_messages("limit=0").await).await;
+    let (status, error) = error_of(app.get("/v1/messages?limit=0").await).await;
     assert_eq!((status, error["field"].as_str()), (422, Some("limit")));
     app.stop().await;
 }
@@ -364,7 +219,7 @@ async fn the_token_guards_the_api(backend: Backend) {
     let Some(app) = spawn_app(
         backend,
         Options {
-            token: Some("s3cret-token"),
+            api_token: Some("s3cret-token"),
             ..DEFAULTS
         },
     )
@@ -466,20 +321,7 @@ async fn every_documented_route_exists_and_probes_answer(backend: Backend) {
     app.stop().await;
 }
 
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Sqlite).await })+
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Postgres).await })+
-        }
-    };
-}
-
-on_both!(
+on_both_backends!(
     a_message_is_stored_then_delivered_with_the_exact_bytes,
     bad_input_names_the_field_and_queues_nothing,
     idempotency_key_returns_the_same_message,

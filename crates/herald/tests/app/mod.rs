@@ -31,11 +31,14 @@ pub struct TestApp {
 pub struct Options {
     pub api_token: Option<&'static str>,
     pub default_from: Option<&'static str>,
+    /// `HERALD_BODY_LIMIT`, when a test needs a small one.
+    pub body_limit: Option<usize>,
 }
 
 pub const DEFAULTS: Options = Options {
     api_token: None,
     default_from: None,
+    body_limit: None,
 };
 
 /// Starts a server on `backend`, or `None` when that backend is not available here (PostgreSQL without
@@ -60,6 +63,9 @@ pub async fn spawn_app(backend: Backend, options: Options) -> Option<TestApp> {
     }
     if let Some(from) = options.default_from {
         values.insert("HERALD_FROM".into(), from.into());
+    }
+    if let Some(limit) = options.body_limit {
+        values.insert("HERALD_BODY_LIMIT".into(), limit.to_string());
     }
     let server = serve::start(Config::from_values(&values).unwrap())
         .await
@@ -170,6 +176,20 @@ impl TestApp {
         .json()
         .await
         .unwrap()
+    }
+
+    pub async fn cancel(&self, id: &str) -> reqwest::Response {
+        self.send(
+            self.client
+                .post(format!("{}/v1/messages/{id}/cancel", self.base)),
+        )
+        .await
+    }
+
+    /// Any path of the server (`/healthz`, `/v1/messages?status=lost` …), as a raw response.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+            .await
     }
 
     /// Polls the message until its status is `status` (deadline 20 s).
