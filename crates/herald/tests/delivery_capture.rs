@@ -8,36 +8,22 @@ use bytes::Bytes;
 use common::{Backend, open_realtime};
 use herald::{
     delivery::{CaptureTransport, Engine, EngineOptions},
-    store::{MessageStatus, NewMessage, NewRecipient, RawSegment, RecipientKind},
+    store::{MessageStatus, NewMessage, RecipientKind},
 };
 use tokio::sync::watch;
 
 fn message(n: usize) -> NewMessage {
-    NewMessage {
-        id: format!("m{n:06}"),
-        sender: "shop@example.test".into(),
-        subject: format!("Order {n}"),
-        recipients: vec![
-            NewRecipient {
-                address: format!("c{n}@example.test"),
-                kind: RecipientKind::To,
-            },
-            NewRecipient {
-                address: "audit@example.test".into(),
-                kind: RecipientKind::Bcc,
-            },
-        ],
-        search_text: String::new(),
-        raw: vec![RawSegment::Literal {
-            bytes: Bytes::from_static(b"Subject: x\r\n\r\nhi\r\n"),
-            dot_safe: false,
-        }],
-        send_at: None,
-        idempotency_key: None,
-        batch_id: None,
-        tags: vec![],
-        metadata: serde_json::json!({}),
-    }
+    let customer = format!("c{n}@example.test");
+    let raw = Bytes::from_static(b"Subject: x\r\n\r\nhi\r\n");
+    let mut message = common::new_message(
+        &format!("m{n:06}"),
+        "shop@example.test",
+        &[&customer, "audit@example.test"],
+        raw,
+    );
+    message.subject = format!("Order {n}");
+    message.recipients[1].kind = RecipientKind::Bcc;
+    message
 }
 
 async fn wait_until(what: &str, deadline: Duration, mut done: impl AsyncFnMut() -> bool) {

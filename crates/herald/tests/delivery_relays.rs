@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::TestStore;
 use herald::{
     delivery::{Engine, EngineOptions, RelayLimits, Route, Routes, SmtpTransport},
-    store::{MessageView, NewMessage, NewRecipient, RawSegment, RecipientKind, Store},
+    store::{MessageView, NewMessage, Store},
 };
 use herald_smtp::{Client, Pool, PoolConfig, RelayConfig, Security};
 use herald_testkit::{Action, Fault, ServerConfig, TestServer, When};
@@ -21,28 +21,7 @@ fn message(id: &str, sender: &str, recipients: &[&str]) -> NewMessage {
         "From: {sender}\r\nTo: {}\r\nSubject: {id}\r\nMessage-ID: <{id}@example.test>\r\n\r\n.dot\r\n{id}\r\n",
         recipients.join(", ")
     );
-    NewMessage {
-        id: id.into(),
-        sender: sender.into(),
-        subject: id.into(),
-        recipients: recipients
-            .iter()
-            .map(|a| NewRecipient {
-                address: (*a).into(),
-                kind: RecipientKind::To,
-            })
-            .collect(),
-        search_text: String::new(),
-        raw: vec![RawSegment::Literal {
-            bytes: Bytes::from(body),
-            dot_safe: false,
-        }],
-        send_at: None,
-        idempotency_key: None,
-        batch_id: None,
-        tags: vec![],
-        metadata: serde_json::json!({}),
-    }
+    common::new_message(id, sender, recipients, Bytes::from(body))
 }
 
 fn relay(

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::TestStore;
 use herald::{
     delivery::{Engine, EngineOptions, SmtpTransport},
-    store::{MessageView, NewMessage, NewRecipient, RawSegment, RecipientKind, Store},
+    store::{MessageView, NewMessage, Store},
 };
 use herald_smtp::{Client, Pool, PoolConfig, RelayConfig, Security};
 use herald_testkit::{Action, Fault, ServerConfig, TestServer, When};
@@ -20,26 +20,13 @@ const BODY: &[u8] = b"From: shop@example.test\r\nTo: a@example.test\r\nSubject: 
 
 fn message(recipients: &[&str]) -> NewMessage {
     NewMessage {
-        id: "m1".into(),
-        sender: "shop@example.test".into(),
         subject: "hi".into(),
-        recipients: recipients
-            .iter()
-            .map(|a| NewRecipient {
-                address: (*a).into(),
-                kind: RecipientKind::To,
-            })
-            .collect(),
-        search_text: String::new(),
-        raw: vec![RawSegment::Literal {
-            bytes: Bytes::from_static(BODY),
-            dot_safe: false,
-        }],
-        send_at: None,
-        idempotency_key: None,
-        batch_id: None,
-        tags: vec![],
-        metadata: serde_json::json!({}),
+        ..common::new_message(
+            "m1",
+            "shop@example.test",
+            recipients,
+            Bytes::from_static(BODY),
+        )
     }
 }
 

@@ -10,9 +10,9 @@ use common::{Backend, T0, TestStore};
 use herald::{
     clock::Clock,
     store::{
-        Accepted, AttemptOutcome, CancelOutcome, MessageStatus, NewMessage, NewRecipient,
-        RawSegment, RecipientKind, RecipientResult, RecipientStatus, SearchPage, SearchQuery,
-        SharedBlob, Store, TemplateSource,
+        Accepted, AttemptOutcome, CancelOutcome, MessageStatus, NewMessage, RawSegment,
+        RecipientResult, RecipientStatus, SearchPage, SearchQuery, SharedBlob, Store,
+        TemplateSource,
     },
 };
 
@@ -32,27 +32,11 @@ on_both_stores!(
 );
 
 fn message(n: usize, recipients: &[&str]) -> NewMessage {
+    let raw = Bytes::from(format!("Subject: Order {n} shipped\r\n\r\nbody\r\n"));
     NewMessage {
-        id: format!("msg-{n:06}"),
-        sender: "shop@example.test".into(),
         subject: format!("Order {n} shipped"),
-        recipients: recipients
-            .iter()
-            .map(|a| NewRecipient {
-                address: (*a).into(),
-                kind: RecipientKind::To,
-            })
-            .collect(),
         search_text: format!("Hello, your parcel number {n} is on its way"),
-        raw: vec![RawSegment::Literal {
-            bytes: Bytes::from(format!("Subject: Order {n} shipped\r\n\r\nbody\r\n")),
-            dot_safe: false,
-        }],
-        send_at: None,
-        idempotency_key: None,
-        batch_id: None,
-        tags: vec![],
-        metadata: serde_json::json!({}),
+        ..common::new_message(&format!("msg-{n:06}"), "shop@example.test", recipients, raw)
     }
 }
 

@@ -3,10 +3,39 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use herald::{
     clock::{Clock, ManualClock, SystemClock},
-    store::{SqliteOptions, SqliteStore, Store},
+    store::{
+        NewMessage, NewRecipient, RawSegment, RecipientKind, SqliteOptions, SqliteStore, Store,
+    },
 };
+
+/// A stored message with these bytes, To: each recipient, subject = id; override fields with `..`.
+pub fn new_message(id: &str, sender: &str, recipients: &[&str], raw: Bytes) -> NewMessage {
+    NewMessage {
+        id: id.into(),
+        sender: sender.into(),
+        subject: id.into(),
+        recipients: recipients
+            .iter()
+            .map(|a| NewRecipient {
+                address: (*a).into(),
+                kind: RecipientKind::To,
+            })
+            .collect(),
+        search_text: String::new(),
+        raw: vec![RawSegment::Literal {
+            bytes: raw,
+            dot_safe: false,
+        }],
+        send_at: None,
+        idempotency_key: None,
+        batch_id: None,
+        tags: vec![],
+        metadata: serde_json::json!({}),
+    }
+}
 
 pub const T0: i64 = 1_790_000_000_000;
 
