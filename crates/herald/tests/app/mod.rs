@@ -33,12 +33,18 @@ pub struct Options {
     pub default_from: Option<&'static str>,
     /// `HERALD_BODY_LIMIT`, when a test needs a small one.
     pub body_limit: Option<usize>,
+    /// The capture relay's configuration (faults, stalls), when not `ServerConfig::default()`.
+    pub relay: Option<fn() -> ServerConfig>,
+    /// More settings, e.g. `&[("HERALD_CONCURRENCY", "1")]`.
+    pub env: &'static [(&'static str, &'static str)],
 }
 
 pub const DEFAULTS: Options = Options {
     api_token: None,
     default_from: None,
     body_limit: None,
+    relay: None,
+    env: &[],
 };
 
 /// Starts a server on `backend`, or `None` when that backend is not available here (PostgreSQL without
@@ -49,7 +55,7 @@ pub async fn spawn_app(backend: Backend, options: Options) -> Option<TestApp> {
         Backend::Sqlite => format!("sqlite://{}", dir.path().join("herald.db").display()),
         Backend::Postgres => common::fresh_postgres_database().await?,
     };
-    let relay = TestServer::start(ServerConfig::default()).await;
+    let relay = TestServer::start(options.relay.map_or_else(ServerConfig::default, |f| f())).await;
     let mut values: HashMap<String, String> = HashMap::from([
         ("HERALD_LISTEN".into(), "127.0.0.1:0".into()),
         ("HERALD_DATABASE_URL".into(), database_url.clone()),
@@ -66,6 +72,9 @@ pub async fn spawn_app(backend: Backend, options: Options) -> Option<TestApp> {
     }
     if let Some(limit) = options.body_limit {
         values.insert("HERALD_BODY_LIMIT".into(), limit.to_string());
+    }
+    for (name, value) in options.env {
+        values.insert((*name).into(), (*value).into());
     }
     let server = serve::start(Config::from_values(&values).unwrap())
         .await
