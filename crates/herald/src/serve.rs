@@ -19,7 +19,7 @@ use crate::{
     },
     relay::Relay,
     service::Service,
-    store::Store,
+    store::{ACTIVITY_RETENTION, Store},
 };
 
 /// A running server.
@@ -184,19 +184,28 @@ fn relay_routes(config: &Config) -> anyhow::Result<Option<Routes<SmtpTransport>>
     }
 }
 
-/// Drops raw bodies of messages finished longer ago than `retention`, hourly (first run at start).
+/// Hourly housekeeping (first run at start): drops per-minute activity older than the chart shows, and raw
+/// bodies of messages finished longer ago than `retention` when one is configured.
 async fn prune_periodically(
     store: Store,
     retention: Option<Duration>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let Some(retention) = retention else { return };
     loop {
-        let cutoff = store.clock().now() - retention.as_millis() as i64;
-        match store.prune_raw(cutoff).await {
-            Ok(0) => {}
-            Ok(pruned) => tracing::info!(pruned, "pruned raw bodies past the retention period"),
-            Err(error) => tracing::warn!(%error, "pruning failed; will retry"),
+        let now = store.clock().now();
+        if let Some(retention) = retention {
+            match store.prune_raw(now - retention.as_millis() as i64).await {
+                Ok(0) => {}
+                Ok(pruned) => {
+                    tracing::info!(pruned, "pruned raw bodies past the retention period")
+                }
+                Err(error) => tracing::warn!(%error, "pruning failed; will retry"),
+            }
+        }
+        // Activity is counted in wall-clock time (not the store's clock), so it is pruned by it too.
+        let cutoff = SystemClock.now() - ACTIVITY_RETENTION.as_millis() as i64;
+        if let Err(error) = store.prune_activity(cutoff).await {
+            tracing::warn!(%error, "pruning old activity failed; will retry");
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3_600)) => {}

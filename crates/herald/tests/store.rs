@@ -616,3 +616,475 @@ async fn templates_and_tokens_are_stored(t: TestStore) {
     assert!(t.store.revoke_token("ci").await.unwrap());
     assert!(!t.store.token_hash_exists(&hash).await.unwrap());
 }
+
+mod dashboard {
+    //! What the dashboard reads: maintained counters and activity, tag and recipient search, timeline notes.
+
+    use std::time::Duration;
+
+    use herald::{
+        clock::{Clock, SystemClock},
+        store::{
+            AttemptOutcome, MessageStatus, NewMessage, RecipientStatus, SearchQuery, Store,
+            StoreError,
+        },
+    };
+
+    use super::{message, result};
+    use crate::common::{Backend, T0, TestStore};
+
+    crate::on_both_stores!(
+        counters_match_counting_the_messages,
+        activity_counts_accepts_and_outcomes_per_minute,
+        tags_filter_newest_first_across_pages,
+        search_rows_carry_the_first_recipients_and_their_count,
+        text_search_pages_match_creation_order_with_ties,
+        text_search_stays_exact_after_the_clock_goes_back,
+        events_are_appended_to_existing_messages_only,
+    );
+
+    /// `SELECT status, COUNT(*) FROM messages GROUP BY status`, straight from the database.
+    async fn counted(t: &TestStore) -> std::collections::HashMap<MessageStatus, u64> {
+        use sqlx::{Connection, Row};
+        let sql = "SELECT status, COUNT(*) FROM messages GROUP BY status";
+        let rows: Vec<(String, i64)> = match t.backend {
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}", t.dir.path().join("herald.db").display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query(sql)
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect()
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(t.pg_url.as_deref().unwrap())
+                    .await
+                    .unwrap();
+                sqlx::query(sql)
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect()
+            }
+        };
+        rows.into_iter()
+            .map(|(s, n)| (s.parse().unwrap(), n as u64))
+            .collect()
+    }
+
+    fn outcome(id: &str, status: RecipientStatus, retry_at: Option<i64>) -> AttemptOutcome {
+        AttemptOutcome {
+            id: id.into(),
+            recipients: vec![result(0, status, 250, "reply")],
+            retry_at,
+            detail: "attempt".into(),
+            counts_attempt: true,
+        }
+    }
+
+    async fn counters_match_counting_the_messages(t: TestStore) {
+        let mut batch: Vec<NewMessage> = (0..20).map(|n| message(n, &["a@example.test"])).collect();
+        batch[0].send_at = Some(T0 + 3_600_000);
+        batch[1].send_at = Some(T0 + 3_600_000);
+        t.store.accept(batch).await.unwrap();
+        assert_eq!(t.store.counts().await.unwrap(), counted(&t).await);
+
+        let claimed = t
+            .store
+            .claim("w1", Duration::from_secs(300), 12)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 12);
+        assert_eq!(t.store.counts().await.unwrap(), counted(&t).await);
+        let ids: Vec<&str> = claimed.iter().map(|c| c.id.as_str()).collect();
+        t.store
+            .record(
+                "w1",
+                vec![
+                    outcome(ids[0], RecipientStatus::Delivered, None),
+                    outcome(ids[1], RecipientStatus::Delivered, None),
+                    outcome(ids[2], RecipientStatus::Deferred, Some(T0 + 60_000)),
+                    outcome(ids[3], RecipientStatus::Failed, None),
+                    // Deferred with no retry left: gives up, failed.
+                    outcome(ids[4], RecipientStatus::Deferred, None),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            t.store.cancel("msg-000000").await.unwrap(),
+            herald::store::CancelOutcome::Cancelled
+        );
+        assert_eq!(t.store.release_leases("w1").await.unwrap(), 7);
+        let counts = t.store.counts().await.unwrap();
+        assert_eq!(counts, counted(&t).await);
+        assert_eq!(counts.get(&MessageStatus::Delivered), Some(&2));
+        assert_eq!(counts.get(&MessageStatus::Failed), Some(&2));
+        assert_eq!(counts.get(&MessageStatus::Cancelled), Some(&1));
+        assert_eq!(counts.get(&MessageStatus::Scheduled), Some(&1));
+        assert_eq!(
+            counts.get(&MessageStatus::Sending),
+            None,
+            "a status with none is left out"
+        );
+        assert_eq!(counts.values().sum::<u64>(), 20);
+
+        // Again on the retried message, and a cancel of a deferred one.
+        t.clock.advance(Duration::from_secs(60));
+        let again = t
+            .store
+            .claim("w2", Duration::from_secs(300), 100)
+            .await
+            .unwrap();
+        assert_eq!(again.len(), 14);
+        t.store
+            .record(
+                "w2",
+                vec![outcome(
+                    ids[2],
+                    RecipientStatus::Deferred,
+                    Some(T0 + 600_000),
+                )],
+            )
+            .await
+            .unwrap();
+        t.store.release_leases("w2").await.unwrap();
+        t.store.cancel(ids[2]).await.unwrap();
+        assert_eq!(t.store.counts().await.unwrap(), counted(&t).await);
+    }
+
+    async fn activity_counts_accepts_and_outcomes_per_minute(t: TestStore) {
+        // Activity is kept in wall-clock time, whatever the store's clock says.
+        let start = SystemClock.now();
+        t.store
+            .accept((0..5).map(|n| message(n, &["a@example.test"])).collect())
+            .await
+            .unwrap();
+        let claimed = t
+            .store
+            .claim("w1", Duration::from_secs(300), 10)
+            .await
+            .unwrap();
+        t.store
+            .record(
+                "w1",
+                vec![
+                    outcome(&claimed[0].id, RecipientStatus::Delivered, None),
+                    outcome(&claimed[1].id, RecipientStatus::Delivered, None),
+                    outcome(&claimed[2].id, RecipientStatus::Failed, None),
+                    outcome(&claimed[3].id, RecipientStatus::Deferred, Some(T0 + 60_000)),
+                ],
+            )
+            .await
+            .unwrap();
+        let buckets = t.store.activity(start - 600_000, 60_000).await.unwrap();
+        assert!(!buckets.is_empty() && buckets.len() <= 2, "{buckets:?}");
+        assert!(
+            buckets.windows(2).all(|w| w[0].start < w[1].start),
+            "ascending"
+        );
+        assert!(buckets.iter().all(|b| b.start % 60_000 == 0));
+        let sum = |f: fn(&herald::store::ActivityBucket) -> u64| buckets.iter().map(f).sum::<u64>();
+        assert_eq!(
+            (
+                sum(|b| b.accepted),
+                sum(|b| b.delivered),
+                sum(|b| b.failed),
+                sum(|b| b.deferred)
+            ),
+            (5, 2, 1, 1)
+        );
+        // Wider buckets hold the same totals; a bucket holding `since` is included whole.
+        let hours = t.store.activity(start, 3_600_000).await.unwrap();
+        assert_eq!(hours.iter().map(|b| b.accepted).sum::<u64>(), 5);
+        assert_eq!(hours[0].start % 3_600_000, 0);
+        assert!(
+            t.store
+                .activity(SystemClock.now() + 120_000, 60_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            t.store.activity(start, 90_000).await,
+            Err(StoreError::InvalidQuery(_))
+        ));
+        assert!(t.store.prune_activity(start - 600_000).await.unwrap() == 0);
+        assert!(
+            t.store
+                .prune_activity(SystemClock.now() + 60_000)
+                .await
+                .unwrap()
+                >= 1
+        );
+        assert!(
+            t.store
+                .activity(start - 600_000, 60_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    async fn page(store: &Store, query: &SearchQuery) -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut query = query.clone();
+        loop {
+            let page = store.search(&query).await.unwrap();
+            seen.extend(page.items.iter().map(|m| m.id.clone()));
+            match page.next_cursor {
+                Some(next) => query.cursor = Some(next),
+                None => return seen,
+            }
+        }
+    }
+
+    async fn tags_filter_newest_first_across_pages(t: TestStore) {
+        // Two groups of messages stored in one commit each (equal created_at): ties are ordered by id.
+        for group in 0..2 {
+            let batch: Vec<NewMessage> = (0..10)
+                .rev()
+                .map(|i| {
+                    let n = group * 10 + i;
+                    let mut m = message(n, &["a@example.test"]);
+                    m.tags = match n % 3 {
+                        0 => vec!["welcome".into(), "eu".into(), "welcome".into()],
+                        1 => vec!["welcome".into()],
+                        _ => vec!["billing".into()],
+                    };
+                    m
+                })
+                .collect();
+            t.store.accept(batch).await.unwrap();
+            t.clock.advance(Duration::from_millis(5));
+        }
+        let welcome = SearchQuery {
+            tag: Some("welcome".into()),
+            limit: 3,
+            ..Default::default()
+        };
+        let expected: Vec<String> = (0..20)
+            .rev()
+            .filter(|n| n % 3 != 2)
+            .map(|n| format!("msg-{n:06}"))
+            .collect();
+        assert_eq!(page(&t.store, &welcome).await, expected);
+        let eu = SearchQuery {
+            tag: Some("eu".into()),
+            limit: 50,
+            ..Default::default()
+        };
+        assert_eq!(t.store.search(&eu).await.unwrap().items.len(), 7);
+        let none = SearchQuery {
+            tag: Some("welcom".into()),
+            limit: 50,
+            ..Default::default()
+        };
+        assert!(
+            t.store.search(&none).await.unwrap().items.is_empty(),
+            "exact tags only"
+        );
+        // With other filters: the tag and a status, and a time range.
+        t.store.cancel("msg-000019").await.unwrap();
+        let cancelled = SearchQuery {
+            tag: Some("welcome".into()),
+            status: Some(MessageStatus::Cancelled),
+            limit: 50,
+            ..Default::default()
+        };
+        let items = t.store.search(&cancelled).await.unwrap().items;
+        assert_eq!(
+            items.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["msg-000019"]
+        );
+        let first_group = SearchQuery {
+            tag: Some("welcome".into()),
+            until: Some(T0 + 1),
+            limit: 50,
+            ..Default::default()
+        };
+        assert_eq!(t.store.search(&first_group).await.unwrap().items.len(), 7);
+    }
+
+    async fn search_rows_carry_the_first_recipients_and_their_count(t: TestStore) {
+        let many = [
+            "e@example.test",
+            "d@example.test",
+            "c@example.test",
+            "b@example.test",
+            "a@example.test",
+        ];
+        t.store
+            .accept(vec![
+                message(1, &many),
+                message(2, &["solo@example.test"]),
+                message(3, &["x@example.test", "y@example.test"]),
+            ])
+            .await
+            .unwrap();
+        let page = t
+            .store
+            .search(&SearchQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let rows: Vec<(&str, Vec<&str>, u32)> = page
+            .items
+            .iter()
+            .map(|m| {
+                (
+                    m.id.as_str(),
+                    m.to.iter().map(String::as_str).collect(),
+                    m.recipient_count,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("msg-000003", vec!["x@example.test", "y@example.test"], 2),
+                ("msg-000002", vec!["solo@example.test"], 1),
+                (
+                    "msg-000001",
+                    vec!["e@example.test", "d@example.test", "c@example.test"],
+                    5
+                ),
+            ]
+        );
+        let to = SearchQuery {
+            to: Some("a@example.test".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        let found = t.store.search(&to).await.unwrap();
+        assert_eq!(
+            found.items[0].recipient_count, 5,
+            "the count is of all recipients, not the matching one"
+        );
+    }
+
+    async fn text_search_pages_match_creation_order_with_ties(t: TestStore) {
+        // Groups of equal created_at, each stored in reverse id order, so rowid order differs from id order.
+        for group in 0..4 {
+            let batch: Vec<NewMessage> = (0..9)
+                .rev()
+                .map(|i| {
+                    let n = group * 9 + i;
+                    let mut m = message(n, &["a@example.test"]);
+                    m.search_text = if n % 4 == 0 {
+                        "parcel rare".into()
+                    } else {
+                        "parcel".into()
+                    };
+                    m
+                })
+                .collect();
+            t.store.accept(batch).await.unwrap();
+            t.clock.advance(Duration::from_millis(10));
+        }
+        let all: Vec<String> = (0..36).rev().map(|n| format!("msg-{n:06}")).collect();
+        for limit in [1, 4, 7, 9, 10, 50] {
+            let q = SearchQuery {
+                text: Some("parcel".into()),
+                limit,
+                ..Default::default()
+            };
+            assert_eq!(page(&t.store, &q).await, all, "limit {limit}");
+        }
+        let rare: Vec<String> = (0..36)
+            .rev()
+            .filter(|n| n % 4 == 0)
+            .map(|n| format!("msg-{n:06}"))
+            .collect();
+        let q = SearchQuery {
+            text: Some("rare".into()),
+            limit: 2,
+            ..Default::default()
+        };
+        assert_eq!(page(&t.store, &q).await, rare);
+        // Time bounds with words: the second and third groups only.
+        let q = SearchQuery {
+            text: Some("parcel".into()),
+            since: Some(T0 + 10),
+            until: Some(T0 + 30),
+            limit: 5,
+            ..Default::default()
+        };
+        assert_eq!(page(&t.store, &q).await, all[9..27].to_vec());
+        // With a status and a tag as well.
+        t.store.cancel("msg-000008").await.unwrap();
+        let q = SearchQuery {
+            text: Some("rare".into()),
+            status: Some(MessageStatus::Cancelled),
+            limit: 5,
+            ..Default::default()
+        };
+        assert_eq!(page(&t.store, &q).await, ["msg-000008"]);
+    }
+
+    async fn text_search_stays_exact_after_the_clock_goes_back(t: TestStore) {
+        t.clock.advance(Duration::from_secs(10));
+        t.store
+            .accept(vec![message(1, &["a@example.test"])])
+            .await
+            .unwrap();
+        t.clock.set(T0);
+        t.store
+            .accept(vec![message(2, &["a@example.test"])])
+            .await
+            .unwrap();
+        let q = SearchQuery {
+            text: Some("parcel".into()),
+            limit: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            page(&t.store, &q).await,
+            ["msg-000001", "msg-000002"],
+            "created_at order, not insertion order"
+        );
+    }
+
+    async fn events_are_appended_to_existing_messages_only(t: TestStore) {
+        t.store
+            .accept(vec![message(1, &["a@example.test"])])
+            .await
+            .unwrap();
+        t.clock.advance(Duration::from_secs(1));
+        assert!(
+            t.store
+                .append_event("msg-000001", "note", Some("resent by ops".into()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            t.store
+                .append_event("msg-000001", "opened", None)
+                .await
+                .unwrap()
+        );
+        assert!(!t.store.append_event("nope", "note", None).await.unwrap());
+        let view = t.store.message("msg-000001").await.unwrap().unwrap();
+        let last: Vec<_> = view
+            .events
+            .iter()
+            .rev()
+            .take(2)
+            .map(|e| (e.kind.as_str(), e.detail.as_deref(), e.at))
+            .collect();
+        assert_eq!(
+            last,
+            [
+                ("opened", None, T0 + 1_000),
+                ("note", Some("resent by ops"), T0 + 1_000)
+            ]
+        );
+    }
+}

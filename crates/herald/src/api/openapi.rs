@@ -42,6 +42,7 @@ pub fn document() -> Value {
                         {"name": "status", "in": "query", "schema": {"$ref": "#/components/schemas/Status"}},
                         {"name": "to", "in": "query", "schema": {"type": "string"}},
                         {"name": "q", "in": "query", "description": "Full text over subject, addresses and text body", "schema": {"type": "string"}},
+                        {"name": "tag", "in": "query", "description": "Exact tag: messages whose tags include it", "schema": {"type": "string"}},
                         {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
                         {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}},
@@ -156,7 +157,10 @@ pub fn document() -> Value {
                 "Summary": {"type": "object", "properties": {
                     "id": {"type": "string"}, "status": {"$ref": "#/components/schemas/Status"},
                     "created_at": {"type": "string", "format": "date-time"}, "from": {"type": "string"},
-                    "subject": {"type": "string"}, "attempts": {"type": "integer"}}},
+                    "subject": {"type": "string"}, "attempts": {"type": "integer"},
+                    "to": {"type": "array", "maxItems": 3, "items": {"type": "string"},
+                           "description": "The first 3 recipient addresses (to, cc and bcc, in request order)"},
+                    "recipient_count": {"type": "integer", "description": "All recipients of the message"}}},
                 "Message": {"type": "object", "properties": {
                     "id": {"type": "string"}, "status": {"$ref": "#/components/schemas/Status"},
                     "created_at": {"type": "string", "format": "date-time"},

@@ -83,6 +83,9 @@ impl Store {
         pub async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError>;
         pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError>;
         pub async fn counts(&self) -> Result<HashMap<MessageStatus, u64>, StoreError>;
+        pub async fn activity(&self, since: Millis, bucket_ms: i64) -> Result<Vec<ActivityBucket>, StoreError>;
+        pub async fn prune_activity(&self, before: Millis) -> Result<u64, StoreError>;
+        pub async fn append_event(&self, id: &str, kind: &str, detail: Option<String>) -> Result<bool, StoreError>;
         pub async fn next_due(&self) -> Result<Option<Millis>, StoreError>;
         pub async fn ping(&self) -> Result<(), StoreError>;
         pub async fn put_template(&self, template: &TemplateSource) -> Result<(), StoreError>;

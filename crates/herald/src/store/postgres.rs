@@ -22,12 +22,14 @@ use sqlx::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Accepted, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, MessageStatus,
-    MessageView, Millis, NewMessage, RecipientStatus, SearchPage, SearchQuery, StoreError,
-    StoredTemplate, TemplateSource, TokenInfo, WorkSignal,
+    Accepted, ActivityBucket, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient,
+    MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus,
+    SUMMARY_RECIPIENTS, SearchPage, SearchQuery, StoreError, StoredTemplate, TemplateSource,
+    TokenInfo, WorkSignal,
     raw::{self, RawSegment, SharedBlob},
     rows,
-    search::{fold, parse_cursor},
+    rows::counts_from,
+    search::{activity_start, fold, parse_cursor},
     types::message_status_from,
 };
 use crate::clock::Clock;
@@ -35,13 +37,27 @@ use crate::clock::Clock;
 const CHANNEL: &str = "herald_work";
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        sqlx::AssertSqlSafe(include_str!("../../migrations/postgres/0001_init.sql")).into_sql_str(),
-        false,
-    )])
+    let migration = |version, name, sql: &'static str| {
+        Migration::new(
+            version,
+            Cow::Borrowed(name),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(sql).into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "init",
+            include_str!("../../migrations/postgres/0001_init.sql"),
+        ),
+        migration(
+            2,
+            "dashboard",
+            include_str!("../../migrations/postgres/0002_dashboard.sql"),
+        ),
+    ])
 }
 
 /// The PostgreSQL store. Cheap to clone.
@@ -479,16 +495,26 @@ impl PgStore {
         )))
     }
 
+    /// Searches the archive, newest first, with keyset pagination. With a tag, one tag's rows of
+    /// `message_tags` are walked newest first (its primary key holds created_at for that).
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
         let limit = query.limit.clamp(1, 1_000);
         let mut sql = QueryBuilder::<Postgres>::new(
-            "SELECT id, status, created_at, sender, subject, attempts::bigint FROM messages WHERE TRUE",
+            "SELECT m.id, m.status, m.created_at, m.sender, m.subject, m.attempts::bigint ",
         );
+        let (created_at, id) = if let Some(tag) = &query.tag {
+            sql.push("FROM message_tags t JOIN messages m ON m.id = t.message_id WHERE t.tag = ")
+                .push_bind(tag.clone());
+            ("t.created_at", "t.message_id")
+        } else {
+            sql.push("FROM messages m WHERE TRUE");
+            ("m.created_at", "m.id")
+        };
         if let Some(status) = query.status {
-            sql.push(" AND status = ").push_bind(status.as_str());
+            sql.push(" AND m.status = ").push_bind(status.as_str());
         }
         if let Some(to) = &query.to {
-            sql.push(" AND id IN (SELECT message_id FROM recipients WHERE address = ")
+            sql.push(" AND m.id IN (SELECT message_id FROM recipients WHERE address = ")
                 .push_bind(to.clone())
                 .push(")");
         }
@@ -499,41 +525,109 @@ impl PgStore {
             .filter(|q| !q.trim().is_empty())
         {
             // plainto_tsquery treats every character of user input as text: no query syntax to inject.
-            sql.push(" AND search @@ plainto_tsquery('simple', ")
+            sql.push(" AND m.search @@ plainto_tsquery('simple', ")
                 .push_bind(text)
                 .push(")");
         }
         if let Some(since) = query.since {
-            sql.push(" AND created_at >= ").push_bind(since);
+            sql.push(format!(" AND {created_at} >= ")).push_bind(since);
         }
         if let Some(until) = query.until {
-            sql.push(" AND created_at < ").push_bind(until);
+            sql.push(format!(" AND {created_at} < ")).push_bind(until);
         }
         if let Some(cursor) = &query.cursor {
-            let (at, id) = parse_cursor(cursor)?;
-            sql.push(" AND (created_at, id) < (")
+            let (at, cursor_id) = parse_cursor(cursor)?;
+            sql.push(format!(" AND ({created_at}, {id}) < ("))
                 .push_bind(at)
                 .push(", ")
-                .push_bind(id)
+                .push_bind(cursor_id)
                 .push(")");
         }
-        sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        sql.push(format!(" ORDER BY {created_at} DESC, {id} DESC LIMIT "))
             .push_bind(i64::from(limit) + 1);
         let rows = sql.build().fetch_all(&self.pool).await?;
-        Ok(rows::page(rows.iter().map(rows::summary).collect(), limit))
+        let mut page = rows::page(rows.iter().map(rows::summary).collect(), limit);
+        self.attach_recipients(&mut page.items).await?;
+        Ok(page)
     }
 
-    pub async fn counts(&self) -> Result<HashMap<MessageStatus, u64>, StoreError> {
-        let rows = sqlx::query("SELECT status, COUNT(*) FROM messages GROUP BY status")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut counts = HashMap::new();
-        for row in rows {
-            if let Ok(status) = MessageStatus::from_str(row.get::<&str, _>(0)) {
-                counts.insert(status, row.get::<i64, _>(1) as u64);
-            }
+    /// Fills each row's first recipients and recipient count: one query for the page.
+    async fn attach_recipients(&self, items: &mut [MessageSummary]) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
         }
-        Ok(counts)
+        let ids: Vec<&str> = items.iter().map(|m| m.id.as_str()).collect();
+        let rows = sqlx::query(
+            "SELECT r.message_id, r.position::bigint, r.address,
+                    (SELECT COUNT(*) FROM recipients c WHERE c.message_id = r.message_id)
+             FROM recipients r WHERE r.message_id = ANY($1) AND r.position < $2",
+        )
+        .bind(&ids)
+        .bind(SUMMARY_RECIPIENTS as i32)
+        .fetch_all(&self.pool)
+        .await?;
+        rows::attach_recipients(items, &rows);
+        Ok(())
+    }
+
+    /// Messages per status: the sum of the 16 shards the triggers keep.
+    pub async fn counts(&self) -> Result<HashMap<MessageStatus, u64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(scheduled), 0)::bigint, COALESCE(SUM(queued), 0)::bigint,
+                    COALESCE(SUM(sending), 0)::bigint, COALESCE(SUM(deferred), 0)::bigint,
+                    COALESCE(SUM(delivered), 0)::bigint, COALESCE(SUM(failed), 0)::bigint,
+                    COALESCE(SUM(cancelled), 0)::bigint
+             FROM status_counts",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(counts_from(|i| row.get::<i64, _>(i)))
+    }
+
+    /// Activity per bucket (see `SqliteStore::activity`), summed over the shards.
+    pub async fn activity(
+        &self,
+        since: Millis,
+        bucket_ms: i64,
+    ) -> Result<Vec<ActivityBucket>, StoreError> {
+        let from = activity_start(since, bucket_ms)?;
+        let rows = sqlx::query(
+            "SELECT minute / $1 * $1 AS start, SUM(accepted)::bigint, SUM(delivered)::bigint,
+                    SUM(failed)::bigint, SUM(deferred)::bigint
+             FROM activity WHERE minute >= $2 GROUP BY start ORDER BY start",
+        )
+        .bind(bucket_ms)
+        .bind(from)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(rows::activity).collect())
+    }
+
+    pub async fn prune_activity(&self, before: Millis) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM activity WHERE minute < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    pub async fn append_event(
+        &self,
+        id: &str,
+        kind: &str,
+        detail: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO events (message_id, at, type, recipient, detail)
+             SELECT $1, $2, $3, NULL, $4 WHERE EXISTS (SELECT 1 FROM messages WHERE id = $1)",
+        )
+        .bind(id)
+        .bind(self.clock.now())
+        .bind(kind)
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
@@ -884,6 +978,24 @@ async fn accept_group(
     .bind(&kinds)
     .execute(&mut *tx)
     .await?;
+    let (mut tagged, mut tags) = (vec![], vec![]);
+    for m in &fresh {
+        for tag in m.tags.iter().collect::<HashSet<_>>() {
+            tagged.push(m.id.as_str());
+            tags.push(tag.as_str());
+        }
+    }
+    if !tags.is_empty() {
+        sqlx::query(
+            "INSERT INTO message_tags (tag, created_at, message_id)
+             SELECT tag, $3, id FROM UNNEST($1::text[], $2::text[]) AS t(id, tag)",
+        )
+        .bind(&tagged)
+        .bind(&tags)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
     insert_events(
         &mut tx,
         fresh

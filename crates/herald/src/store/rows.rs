@@ -5,8 +5,11 @@
 
 use sqlx::{ColumnIndex, Database, Decode, Row, Type};
 
+use std::collections::HashMap;
+
 use super::{
-    Event, MessageSummary, MessageView, RecipientView, SearchPage, StoredTemplate, TemplateSource,
+    ActivityBucket, Event, MessageStatus, MessageSummary, MessageView, RecipientView, SearchPage,
+    StoredTemplate, TemplateSource,
 };
 
 /// What a row type must decode for the mappings below.
@@ -111,6 +114,50 @@ where
         from: row.text(3),
         subject: row.text(4),
         attempts: row.int(5) as u32,
+        to: Vec::new(),
+        recipient_count: 0,
+    }
+}
+
+/// Fills `to` and `recipient_count` of a page's rows from
+/// `SELECT message_id, position, address, <recipients of the message>` over their first recipients.
+pub(super) fn attach_recipients<R: HeraldRow>(items: &mut [MessageSummary], rows: &[R])
+where
+    usize: ColumnIndex<R>,
+{
+    let index: HashMap<String, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.id.clone(), i))
+        .collect();
+    let mut found: Vec<Vec<(i64, String)>> = vec![Vec::new(); items.len()];
+    for row in rows {
+        if let Some(&i) = index.get(&row.text(0)) {
+            found[i].push((row.int(1), row.text(2)));
+            items[i].recipient_count = row.int(3) as u32;
+        }
+    }
+    for (item, mut first) in items.iter_mut().zip(found) {
+        first.sort();
+        item.to = first
+            .into_iter()
+            .take(super::SUMMARY_RECIPIENTS)
+            .map(|(_, address)| address)
+            .collect();
+    }
+}
+
+/// `SELECT start, accepted, delivered, failed, deferred`.
+pub(super) fn activity<R: HeraldRow>(row: &R) -> ActivityBucket
+where
+    usize: ColumnIndex<R>,
+{
+    ActivityBucket {
+        start: row.int(0),
+        accepted: row.int(1).max(0) as u64,
+        delivered: row.int(2).max(0) as u64,
+        failed: row.int(3).max(0) as u64,
+        deferred: row.int(4).max(0) as u64,
     }
 }
 
@@ -141,4 +188,16 @@ pub(super) fn page(mut items: Vec<MessageSummary>, limit: u32) -> SearchPage {
         None
     };
     SearchPage { items, next_cursor }
+}
+
+/// Counts by status from columns in `MessageStatus::ALL` order; statuses with none are left out.
+pub(super) fn counts_from(column: impl Fn(usize) -> i64) -> HashMap<MessageStatus, u64> {
+    MessageStatus::ALL
+        .iter()
+        .enumerate()
+        .filter_map(|(i, status)| {
+            let n = column(i);
+            (n > 0).then_some((*status, n as u64))
+        })
+        .collect()
 }

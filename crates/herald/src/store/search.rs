@@ -28,6 +28,17 @@ pub fn fts5_query(input: &str) -> String {
         .join(" ")
 }
 
+/// Checks an activity query and gives the first bucket's start: buckets are aligned to multiples of
+/// `bucket_ms` since the epoch, and the one holding `since` is included whole.
+pub fn activity_start(since: Millis, bucket_ms: i64) -> Result<Millis, StoreError> {
+    if bucket_ms <= 0 || bucket_ms % super::ACTIVITY_MINUTE != 0 {
+        return Err(StoreError::InvalidQuery(format!(
+            "activity bucket of {bucket_ms} ms: must be a positive multiple of 60000 (one minute)"
+        )));
+    }
+    Ok(since.div_euclid(bucket_ms) * bucket_ms)
+}
+
 /// Reads a `next_cursor` this server gave: `<created_at>_<id>` of the last row of the previous page.
 pub fn parse_cursor(cursor: &str) -> Result<(Millis, String), StoreError> {
     let invalid =

@@ -240,7 +240,13 @@ pub struct MessageSummary {
     pub from: String,
     pub subject: String,
     pub attempts: u32,
+    /// The first 3 recipient addresses, by position (to, cc and bcc alike).
+    pub to: Vec<String>,
+    pub recipient_count: u32,
 }
+
+/// How many recipient addresses a search row carries (`MessageSummary::to`).
+pub const SUMMARY_RECIPIENTS: usize = 3;
 
 /// Filters for the archive; every field narrows the result.
 #[derive(Debug, Clone, Default)]
@@ -250,6 +256,8 @@ pub struct SearchQuery {
     pub to: Option<String>,
     /// Full-text words over subject, addresses and text body.
     pub text: Option<String>,
+    /// Exact tag (one of the message's `tags`).
+    pub tag: Option<String>,
     pub since: Option<Millis>,
     pub until: Option<Millis>,
     pub limit: u32,
@@ -262,6 +270,24 @@ pub struct SearchPage {
     pub items: Vec<MessageSummary>,
     pub next_cursor: Option<String>,
 }
+
+/// What happened in one span of time (`Store::activity`): messages accepted, and messages that became
+/// delivered, failed or deferred. Counted in real (wall-clock) time as the changes were written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ActivityBucket {
+    /// Start of the span, Unix milliseconds, a multiple of the bucket width.
+    pub start: Millis,
+    pub accepted: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub deferred: u64,
+}
+
+/// The granularity activity is kept at: a bucket width must be a multiple of it.
+pub const ACTIVITY_MINUTE: i64 = 60_000;
+
+/// How long per-minute activity is kept (pruned by the hourly housekeeping).
+pub const ACTIVITY_RETENTION: std::time::Duration = std::time::Duration::from_secs(8 * 24 * 3_600);
 
 /// What `cancel` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,10 @@ use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     str::FromStr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -26,12 +29,13 @@ use sqlx::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Accepted, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, MessageStatus,
-    MessageView, Millis, NewMessage, RecipientStatus, SearchPage, SearchQuery, StoreError,
-    StoredTemplate, TemplateSource, TokenInfo, WorkSignal,
+    Accepted, ActivityBucket, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient,
+    MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus,
+    SUMMARY_RECIPIENTS, SearchPage, SearchQuery, StoreError, StoredTemplate, TemplateSource,
+    TokenInfo, WorkSignal,
     raw::{self, RawSegment, SharedBlob},
-    rows,
-    search::{fts5_query, parse_cursor},
+    rows::{self, counts_from},
+    search::{activity_start, fts5_query, parse_cursor},
     types::message_status_from,
 };
 use crate::clock::Clock;
@@ -80,6 +84,9 @@ pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
     clock: Arc<dyn Clock>,
     work: WorkSignal,
+    /// Whether every message's created_at is at least that of every message inserted before it, so that
+    /// rowid order is creation order (see `search`). Cleared, for good, the first time the clock goes back.
+    created_in_order: Arc<AtomicBool>,
 }
 
 /// One request to the writer task.
@@ -182,15 +189,27 @@ fn connect_options(path: &Path) -> SqliteConnectOptions {
 
 /// The migrations, embedded in the binary so one file is all an install needs.
 fn migrator() -> Migrator {
-    let migrations = vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        sqlx::AssertSqlSafe(include_str!("../../../migrations/sqlite/0001_init.sql"))
-            .into_sql_str(),
-        false,
-    )];
-    Migrator::with_migrations(migrations)
+    let migration = |version, name, sql: &'static str| {
+        Migration::new(
+            version,
+            Cow::Borrowed(name),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(sql).into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "init",
+            include_str!("../../../migrations/sqlite/0001_init.sql"),
+        ),
+        migration(
+            2,
+            "dashboard",
+            include_str!("../../../migrations/sqlite/0002_dashboard.sql"),
+        ),
+    ])
 }
 
 impl SqliteStore {
@@ -210,6 +229,17 @@ impl SqliteStore {
                 source,
             })?;
         migrator().run(&mut write_conn).await?;
+        let out_of_order: i64 =
+            sqlx::query("SELECT value FROM store_facts WHERE name = 'created_out_of_order'")
+                .fetch_optional(&mut write_conn)
+                .await?
+                .map_or(0, |row| row.get(0));
+        let latest_created: Millis =
+            sqlx::query("SELECT COALESCE(MAX(created_at), 0) FROM messages")
+                .fetch_one(&mut write_conn)
+                .await?
+                .get(0);
+        let created_in_order = Arc::new(AtomicBool::new(out_of_order == 0));
         let reader = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .connect_with(connect.read_only(true))
@@ -246,6 +276,10 @@ impl SqliteStore {
             clock: clock.clone(),
             max_group: options.max_group.max(1),
             written,
+            order: CreatedOrder {
+                latest: latest_created,
+                in_order: created_in_order.clone(),
+            },
         };
         let spawn_error = |e| StoreError::Open {
             url: options.path.display().to_string(),
@@ -264,6 +298,7 @@ impl SqliteStore {
             writer,
             clock,
             work: WorkSignal::default(),
+            created_in_order,
         })
     }
 
@@ -488,63 +523,227 @@ impl SqliteStore {
     }
 
     /// Searches the archive, newest first, with keyset pagination (stable and fast at any depth).
+    ///
+    /// Three plans, one result: with words, FTS5 yields matches in descending rowid order and the first page
+    /// stops after `limit + 1` of them (while rowid order is creation order: see `search_text`); with a tag,
+    /// one tag's rows of `message_tags` are walked newest first; otherwise the `messages_created` index is.
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
         let limit = query.limit.clamp(1, 1_000);
-        let mut sql = QueryBuilder::<Sqlite>::new(
-            "SELECT id, status, created_at, sender, subject, attempts FROM messages WHERE 1 = 1",
-        );
-        if let Some(status) = query.status {
-            sql.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(to) = &query.to {
-            sql.push(" AND id IN (SELECT message_id FROM recipients WHERE address = ")
-                .push_bind(to.clone())
-                .push(")");
-        }
-        if let Some(text) = query
+        let want = i64::from(limit) + 1;
+        let cursor = query.cursor.as_deref().map(parse_cursor).transpose()?;
+        let text = query
             .text
             .as_deref()
             .map(fts5_query)
-            .filter(|q| !q.is_empty())
-        {
-            sql.push(" AND rowid IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ")
-                .push_bind(text)
-                .push(")");
-        }
-        if let Some(since) = query.since {
-            sql.push(" AND created_at >= ").push_bind(since);
-        }
-        if let Some(until) = query.until {
-            sql.push(" AND created_at < ").push_bind(until);
-        }
-        if let Some(cursor) = &query.cursor {
-            let (at, id) = parse_cursor(cursor)?;
-            sql.push(" AND (created_at < ")
-                .push_bind(at)
-                .push(" OR (created_at = ")
-                .push_bind(at)
-                .push(" AND id < ")
-                .push_bind(id)
-                .push("))");
-        }
-        sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .push_bind(i64::from(limit) + 1);
-        let rows = sql.build().fetch_all(&self.reader).await?;
-        Ok(rows::page(rows.iter().map(rows::summary).collect(), limit))
+            .filter(|q| !q.is_empty());
+        let mut items = match text {
+            Some(text) if self.created_in_order.load(Ordering::Relaxed) => {
+                self.search_text(query, &text, cursor.as_ref(), want)
+                    .await?
+            }
+            text => {
+                let mut sql = QueryBuilder::<Sqlite>::new(format!("SELECT {SUMMARY_COLUMNS} "));
+                let order = if let Some(tag) = &query.tag {
+                    // message_tags holds created_at so that this walks its primary key newest first.
+                    sql.push(
+                        "FROM message_tags t JOIN messages m ON m.id = t.message_id WHERE t.tag = ",
+                    )
+                    .push_bind(tag.clone());
+                    push_time_filters(
+                        &mut sql,
+                        query,
+                        cursor.as_ref(),
+                        "t.created_at",
+                        "t.message_id",
+                    );
+                    " ORDER BY t.created_at DESC, t.message_id DESC LIMIT "
+                } else {
+                    sql.push("FROM messages m WHERE 1 = 1");
+                    push_time_filters(&mut sql, query, cursor.as_ref(), "m.created_at", "m.id");
+                    " ORDER BY m.created_at DESC, m.id DESC LIMIT "
+                };
+                push_filters(&mut sql, query);
+                if let Some(text) = text {
+                    sql.push(
+                        " AND m.rowid IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ",
+                    )
+                    .push_bind(text)
+                    .push(")");
+                }
+                sql.push(order).push_bind(want);
+                let rows = sql.build().fetch_all(&self.reader).await?;
+                rows.iter().map(rows::summary).collect()
+            }
+        };
+        items.truncate(want as usize);
+        let mut page = rows::page(items, limit);
+        self.attach_recipients(&mut page.items).await?;
+        Ok(page)
     }
 
-    /// Counts per status (for the overview and metrics).
+    /// Full-text search for a database whose rowid order is creation order (created_at never decreases as
+    /// rowids grow; `CreatedOrder` keeps watch). Ordering a common word's matches by created_at would read
+    /// every match (a million for a word in every message); FTS5 instead yields them by descending rowid,
+    /// newest first, and the query stops after `want` rows that pass the other filters. Those are the newest
+    /// matches except for ties: messages created in the same millisecond as the last row and not yet read,
+    /// which a second query fetches (bounded to the rowids stored in that millisecond, one or two group
+    /// commits) before sorting by (created_at, id).
+    /// Time bounds and the cursor become rowid bounds too, so a later page does not re-read earlier ones.
+    async fn search_text(
+        &self,
+        query: &SearchQuery,
+        text: &str,
+        cursor: Option<&(Millis, String)>,
+        want: i64,
+    ) -> Result<Vec<MessageSummary>, StoreError> {
+        let build = |extra: &dyn Fn(&mut QueryBuilder<Sqlite>)| {
+            let mut sql = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {SUMMARY_COLUMNS}, m.rowid FROM messages_fts JOIN messages m ON m.rowid = messages_fts.rowid
+                 WHERE messages_fts MATCH "
+            ));
+            sql.push_bind(text.to_owned());
+            // Rowid bounds (exact while rowid order is creation order); the exact filters follow.
+            if let Some((at, _)) = cursor {
+                sql.push(
+                    " AND messages_fts.rowid <= (SELECT MAX(rowid) FROM messages WHERE created_at =
+                      (SELECT MAX(created_at) FROM messages WHERE created_at <= ",
+                )
+                .push_bind(*at)
+                .push("))");
+            }
+            if let Some(until) = query.until {
+                sql.push(
+                    " AND messages_fts.rowid <= (SELECT MAX(rowid) FROM messages WHERE created_at =
+                      (SELECT MAX(created_at) FROM messages WHERE created_at < ",
+                )
+                .push_bind(until)
+                .push("))");
+            }
+            if let Some(since) = query.since {
+                sql.push(
+                    " AND messages_fts.rowid >= (SELECT MIN(rowid) FROM messages WHERE created_at =
+                      (SELECT MIN(created_at) FROM messages WHERE created_at >= ",
+                )
+                .push_bind(since)
+                .push("))");
+            }
+            push_time_filters(&mut sql, query, cursor, "m.created_at", "m.id");
+            push_filters(&mut sql, query);
+            if let Some(tag) = &query.tag {
+                sql.push(" AND EXISTS (SELECT 1 FROM message_tags t WHERE t.tag = ")
+                    .push_bind(tag.clone())
+                    .push(" AND t.created_at = m.created_at AND t.message_id = m.id)");
+            }
+            extra(&mut sql);
+            sql
+        };
+        let mut sql = build(&|sql| {
+            sql.push(" ORDER BY messages_fts.rowid DESC LIMIT ")
+                .push_bind(want);
+        });
+        let rows = sql.build().fetch_all(&self.reader).await?;
+        let mut items: Vec<MessageSummary> = rows.iter().map(rows::summary).collect();
+        if rows.len() as i64 == want {
+            let last = &rows[rows.len() - 1];
+            let (last_at, last_rowid): (Millis, i64) = (last.get(2), last.get(6));
+            let mut ties = build(&|sql| {
+                sql.push(" AND m.created_at = ")
+                    .push_bind(last_at)
+                    .push(" AND messages_fts.rowid < ")
+                    .push_bind(last_rowid)
+                    .push(
+                        " AND messages_fts.rowid >= (SELECT MIN(rowid) FROM messages WHERE created_at = ",
+                    )
+                    .push_bind(last_at)
+                    .push(") ORDER BY m.id DESC LIMIT ")
+                    .push_bind(want);
+            });
+            let more = ties.build().fetch_all(&self.reader).await?;
+            items.extend(more.iter().map(rows::summary));
+        }
+        items.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        Ok(items)
+    }
+
+    /// Fills each row's first recipients and recipient count: one query for the page.
+    async fn attach_recipients(&self, items: &mut [MessageSummary]) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let ids = serde_json::to_string(&items.iter().map(|m| &m.id).collect::<Vec<_>>())
+            .unwrap_or_else(|_| "[]".into());
+        let rows = sqlx::query(
+            "SELECT r.message_id, r.position, r.address,
+                    (SELECT COUNT(*) FROM recipients c WHERE c.message_id = r.message_id)
+             FROM recipients r WHERE r.message_id IN (SELECT value FROM json_each(?1)) AND r.position < ?2",
+        )
+        .bind(ids)
+        .bind(SUMMARY_RECIPIENTS as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        rows::attach_recipients(items, &rows);
+        Ok(())
+    }
+
+    /// Messages per status, from the counters the triggers keep (one row: as fast at a million as at ten).
     pub async fn counts(&self) -> Result<HashMap<MessageStatus, u64>, StoreError> {
-        let rows = sqlx::query("SELECT status, COUNT(*) FROM messages GROUP BY status")
+        let row = sqlx::query(
+            "SELECT scheduled, queued, sending, deferred, delivered, failed, cancelled
+             FROM status_counts WHERE shard = 0",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(counts_from(|i| row.get::<i64, _>(i)))
+    }
+
+    /// Messages accepted, delivered, failed and deferred per `bucket_ms` (a multiple of a minute), for the
+    /// buckets from the one holding `since` on that have any; ascending.
+    pub async fn activity(
+        &self,
+        since: Millis,
+        bucket_ms: i64,
+    ) -> Result<Vec<ActivityBucket>, StoreError> {
+        let from = activity_start(since, bucket_ms)?;
+        let rows = sqlx::query(
+            "SELECT minute / ?1 * ?1 AS start, SUM(accepted), SUM(delivered), SUM(failed), SUM(deferred)
+             FROM activity WHERE minute >= ?2 GROUP BY start ORDER BY start",
+        )
+            .bind(bucket_ms)
+            .bind(from)
             .fetch_all(&self.reader)
             .await?;
-        let mut counts = HashMap::new();
-        for row in rows {
-            if let Ok(status) = MessageStatus::from_str(row.get::<&str, _>(0)) {
-                counts.insert(status, row.get::<i64, _>(1) as u64);
-            }
-        }
-        Ok(counts)
+        Ok(rows.iter().map(rows::activity).collect())
+    }
+
+    /// Drops per-minute activity older than `before`; returns the minutes dropped.
+    pub async fn prune_activity(&self, before: Millis) -> Result<u64, StoreError> {
+        self.execute(
+            "DELETE FROM activity WHERE minute < ?1",
+            vec![before.into()],
+        )
+        .await
+    }
+
+    /// Adds a line to a message's timeline, at the store's clock; `false` when there is no such message.
+    pub async fn append_event(
+        &self,
+        id: &str,
+        kind: &str,
+        detail: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let added = self
+            .execute(
+                "INSERT INTO events (message_id, at, type, recipient, detail)
+                 SELECT ?1, ?2, ?3, NULL, ?4 WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
+                vec![
+                    id.into(),
+                    self.clock.now().into(),
+                    kind.into(),
+                    detail.map_or(Param::Null, Param::Text),
+                ],
+            )
+            .await?;
+        Ok(added > 0)
     }
 
     /// The earliest time any live message is due, so an idle worker can sleep exactly until then.
@@ -668,6 +867,46 @@ impl SqliteStore {
     }
 }
 
+/// The columns `rows::summary` reads, from `messages m`.
+const SUMMARY_COLUMNS: &str = "m.id, m.status, m.created_at, m.sender, m.subject, m.attempts";
+
+/// The status and recipient filters, on `messages m`.
+fn push_filters(sql: &mut QueryBuilder<Sqlite>, query: &SearchQuery) {
+    if let Some(status) = query.status {
+        sql.push(" AND m.status = ").push_bind(status.as_str());
+    }
+    if let Some(to) = &query.to {
+        sql.push(" AND m.id IN (SELECT message_id FROM recipients WHERE address = ")
+            .push_bind(to.clone())
+            .push(")");
+    }
+}
+
+/// since / until / cursor on the given created_at and id columns.
+fn push_time_filters(
+    sql: &mut QueryBuilder<Sqlite>,
+    query: &SearchQuery,
+    cursor: Option<&(Millis, String)>,
+    created_at: &str,
+    id: &str,
+) {
+    if let Some(since) = query.since {
+        sql.push(format!(" AND {created_at} >= ")).push_bind(since);
+    }
+    if let Some(until) = query.until {
+        sql.push(format!(" AND {created_at} < ")).push_bind(until);
+    }
+    if let Some((at, cursor_id)) = cursor {
+        sql.push(format!(" AND ({created_at} < "))
+            .push_bind(*at)
+            .push(format!(" OR ({created_at} = "))
+            .push_bind(*at)
+            .push(format!(" AND {id} < "))
+            .push_bind(cursor_id.clone())
+            .push("))");
+    }
+}
+
 /// Copies committed WAL pages into the database file, beside the writer. PASSIVE never blocks the writer or
 /// readers; when it has caught up, SQLite starts the WAL over from the beginning, so the file stops growing.
 /// Ends when the writer ends (its sender drops).
@@ -691,6 +930,27 @@ struct Writer {
     written: std::sync::mpsc::Sender<()>,
     clock: Arc<dyn Clock>,
     max_group: usize,
+    order: CreatedOrder,
+}
+
+/// The writer's watch on creation order: the latest created_at stored, and the flag `search` reads.
+struct CreatedOrder {
+    latest: Millis,
+    in_order: Arc<AtomicBool>,
+}
+
+impl CreatedOrder {
+    /// Called before storing a message created at `now`: a clock that went back breaks the order for good,
+    /// recorded in the same transaction (and at once in memory, so no search relies on it from now on).
+    fn check(&mut self, db: &mut RawDb, now: Millis) -> DbResult<()> {
+        if now < self.latest && self.in_order.load(Ordering::Relaxed) {
+            self.in_order.store(false, Ordering::Relaxed);
+            db.stmt("UPDATE store_facts SET value = 1 WHERE name = 'created_out_of_order'")?
+                .execute()?;
+        }
+        self.latest = self.latest.max(now);
+        Ok(())
+    }
 }
 
 impl Writer {
@@ -719,7 +979,7 @@ impl Writer {
         let result = (|| {
             self.db.exec("BEGIN IMMEDIATE")?;
             for op in &group {
-                answers.push(apply_one(&mut self.db, op, now)?);
+                answers.push(apply_one(&mut self.db, &mut self.order, op, now)?);
             }
             self.db.exec("COMMIT")
         })();
@@ -785,12 +1045,17 @@ impl WriteOp {
     }
 }
 
-fn apply_one(db: &mut RawDb, op: &WriteOp, now: Millis) -> DbResult<Answer> {
+fn apply_one(
+    db: &mut RawDb,
+    order: &mut CreatedOrder,
+    op: &WriteOp,
+    now: Millis,
+) -> DbResult<Answer> {
     Ok(match op {
         WriteOp::Execute { sql, params, .. } => {
             Answer::Count(db.stmt(sql)?.bind(params.iter().map(Param::value))?.execute()?)
         }
-        WriteOp::Accept { messages, .. } => Answer::Accepted(accept(db, messages, now)?),
+        WriteOp::Accept { messages, .. } => Answer::Accepted(accept(db, order, messages, now)?),
         WriteOp::Claim { owner, lease, limit, .. } => {
             Answer::Claimed(claim(db, owner, now, now + lease.as_millis() as Millis, *limit)?)
         }
@@ -833,7 +1098,12 @@ fn event(
     Ok(())
 }
 
-fn accept(db: &mut RawDb, messages: &[NewMessage], now: Millis) -> DbResult<Vec<Accepted>> {
+fn accept(
+    db: &mut RawDb,
+    order: &mut CreatedOrder,
+    messages: &[NewMessage],
+    now: Millis,
+) -> DbResult<Vec<Accepted>> {
     let mut results = Vec::with_capacity(messages.len());
     // Shared parts used by the messages stored now, with how many use each (one write per blob per op).
     let mut blob_refs: HashMap<[u8; 32], (&SharedBlob, i64)> = HashMap::new();
@@ -870,6 +1140,7 @@ fn accept(db: &mut RawDb, messages: &[NewMessage], now: Millis) -> DbResult<Vec<
         if let Some(key) = message.idempotency_key.as_deref() {
             made_here.insert(key, (message.id.clone(), status));
         }
+        order.check(db, now)?;
 
         for segment in &message.raw {
             if let RawSegment::Shared { blob, .. } = segment {
@@ -929,11 +1200,39 @@ fn accept(db: &mut RawDb, messages: &[NewMessage], now: Millis) -> DbResult<Vec<
             ])?
             .execute()?;
         }
+        for tag in &message.tags {
+            // OR IGNORE: a tag listed twice is one row.
+            db.stmt(
+                "INSERT OR IGNORE INTO message_tags (tag, created_at, message_id) VALUES (?1, ?2, ?3)",
+            )?
+            .bind([Value::Text(tag), now.into(), Value::Text(&message.id)])?
+            .execute()?;
+        }
         event(db, &message.id, now, status.as_str(), None, None)?;
         results.push(Accepted::New {
             id: message.id.clone(),
             status,
         });
+    }
+    // What the INSERT trigger on PostgreSQL counts, once per group here (see migrations/sqlite/0002).
+    let new = |wanted: MessageStatus| {
+        results
+            .iter()
+            .filter(|a| matches!(a, Accepted::New { status, .. } if *status == wanted))
+            .count() as i64
+    };
+    let (queued, scheduled) = (new(MessageStatus::Queued), new(MessageStatus::Scheduled));
+    if queued + scheduled > 0 {
+        db.stmt("UPDATE status_counts SET queued = queued + ?1, scheduled = scheduled + ?2 WHERE shard = 0")?
+            .bind([queued.into(), scheduled.into()])?
+            .execute()?;
+        db.stmt(
+            "INSERT INTO activity (minute, shard, accepted)
+             VALUES (CAST(unixepoch('subsec') * 1000 AS INTEGER) / 60000 * 60000, 0, ?1)
+             ON CONFLICT (minute, shard) DO UPDATE SET accepted = accepted + excluded.accepted",
+        )?
+        .bind([(queued + scheduled).into()])?
+        .execute()?;
     }
     for (hash, (blob, refs)) in blob_refs {
         // Stored once; `blob_refs` counts the bodies that use it, so pruning knows when it is unused.
