@@ -1,8 +1,10 @@
-//! Herald's service library: the store, the queue and (later) the API, shared by the binary and its tests.
+//! Herald's service library: the store, the queue, delivery, the API and the dashboard, shared by the binary
+//! and its tests.
 
 pub mod api;
 pub mod clock;
 pub mod config;
+mod dashboard;
 pub mod delivery;
 pub mod queue;
 pub mod relay;

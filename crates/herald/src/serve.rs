@@ -15,7 +15,8 @@ use crate::{
     clock::{Clock, SystemClock},
     config::{Config, redact_url},
     delivery::{
-        CaptureTransport, Engine, EngineOptions, Route, Routes, SmtpTransport, Transport as _,
+        CaptureTransport, Engine, EngineOptions, RelayBoard, Route, Routes, SmtpTransport,
+        Transport as _,
     },
     relay::Relay,
     service::Service,
@@ -62,13 +63,17 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let addr = listener.local_addr()?;
 
     let (stop, stopped) = watch::channel(false);
+    let relays = RelayBoard::default();
     let options = EngineOptions {
         concurrency: config.concurrency,
         retry: config.retry.clone(),
         lease: config.lease,
+        board: relays.clone(),
         ..Default::default()
     };
-    let engine: JoinHandle<Result<(), crate::store::StoreError>> = match relay_routes(&config)? {
+    let routes = relay_routes(&config)?;
+    let capture_inbox = routes.is_none();
+    let engine: JoinHandle<Result<(), crate::store::StoreError>> = match routes {
         Some(routes) => {
             for route in routes.relays() {
                 tracing::info!(
@@ -96,10 +101,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let mut service = Service::new(store.clone());
     service.default_from = config.default_from.clone();
     service.message_id_domain = config.message_id_domain.clone();
-    let app = api::router(
-        AppState::new(service, config.api_token.as_deref()),
-        config.body_limit,
-    );
+    let mut state = AppState::new(service, config.api_token.as_deref());
+    state.relays = relays;
+    state.capture_inbox = capture_inbox;
+    state.stopping = Some(stopped.clone());
+    let app = api::router(state, config.body_limit);
 
     let housekeeping = tokio::spawn(prune_periodically(
         store.clone(),

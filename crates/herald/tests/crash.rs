@@ -45,9 +45,10 @@ impl Node {
                 format!("smtp://127.0.0.1:{}?tls=none", relay.port()),
             )
             .env("HERALD_RETRY", "1s")
-            // A short lease so a killed node's claimed messages return within the test, yet long enough that a
-            // live node on a loaded 2-core machine always finishes a delivery inside it (or it would be resent).
-            .env("HERALD_LEASE", "10s")
+            // A short lease so a killed node's claimed messages return within the test (settle waits 60 s), yet long
+            // enough that a live node on a loaded 2-core machine always finishes a delivery inside it (or it would
+            // be resent: leases are not renewed). 10 s proved too short when other builds shared the machine.
+            .env("HERALD_LEASE", "25s")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

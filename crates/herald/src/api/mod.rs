@@ -17,7 +17,7 @@ use axum::{
     extract::{DefaultBodyLimit, Path, Query, Request, State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
     routing::{get, post, put},
 };
 pub use error::ApiError;
@@ -26,6 +26,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::{
+    dashboard,
+    delivery::RelayBoard,
     service::{Service, SubmitError, format_rfc3339, join, parse_rfc3339},
     store::{Accepted, CancelOutcome, MessageStatus, MessageView, SearchQuery, StoreError},
 };
@@ -38,6 +40,12 @@ pub struct AppState {
     pub token_hashes: Arc<Vec<[u8; 32]>>,
     /// What the store said about tokens created with `herald token create`, for a moment.
     stored_tokens: Arc<StoredTokens>,
+    /// Each relay's state, kept by the delivery engine, for the dashboard.
+    pub relays: RelayBoard,
+    /// No relay is configured: delivered mail is in the built-in capture inbox.
+    pub capture_inbox: bool,
+    /// Turns true when the server stops, so that live streams end and let it.
+    pub stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// How long the API trusts what it learnt from the store about tokens. A token revoked with `herald token
@@ -63,11 +71,14 @@ impl AppState {
             service,
             token_hashes: Arc::new(token_hashes),
             stored_tokens: Arc::default(),
+            relays: RelayBoard::default(),
+            capture_inbox: false,
+            stopping: None,
         }
     }
 
     /// Whether `hash` is the hash of a token in the store (`herald token create`).
-    async fn is_stored_token(&self, hash: &[u8; 32]) -> Result<bool, StoreError> {
+    pub(crate) async fn is_stored_token(&self, hash: &[u8; 32]) -> Result<bool, StoreError> {
         let fresh = |at: &Instant| at.elapsed() < TOKEN_CACHE_TTL;
         if self
             .stored_tokens
@@ -90,7 +101,7 @@ impl AppState {
     }
 
     /// Whether the store holds any token: then the API requires one even without `HERALD_API_TOKEN`.
-    async fn any_stored_token(&self) -> Result<bool, StoreError> {
+    pub(crate) async fn any_stored_token(&self) -> Result<bool, StoreError> {
         if let Some((any, at)) = *self.stored_tokens.any.lock().expect("not poisoned")
             && at.elapsed() < TOKEN_CACHE_TTL
         {
@@ -126,7 +137,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)
-        .route("/", get(dashboard))
+        .merge(dashboard::router(state.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -466,27 +477,6 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         text.push_str(&format!("herald_messages{{status=\"{status}\"}} {n}\n"));
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
-}
-
-/// A first, server-rendered status page; the full dashboard is a later piece of work.
-async fn dashboard(State(state): State<AppState>) -> Result<Html<String>, ApiError> {
-    let counts: HashMap<MessageStatus, u64> = state.service.store.counts().await?;
-    let rows: String = MessageStatus::ALL
-        .iter()
-        .map(|s| {
-            format!(
-                "<tr><th scope=\"row\">{s}</th><td>{}</td></tr>",
-                counts.get(s).copied().unwrap_or(0)
-            )
-        })
-        .collect();
-    Ok(Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
-         content=\"width=device-width, initial-scale=1\"><title>Herald</title></head><body><h1>Herald</h1>\
-         <table><caption>Messages by status</caption>{rows}</table>\
-         <p>API: <a href=\"/openapi.json\">/openapi.json</a> · metrics: <a href=\"/metrics\">/metrics</a></p>\
-         </body></html>"
-    )))
 }
 
 impl From<StoreError> for ApiError {

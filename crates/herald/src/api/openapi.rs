@@ -129,7 +129,7 @@ pub fn document() -> Value {
             "/readyz": {"get": {"summary": "Store reachable", "security": [], "responses": {"200": {"description": "ready"}, "503": error_response("Store unreachable")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "Prometheus text format"}}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}},
-            "/": {"get": {"summary": "Dashboard (HTML)", "security": [], "responses": {"200": {"description": "HTML"}}}}
+            "/": {"get": {"summary": "Dashboard overview (HTML); the other dashboard pages are described in the README", "security": [], "responses": {"200": {"description": "HTML"}, "303": {"description": "Sign-in needed: redirect to /login"}}}}
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

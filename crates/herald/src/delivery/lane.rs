@@ -43,10 +43,12 @@ pub(super) struct RelayWorker<T> {
     queue: Mutex<Queue>,
     wake: Notify,
     paused_until: Mutex<Option<tokio::time::Instant>>,
+    pub health: Arc<super::health::RelayHealth>,
 }
 
 impl<T: Transport> RelayWorker<T> {
-    pub fn new(route: Route<T>) -> Self {
+    pub fn new(route: Route<T>, board: &super::RelayBoard) -> Self {
+        let health = board.register(&route.name, route.transport.sessions());
         let rate = route
             .limits
             .rate
@@ -59,6 +61,7 @@ impl<T: Transport> RelayWorker<T> {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             paused_until: Mutex::new(None),
+            health,
         }
     }
 
@@ -115,6 +118,7 @@ impl<T: Transport> RelayWorker<T> {
         let mut paused = self.paused_until.lock().expect("pause lock");
         if paused.is_none_or(|current| current < until) {
             *paused = Some(until);
+            self.health.paused_for(pause);
         }
     }
 
@@ -299,7 +303,13 @@ pub(super) async fn run_lane<T: Transport>(
                 (envelope, std::mem::take(&mut job.message.raw))
             })
             .collect();
-        let deliveries = worker.transport.deliver_batch(items).await;
+        let deliveries = {
+            let _busy = worker.health.busy();
+            worker.transport.deliver_batch(items).await
+        };
+        worker
+            .health
+            .set_open_sessions(worker.transport.open_sessions());
         debug_assert_eq!(deliveries.len(), batch.jobs.len(), "one result per message");
         // Pause first, so that no message is handed to this relay between the failure and the pause.
         if let Some(reason) = deliveries.iter().find_map(|delivery| match delivery {
@@ -317,7 +327,9 @@ pub(super) async fn run_lane<T: Transport>(
             let Job {
                 message, permit, ..
             } = job;
-            outcomes.send(outcome_of(&worker.name, message, delivery, &outcomes));
+            let outcome = outcome_of(&worker.name, message, delivery, &outcomes);
+            worker.health.record(&outcome);
+            outcomes.send(outcome);
             drop(permit);
         }
     }

@@ -8,6 +8,7 @@
 //! network I/O (invariant 2): the claim commits before the first byte goes out.
 
 mod capture;
+mod health;
 mod lane;
 mod limits;
 mod route;
@@ -22,6 +23,7 @@ use tokio::{
 };
 
 pub use capture::CaptureTransport;
+pub use health::{RelayBoard, RelaySnapshot};
 pub use limits::{DEFAULT_BATCH, RateLimit, RelayLimits, TokioClock};
 pub use route::{Route, RouteError, Routes};
 pub use smtp::SmtpTransport;
@@ -99,6 +101,11 @@ pub trait Transport: Send + Sync + 'static {
         1
     }
 
+    /// Sessions open now (an SMTP pool's idle and busy connections); a transport without sessions has none.
+    fn open_sessions(&self) -> usize {
+        0
+    }
+
     /// Housekeeping the engine runs now and then (an SMTP pool closes sessions past their idle time).
     fn maintain(&self) -> impl std::future::Future<Output = ()> + Send {
         async {}
@@ -135,6 +142,8 @@ pub struct EngineOptions {
     pub idle_poll: Duration,
     /// How often transports do their housekeeping (closing idle sessions past their time).
     pub maintenance: Duration,
+    /// Where the engine shows each relay's state (the dashboard reads it).
+    pub board: RelayBoard,
 }
 
 impl Default for EngineOptions {
@@ -148,6 +157,7 @@ impl Default for EngineOptions {
             shutdown_grace: Duration::from_secs(30),
             idle_poll: Duration::from_secs(1),
             maintenance: Duration::from_secs(10),
+            board: RelayBoard::default(),
         }
     }
 }
@@ -220,7 +230,7 @@ impl<T: Transport> Engine<T> {
         let (relays, route_table) = routes.into_parts();
         let workers: Vec<Arc<lane::RelayWorker<T>>> = relays
             .into_iter()
-            .map(|route| Arc::new(lane::RelayWorker::new(route)))
+            .map(|route| Arc::new(lane::RelayWorker::new(route, &options.board)))
             .collect();
         let mut lanes = JoinSet::new();
         for worker in &workers {
@@ -244,6 +254,9 @@ impl<T: Transport> Engine<T> {
                     }
                     for worker in &workers {
                         worker.transport.maintain().await;
+                        worker
+                            .health
+                            .set_open_sessions(worker.transport.open_sessions());
                     }
                 }
             })

@@ -116,6 +116,10 @@ impl Transport for SmtpTransport {
         self.pool.config().max_connections
     }
 
+    fn open_sessions(&self) -> usize {
+        self.pool.stats().open
+    }
+
     async fn maintain(&self) {
         self.pool.close_expired().await;
     }

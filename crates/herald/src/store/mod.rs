@@ -96,6 +96,9 @@ impl Store {
         pub async fn token_hash_exists(&self, hash: &[u8; 32]) -> Result<bool, StoreError>;
         pub async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError>;
         pub async fn revoke_token(&self, name: &str) -> Result<bool, StoreError>;
+        pub async fn create_session(&self, hash: &[u8; 32], token_hash: &[u8; 32], expires_at: Millis) -> Result<(), StoreError>;
+        pub async fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError>;
+        pub async fn delete_session(&self, hash: &[u8; 32]) -> Result<bool, StoreError>;
     }
 
     /// Stores messages durably (see [`SqliteStore::accept`]); counts what was new for `/metrics`.

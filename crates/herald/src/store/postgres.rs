@@ -24,8 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Accepted, ActivityBucket, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient,
     MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus,
-    SUMMARY_RECIPIENTS, SearchPage, SearchQuery, StoreError, StoredTemplate, TemplateSource,
-    TokenInfo, WorkSignal,
+    SUMMARY_RECIPIENTS, SearchPage, SearchQuery, SessionInfo, StoreError, StoredTemplate,
+    TemplateSource, TokenInfo, WorkSignal,
     raw::{self, RawSegment, SharedBlob},
     rows,
     rows::counts_from,
@@ -56,6 +56,11 @@ fn migrator() -> Migrator {
             2,
             "dashboard",
             include_str!("../../migrations/postgres/0002_dashboard.sql"),
+        ),
+        migration(
+            3,
+            "dashboard sessions",
+            include_str!("../../migrations/postgres/0003_dashboard_sessions.sql"),
         ),
     ])
 }
@@ -721,6 +726,48 @@ impl PgStore {
     pub async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM api_tokens WHERE name = $1")
             .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Stores a dashboard session (by the SHA-256 of its secret) and drops expired ones.
+    pub async fn create_session(
+        &self,
+        hash: &[u8; 32],
+        token_hash: &[u8; 32],
+        expires_at: Millis,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM dashboard_sessions WHERE expires_at < $1")
+            .bind(self.clock.now())
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO dashboard_sessions (hash, token_hash, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(&hash[..])
+        .bind(&token_hash[..])
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The token hash and expiry of a live session.
+    pub async fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError> {
+        let row = sqlx::query(
+            "SELECT token_hash, expires_at FROM dashboard_sessions WHERE hash = $1 AND expires_at > $2",
+        )
+        .bind(&hash[..])
+        .bind(self.clock.now())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|r| rows::session_info(r.get(0), r.get(1))))
+    }
+
+    pub async fn delete_session(&self, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM dashboard_sessions WHERE hash = $1")
+            .bind(&hash[..])
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use super::{
     ActivityBucket, Event, MessageStatus, MessageSummary, MessageView, RecipientView, SearchPage,
-    StoredTemplate, TemplateSource,
+    SessionInfo, StoredTemplate, TemplateSource,
 };
 
 /// What a row type must decode for the mappings below.
@@ -200,4 +200,12 @@ pub(super) fn counts_from(column: impl Fn(usize) -> i64) -> HashMap<MessageStatu
             (n > 0).then_some((*status, n as u64))
         })
         .collect()
+}
+
+/// A session row; `None` when the stored token hash is not 32 bytes (a row this code did not write).
+pub fn session_info(token_hash: Vec<u8>, expires_at: super::Millis) -> Option<SessionInfo> {
+    Some(SessionInfo {
+        token_hash: token_hash.try_into().ok()?,
+        expires_at,
+    })
 }

@@ -339,3 +339,10 @@ pub struct TokenInfo {
     pub name: String,
     pub created_at: Millis,
 }
+
+/// A dashboard session: which token it was opened with (its hash) and until when it is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub token_hash: [u8; 32],
+    pub expires_at: Millis,
+}

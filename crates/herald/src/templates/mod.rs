@@ -260,6 +260,17 @@ impl TemplateSet {
         Ok(Self::with_catalog(name.to_owned(), catalog, limits))
     }
 
+    /// A set whose root is an unsaved draft (the dashboard's editor); the templates it extends or includes
+    /// are loaded from the store as rendering asks for them, as for a stored template.
+    pub fn draft(source: TemplateSource, limits: Limits) -> Self {
+        let name = source.name.clone();
+        let catalog = Catalog {
+            sources: HashMap::from([(name.clone(), source)]),
+            ..Default::default()
+        };
+        Self::with_catalog(name, catalog, limits)
+    }
+
     /// A set over sources given directly, with no store behind it: a name not given does not exist.
     pub fn from_sources(
         root: &str,

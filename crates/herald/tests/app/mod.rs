@@ -37,6 +37,8 @@ pub struct Options {
     pub relay: Option<fn() -> ServerConfig>,
     /// More settings, e.g. `&[("HERALD_CONCURRENCY", "1")]`.
     pub env: &'static [(&'static str, &'static str)],
+    /// No `HERALD_RELAY_URL`: mail goes to the built-in capture inbox instead of the test relay.
+    pub capture_inbox: bool,
 }
 
 pub const DEFAULTS: Options = Options {
@@ -45,6 +47,7 @@ pub const DEFAULTS: Options = Options {
     body_limit: None,
     relay: None,
     env: &[],
+    capture_inbox: false,
 };
 
 /// Starts a server on `backend`, or `None` when that backend is not available here (PostgreSQL without
@@ -59,11 +62,13 @@ pub async fn spawn_app(backend: Backend, options: Options) -> Option<TestApp> {
     let mut values: HashMap<String, String> = HashMap::from([
         ("HERALD_LISTEN".into(), "127.0.0.1:0".into()),
         ("HERALD_DATABASE_URL".into(), database_url.clone()),
-        (
+    ]);
+    if !options.capture_inbox {
+        values.insert(
             "HERALD_RELAY_URL".into(),
             format!("smtp://127.0.0.1:{}?tls=none", relay.port()),
-        ),
-    ]);
+        );
+    }
     if let Some(token) = options.api_token {
         values.insert("HERALD_API_TOKEN".into(), token.into());
     }

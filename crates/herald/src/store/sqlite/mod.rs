@@ -31,8 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Accepted, ActivityBucket, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient,
     MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus,
-    SUMMARY_RECIPIENTS, SearchPage, SearchQuery, StoreError, StoredTemplate, TemplateSource,
-    TokenInfo, WorkSignal,
+    SUMMARY_RECIPIENTS, SearchPage, SearchQuery, SessionInfo, StoreError, StoredTemplate,
+    TemplateSource, TokenInfo, WorkSignal,
     raw::{self, RawSegment, SharedBlob},
     rows::{self, counts_from},
     search::{activity_start, fts5_query, parse_cursor},
@@ -208,6 +208,11 @@ fn migrator() -> Migrator {
             2,
             "dashboard",
             include_str!("../../../migrations/sqlite/0002_dashboard.sql"),
+        ),
+        migration(
+            3,
+            "dashboard sessions",
+            include_str!("../../../migrations/sqlite/0003_dashboard_sessions.sql"),
         ),
     ])
 }
@@ -854,6 +859,52 @@ impl SqliteStore {
     pub async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self
             .execute("DELETE FROM api_tokens WHERE name = ?1", vec![name.into()])
+            .await?
+            > 0)
+    }
+
+    /// Stores a dashboard session (by the SHA-256 of its secret) and drops expired ones.
+    pub async fn create_session(
+        &self,
+        hash: &[u8; 32],
+        token_hash: &[u8; 32],
+        expires_at: Millis,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM dashboard_sessions WHERE expires_at < ?1",
+            vec![self.clock.now().into()],
+        )
+        .await?;
+        self.execute(
+            "INSERT INTO dashboard_sessions (hash, token_hash, expires_at) VALUES (?1, ?2, ?3)",
+            vec![
+                Param::Blob(hash.to_vec()),
+                Param::Blob(token_hash.to_vec()),
+                expires_at.into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The token hash and expiry of a live session.
+    pub async fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError> {
+        let row = sqlx::query(
+            "SELECT token_hash, expires_at FROM dashboard_sessions WHERE hash = ? AND expires_at > ?",
+        )
+        .bind(&hash[..])
+        .bind(self.clock.now())
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.and_then(|r| rows::session_info(r.get(0), r.get(1))))
+    }
+
+    pub async fn delete_session(&self, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(self
+            .execute(
+                "DELETE FROM dashboard_sessions WHERE hash = ?1",
+                vec![Param::Blob(hash.to_vec())],
+            )
             .await?
             > 0)
     }

@@ -1,0 +1,608 @@
+//! The dashboard over HTTP: pages, the message's sandboxed HTML, actions, sign-in and CSRF, the live stream.
+//! (The same pages in a real browser are in `dashboard_browser.rs`.) Every test runs on SQLite and PostgreSQL.
+
+mod app;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use app::{DEFAULTS, Options, TestApp, spawn_app};
+use base64::Engine as _;
+use common::Backend;
+use serde_json::{Value, json};
+
+const CAPTURE: Options = Options {
+    capture_inbox: true,
+    ..DEFAULTS
+};
+
+const TOKEN: &str = "dashboard-secret-token-123";
+
+/// A client that shows redirects instead of following them.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn page(app: &TestApp, path: &str) -> (u16, String) {
+    let response = browser()
+        .get(format!("{}{path}", app.base))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf_of(html: &str) -> String {
+    let start = html
+        .find("name=\"csrf-token\" content=\"")
+        .expect("csrf meta")
+        + 27;
+    html[start..start + html[start..].find('"').unwrap()].to_owned()
+}
+
+/// The `herald_csrf` cookie an open dashboard sets.
+fn cookie_of(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+fn rich_message(subject: &str) -> Value {
+    let png =
+        base64::engine::general_purpose::STANDARD.encode(b"\x89PNG\r\n\x1a\nnot really a png");
+    json!({
+        "from": "Shop <shop@example.test>",
+        "to": ["ana@example.test", "bo@example.test"],
+        "subject": subject,
+        "text": "Your order 1042 has shipped.",
+        "html": "<h1>Shipped</h1><img src=\"cid:logo@shop\" alt=\"logo\"><img src=\"https://tracker.example/pixel.png\"><script>document.title='pwned'</script>",
+        "tags": ["orders", "shipping"],
+        "attachments": [
+            {"filename": "logo.png", "content_type": "image/png", "content_base64": png, "inline": true, "content_id": "logo@shop"},
+            {"filename": "Rechnung März.txt", "content_type": "text/plain", "content_base64": base64::engine::general_purpose::STANDARD.encode("invoice")}
+        ]
+    })
+}
+
+async fn post(app: &TestApp, body: &Value) -> String {
+    let response = app.post_message(body).await;
+    assert_eq!(
+        response.status().as_u16(),
+        202,
+        "{}",
+        response.text().await.unwrap()
+    );
+    let body: Value = response.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+async fn pages_show_the_archive_a_message_and_its_parts(backend: Backend) {
+    let Some(app) = spawn_app(backend, DEFAULTS).await else {
+        return;
+    };
+    let id = post(&app, &rich_message("Order 1042 shipped")).await;
+    app.wait_for_status(&id, "delivered").await;
+
+    let (status, overview) = page(&app, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        overview.contains("data-status=\"delivered\">1<"),
+        "{overview}"
+    );
+    assert!(overview.contains("id=\"overview-data\""));
+
+    let (status, list) = page(&app, "/messages?q=shipped").await;
+    assert_eq!(status, 200);
+    assert!(list.contains(&format!("/messages/{id}")), "{list}");
+    assert!(list.contains("ana@example.test, bo@example.test"));
+    let (_, none) = page(&app, "/messages?q=nothinglikethis").await;
+    assert!(none.contains("No message matches"));
+    let (_, by_tag) = page(&app, "/messages?tag=shipping&status=delivered").await;
+    assert!(by_tag.contains(&format!("/messages/{id}")));
+    let (_, other_tag) = page(&app, "/messages?tag=newsletter").await;
+    assert!(!other_tag.contains(&format!("/messages/{id}")));
+
+    let (status, detail) = page(&app, &format!("/messages/{id}")).await;
+    assert_eq!(status, 200);
+    for expected in [
+        "Order 1042 shipped",
+        "ana@example.test",
+        "250",
+        "sandbox=\"\"",
+        "Your order 1042 has shipped.",
+        "Rechnung März.txt",
+        "Message-ID",
+        "<strong>queued</strong>",
+    ] {
+        assert!(detail.contains(expected), "detail lacks {expected:?}");
+    }
+    assert!(
+        detail.contains("id=\"resend\""),
+        "a delivered message can be resent"
+    );
+    assert!(
+        !detail.contains("id=\"cancel\""),
+        "a delivered message cannot be cancelled"
+    );
+
+    // The HTML is served under a policy that runs no script and fetches nothing remote, with the inline
+    // image made a data: URL.
+    let response = browser()
+        .get(format!("{}/messages/{id}/html", app.base))
+        .send()
+        .await
+        .unwrap();
+    let policy = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        policy.starts_with("sandbox;") && policy.contains("img-src data:;"),
+        "{policy}"
+    );
+    let html = response.text().await.unwrap();
+    assert!(html.contains("src=\"data:image/png;base64,"), "{html}");
+    let allowed = browser()
+        .get(format!("{}/messages/{id}/html?images=1", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        allowed.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("img-src data: https: http:")
+    );
+
+    // Attachments download with their names in any language; the .eml is the exact bytes sent.
+    let attachment = browser()
+        .get(format!("{}/messages/{id}/attachments/1", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(attachment.status().as_u16(), 200);
+    assert!(
+        attachment.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("filename*=UTF-8''Rechnung%20M%C3%A4rz.txt")
+    );
+    assert_eq!(attachment.bytes().await.unwrap().as_ref(), b"invoice");
+    let eml = browser()
+        .get(format!("{}/messages/{id}/raw", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(eml.headers()["content-type"], "message/rfc822");
+    assert_eq!(eml.bytes().await.unwrap(), app.get_raw(&id).await);
+    let raw = app.get_raw(&id).await;
+    assert!(
+        app.relay.transactions().iter().any(|t| t.content == raw),
+        "the archive's bytes are the bytes the relay received"
+    );
+
+    // Unknown things are 404 pages, bad filters 400 pages naming the field.
+    assert_eq!(page(&app, "/messages/nope").await.0, 404);
+    assert_eq!(
+        page(&app, &format!("/messages/{id}/attachments/9")).await.0,
+        404
+    );
+    let (status, bad) = page(&app, "/messages?status=lost").await;
+    assert_eq!(status, 400);
+    assert!(bad.contains("status:") && bad.contains("lost"), "{bad}");
+    let (status, bad) = page(&app, "/messages?since=yesterday").await;
+    assert_eq!(status, 400);
+    assert!(bad.contains("since:"), "{bad}");
+    app.stop().await;
+}
+
+async fn cancel_and_resend_from_the_dashboard(backend: Backend) {
+    let Some(app) = spawn_app(backend, DEFAULTS).await else {
+        return;
+    };
+    let mut scheduled = rich_message("Later");
+    scheduled["send_at"] = json!("2099-01-01T00:00:00Z");
+    let id = post(&app, &scheduled).await;
+    let client = browser();
+    let first = client
+        .get(format!("{}/messages/{id}", app.base))
+        .send()
+        .await
+        .unwrap();
+    let cookie = cookie_of(&first, "herald_csrf").expect("an open dashboard sets a CSRF cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let html = first.text().await.unwrap();
+    assert!(html.contains("id=\"cancel\""));
+    let csrf = csrf_of(&html);
+
+    // Without the token, or from another site, nothing happens.
+    let refused = client
+        .post(format!("{}/messages/{id}/cancel", app.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    let cross = client
+        .post(format!("{}/messages/{id}/cancel", app.base))
+        .header("cookie", &cookie)
+        .header("origin", "https://evil.example")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status().as_u16(), 403);
+    assert_eq!(
+        app.wait_for_status(&id, "scheduled").await["status"],
+        "scheduled"
+    );
+
+    let cancelled = client
+        .post(format!("{}/messages/{id}/cancel", app.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status().as_u16(), 303);
+    app.wait_for_status(&id, "cancelled").await;
+    let again = client
+        .post(format!("{}/messages/{id}/cancel", app.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 409);
+
+    // Resend: a new message with the same bytes, delivered, linked both ways.
+    let resent = client
+        .post(format!("{}/messages/{id}/resend", app.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resent.status().as_u16(), 303);
+    let location = resent.headers()["location"].to_str().unwrap().to_owned();
+    let new_id = location
+        .strip_prefix("/messages/")
+        .and_then(|l| l.split('?').next())
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_id, id);
+    let view = app.wait_for_status(&new_id, "delivered").await;
+    assert_eq!(view["metadata"]["resent_from"], id.as_str());
+    assert_eq!(app.get_raw(&new_id).await, app.get_raw(&id).await);
+    let old: Value = app.get_message(&id).await.json().await.unwrap();
+    assert!(
+        old["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "resent" && e["detail"].as_str().unwrap().contains(&new_id)),
+        "{old:#}"
+    );
+    app.stop().await;
+}
+
+async fn sign_in_is_required_when_a_token_is_set(backend: Backend) {
+    let Some(app) = spawn_app(
+        backend,
+        Options {
+            api_token: Some(TOKEN),
+            ..DEFAULTS
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let client = browser();
+    for path in ["/", "/messages", "/templates", "/inbox", "/messages/x/raw"] {
+        let response = client
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 303, "{path}");
+        assert!(
+            response.headers()["location"]
+                .to_str()
+                .unwrap()
+                .starts_with("/login?next=")
+        );
+    }
+    let events = client
+        .get(format!("{}/events", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status().as_u16(), 401);
+
+    let wrong = client
+        .post(format!("{}/login", app.base))
+        .form(&[("token", "guess"), ("next", "/messages")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    assert!(
+        wrong
+            .text()
+            .await
+            .unwrap()
+            .contains("That token is not valid")
+    );
+
+    let signed_in = client
+        .post(format!("{}/login", app.base))
+        .form(&[("token", TOKEN), ("next", "//evil.example/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status().as_u16(), 303);
+    assert_eq!(signed_in.headers()["location"], "/", "never sent off-site");
+    let set = cookie_of(&signed_in, "herald_session").unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    let session = set.split(';').next().unwrap().to_owned();
+    let secret = session.split_once('=').unwrap().1;
+    // The store keeps only a hash of the cookie's secret.
+    if backend == Backend::Sqlite {
+        let db = std::fs::read(app.dir.path().join("herald.db")).unwrap();
+        let wal = std::fs::read(app.dir.path().join("herald.db-wal")).unwrap_or_default();
+        for bytes in [db, wal] {
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        }
+    }
+
+    let overview = client
+        .get(format!("{}/", app.base))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(overview.status().as_u16(), 200);
+    let html = overview.text().await.unwrap();
+    assert!(html.contains("Sign out"));
+    let csrf = csrf_of(&html);
+
+    let out = client
+        .post(format!("{}/logout", app.base))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status().as_u16(), 303);
+    let after = client
+        .get(format!("{}/", app.base))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        after.status().as_u16(),
+        303,
+        "the session ended on the server"
+    );
+    app.stop().await;
+}
+
+async fn the_template_editor_previews_drafts_and_saves(backend: Backend) {
+    let Some(app) = spawn_app(backend, DEFAULTS).await else {
+        return;
+    };
+    let client = browser();
+    let editor = client
+        .get(format!("{}/templates/welcome", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(editor.status().as_u16(), 200);
+    let cookie = cookie_of(&editor, "herald_csrf").unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let csrf = csrf_of(&editor.text().await.unwrap());
+
+    let preview = |draft: Value, token: &str| {
+        client
+            .post(format!("{}/templates/welcome/preview", app.base))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", token)
+            .json(&draft)
+            .send()
+    };
+    let ok = preview(
+        json!({"subject": "Hi {{ name }}", "html": "<style>p{color:red}</style><p>{{ name }} & co</p>", "data": "{\"name\": \"<Ana>\"}"}),
+        &csrf,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    let body: Value = ok.json().await.unwrap();
+    assert_eq!(body["subject"], "Hi <Ana>");
+    assert!(
+        body["html"].as_str().unwrap().contains("&lt;Ana&gt;"),
+        "{body}"
+    );
+    assert!(
+        body["html"]
+            .as_str()
+            .unwrap()
+            .contains("style=\"color: red"),
+        "CSS inlined: {body}"
+    );
+    assert!(
+        body["text"].as_str().unwrap().contains("<Ana> & co"),
+        "{body}"
+    );
+
+    let broken = preview(
+        json!({"subject": "x", "text": "line one\n{% if %}\n", "data": "{}"}),
+        &csrf,
+    )
+    .await
+    .unwrap();
+    assert_eq!(broken.status().as_u16(), 422);
+    let error: Value = broken.json().await.unwrap();
+    assert_eq!(error["error"]["part"], "text");
+    assert_eq!(error["error"]["line"], 2);
+
+    let bad_data = preview(json!({"subject": "x", "text": "y", "data": "{nope"}), &csrf)
+        .await
+        .unwrap();
+    assert_eq!(bad_data.status().as_u16(), 422);
+    let error: Value = bad_data.json().await.unwrap();
+    assert_eq!(error["error"]["field"], "data");
+    let forged = preview(json!({"subject": "x", "text": "y"}), "forged")
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
+
+    // Saving: an error shows the editor again at its line; a good template is stored.
+    let refused = client
+        .post(format!("{}/templates/welcome", app.base))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("subject", "Hi"),
+            ("text", "a\r\n{{ oops(\r\n"),
+            ("html", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 422);
+    assert!(refused.text().await.unwrap().contains("text, line 2"));
+    assert_eq!(app.get_template("welcome").await.status().as_u16(), 404);
+    let saved = client
+        .post(format!("{}/templates/welcome", app.base))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("subject", "Hi {{ name }}"),
+            ("text", "Hello\r\n{{ name }}\r\n"),
+            ("html", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(saved.status().as_u16(), 303);
+    let stored: Value = app.get_template("welcome").await.json().await.unwrap();
+    assert_eq!(stored["text"], "Hello\n{{ name }}\n");
+    assert!(stored["html"].is_null());
+    let (_, list) = page(&app, "/templates").await;
+    assert!(list.contains("/templates/welcome"));
+    let (status, bad_name) = page(&app, "/templates?new=bad%20name%21").await;
+    assert_eq!(status, 400);
+    assert!(bad_name.contains("name:"));
+    app.stop().await;
+}
+
+async fn the_capture_inbox_lists_and_shows_captured_mail(backend: Backend) {
+    let Some(app) = spawn_app(backend, CAPTURE).await else {
+        return;
+    };
+    let id = post(&app, &rich_message("Captured hello")).await;
+    app.wait_for_status(&id, "delivered").await;
+    let (status, inbox) = page(&app, "/inbox").await;
+    assert_eq!(status, 200);
+    assert!(inbox.contains("Captured hello"));
+    assert!(
+        inbox.contains(&format!("/messages/{id}/html")),
+        "the newest is open in the reading pane"
+    );
+    let (_, searched) = page(&app, "/inbox?q=nothinglikethis").await;
+    assert!(searched.contains("No captured mail matches"));
+    let (_, overview) = page(&app, "/").await;
+    assert!(overview.contains("capture inbox"));
+    app.stop().await;
+}
+
+/// The overview's stream shows a delivery within a second of it being recorded.
+async fn the_live_stream_reflects_a_delivery_within_a_second(backend: Backend) {
+    let Some(app) = spawn_app(backend, DEFAULTS).await else {
+        return;
+    };
+    let mut stream = browser()
+        .get(format!("{}/events", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let mut buffer = String::new();
+    let mut next_overview = async || -> Value {
+        loop {
+            if let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                if let Some(data) = event
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .filter(|_| event.contains("event: overview"))
+                {
+                    return serde_json::from_str(data).unwrap();
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(15), stream.chunk())
+                .await
+                .expect("an event within 15 s")
+                .unwrap()
+                .expect("the stream stays open");
+            buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    };
+    let delivered = |snapshot: &Value| {
+        snapshot["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["status"] == "delivered")
+            .unwrap()["count"]
+            .as_u64()
+            .unwrap()
+    };
+    let first = next_overview().await;
+    assert_eq!(delivered(&first), 0);
+    let id = post(
+        &app,
+        &json!({"from": "a@example.test", "to": "b@example.test", "subject": "live", "text": "x"}),
+    )
+    .await;
+    app.wait_for_status(&id, "delivered").await;
+    let seen = Instant::now();
+    loop {
+        let snapshot = next_overview().await;
+        if delivered(&snapshot) == 1 {
+            break;
+        }
+    }
+    let lag = seen.elapsed();
+    println!("overview showed the delivery {lag:?} after the API did");
+    assert!(lag < Duration::from_secs(1), "took {lag:?}");
+    app.stop().await;
+}
+
+on_both_backends!(
+    pages_show_the_archive_a_message_and_its_parts,
+    cancel_and_resend_from_the_dashboard,
+    sign_in_is_required_when_a_token_is_set,
+    the_template_editor_previews_drafts_and_saves,
+    the_capture_inbox_lists_and_shows_captured_mail,
+    the_live_stream_reflects_a_delivery_within_a_second,
+);
