@@ -60,7 +60,7 @@ pub struct BenchQueueArgs {
     pub keep: bool,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -311,7 +311,7 @@ pub fn run_store(args: BenchStoreArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn small(i: usize) -> NewMessage {
+pub(super) fn small(i: usize) -> NewMessage {
     NewMessage {
         id: uuid::Uuid::now_v7().to_string(),
         sender: "shop@example.test".into(),

@@ -2,6 +2,7 @@
 
 mod bench_compose;
 mod bench_e2e;
+mod bench_queries;
 mod bench_smtp;
 mod bench_store;
 mod compose;
@@ -50,6 +51,8 @@ pub enum BenchCommand {
     Store(bench_store::BenchStoreArgs),
     /// Fill the queue and measure claim latency and resident memory at several lengths.
     Queue(bench_store::BenchQueueArgs),
+    /// Fill an archive (1,000,000 messages by default) and time the dashboard's reads: p50 and p99.
+    Queries(bench_queries::BenchQueriesArgs),
 }
 
 /// Runs one parsed command line and returns the process exit code.
@@ -63,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args),
         Command::Bench(BenchCommand::Store(args)) => bench_store::run_store(args),
         Command::Bench(BenchCommand::Queue(args)) => bench_store::run_queue(args),
+        Command::Bench(BenchCommand::Queries(args)) => bench_queries::run(args),
         Command::Token(args) => token::run(args),
     }
 }

@@ -651,8 +651,10 @@ impl SqliteStore {
         if rows.len() as i64 == want {
             let last = &rows[rows.len() - 1];
             let (last_at, last_rowid): (Millis, i64) = (last.get(2), last.get(6));
+            // `+m.created_at`: not through messages_created, which would probe FTS5 once per message of that
+            // millisecond (measured ~40 µs each); FTS5 walks just that rowid range of its doclist instead.
             let mut ties = build(&|sql| {
-                sql.push(" AND m.created_at = ")
+                sql.push(" AND +m.created_at = ")
                     .push_bind(last_at)
                     .push(" AND messages_fts.rowid < ")
                     .push_bind(last_rowid)
@@ -660,8 +662,7 @@ impl SqliteStore {
                         " AND messages_fts.rowid >= (SELECT MIN(rowid) FROM messages WHERE created_at = ",
                     )
                     .push_bind(last_at)
-                    .push(") ORDER BY m.id DESC LIMIT ")
-                    .push_bind(want);
+                    .push(") ORDER BY messages_fts.rowid DESC");
             });
             let more = ties.build().fetch_all(&self.reader).await?;
             items.extend(more.iter().map(rows::summary));
@@ -948,13 +949,14 @@ fn push_time_filters(
         sql.push(format!(" AND {created_at} < ")).push_bind(until);
     }
     if let Some((at, cursor_id)) = cursor {
-        sql.push(format!(" AND ({created_at} < "))
+        // A row value, which SQLite turns into a range of the (created_at, id) index: the equivalent
+        // `created_at < ? OR (created_at = ? AND id < ?)` was a scan from the newest row down (33 ms half
+        // way through a million messages).
+        sql.push(format!(" AND ({created_at}, {id}) < ("))
             .push_bind(*at)
-            .push(format!(" OR ({created_at} = "))
-            .push_bind(*at)
-            .push(format!(" AND {id} < "))
+            .push(", ")
             .push_bind(cursor_id.clone())
-            .push("))");
+            .push(")");
     }
 }
 

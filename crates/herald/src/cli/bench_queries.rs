@@ -1,0 +1,354 @@
+//! `herald bench queries`: the dashboard's reads on a large archive.
+//!
+//! Fills a store with `--messages` varied messages (several recipients, tags, common and rare words, created
+//! over 30 days, most delivered, some failed, deferred or still queued), fills per-minute activity for all 8
+//! days it is kept, then times each read the dashboard makes, `--runs` times: median and p99.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use herald::{
+    clock::{Clock, ManualClock, SystemClock},
+    store::{
+        AttemptOutcome, MessageStatus, NewMessage, NewRecipient, RecipientKind, RecipientResult,
+        RecipientStatus, SearchQuery, Store,
+    },
+};
+
+use super::bench_store::{runtime, small};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchQueriesArgs {
+    /// Messages in the archive.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: usize,
+    /// Timed runs of each query.
+    #[arg(long, default_value_t = 50)]
+    pub runs: usize,
+    /// Store URL (e.g. postgres://…, which must be an empty database); default: a fresh SQLite file in a
+    /// temporary directory.
+    #[arg(long, alias = "database")]
+    pub database_url: Option<String>,
+    /// Keep the temporary SQLite database and print its path.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Messages per accept call: one group commit, so one created_at shared by this many messages.
+const PER_ACCEPT: usize = 500;
+const DAY_MS: i64 = 86_400_000;
+
+/// A deterministic hash of `i` and a salt (splitmix64), so that every run builds the same archive.
+fn mix(i: usize, salt: u64) -> u64 {
+    let mut z = (i as u64)
+        .wrapping_add(salt.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The address `customer<k>` of 200,000 customers, each in about a dozen messages.
+fn customer(k: u64) -> String {
+    format!("customer{}@example{}.test", k % 200_000, k % 7)
+}
+
+/// Message `i`: the bench's small message, with 1 to 4 recipients, 0 to 2 tags and words to search.
+/// "order" is in half the subjects; "zebra" in one message of 10,000.
+fn varied(i: usize) -> NewMessage {
+    let mut m = small(i);
+    let h = mix(i, 1);
+    m.recipients = (0..1 + h % 4)
+        .map(|r| NewRecipient {
+            address: if r == 3 && mix(i, 6) % 100 < 20 {
+                // A shared mailbox in 5% of messages (a fifth of those with 4 recipients): 50,000 messages.
+                "ops@example.test".into()
+            } else {
+                customer(mix(i, 10 + r))
+            },
+            kind: if r == 0 {
+                RecipientKind::To
+            } else {
+                RecipientKind::Cc
+            },
+        })
+        .collect();
+    m.subject = match h % 10 {
+        0..=4 => format!("Your order {} has shipped", 100_000 + i),
+        5 | 6 => format!("Welcome aboard, customer {}", h % 200_000),
+        7 => "Password reset requested".into(),
+        _ => format!("Invoice {} is ready", 200_000 + i),
+    };
+    m.search_text = format!(
+        "Hello {}, thank you for shopping with us.{}",
+        m.recipients[0].address,
+        if mix(i, 2).is_multiple_of(10_000) {
+            " Your zebra plush is on its way."
+        } else {
+            ""
+        }
+    );
+    let t = mix(i, 3) % 1_000;
+    m.tags = match t {
+        0 => vec!["vip".into(), "receipt".into()],
+        1..=300 => vec!["receipt".into()],
+        301..=500 => vec!["welcome".into()],
+        501..=550 => vec!["password-reset".into()],
+        551..=950 => vec!["newsletter".into(), "eu".into()],
+        _ => vec![],
+    };
+    m
+}
+
+/// One timed read: runs against the store, answers how many rows it got.
+type Query = Box<dyn Fn(Store) -> Pin<Box<dyn Future<Output = anyhow::Result<usize>>>>>;
+
+fn timed<F, R>(read: F) -> Query
+where
+    F: Fn(Store) -> R + 'static,
+    R: Future<Output = anyhow::Result<usize>> + 'static,
+{
+    Box::new(move |store| Box::pin(read(store)))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+pub fn run(args: BenchQueriesArgs) -> anyhow::Result<ExitCode> {
+    if args.messages < PER_ACCEPT || args.runs == 0 {
+        bail!("--messages must be at least {PER_ACCEPT} and --runs at least 1");
+    }
+    let dir = tempfile::tempdir()?;
+    runtime()?.block_on(async {
+        let url = args
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+        // The archive spans the last 30 days: the clock starts then and moves on with every accept.
+        let now = SystemClock.now();
+        let clock = ManualClock::new(now - 30 * DAY_MS);
+        let step = 30 * DAY_MS / (args.messages / PER_ACCEPT) as i64;
+        let store = Store::open(&url, Arc::new(clock.clone()))
+            .await
+            .with_context(|| format!("opening {url}"))?;
+        let fill = Instant::now();
+        let mut ids = Vec::with_capacity(args.messages);
+        for start in (0..args.messages).step_by(PER_ACCEPT) {
+            let batch: Vec<NewMessage> = (start..(start + PER_ACCEPT).min(args.messages))
+                .map(|i| {
+                    let mut m = varied(i);
+                    // 3% scheduled for later than the bench ever reaches.
+                    if mix(i, 4) % 100 < 3 {
+                        m.send_at = Some(now + DAY_MS);
+                    }
+                    m
+                })
+                .collect();
+            ids.extend(batch.iter().map(|m| m.id.clone()));
+            store.accept(batch).await?;
+            settle(&store, &clock).await?;
+            clock.advance(Duration::from_millis(step as u64));
+            if start % 100_000 == 0 && start > 0 {
+                eprintln!("  {start} messages in {:.0} s", fill.elapsed().as_secs_f64());
+            }
+        }
+        let filled = fill.elapsed();
+        let counts = store.counts().await?;
+        let activity_rows = fill_activity(&url, now).await?;
+        println!(
+            "archive: {} messages in {:.0} s ({}), counts {:?}; activity: {activity_rows} rows (every minute of 8 days)",
+            args.messages,
+            filled.as_secs_f64(),
+            if url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" },
+            MessageStatus::ALL
+                .iter()
+                .map(|s| format!("{s}={}", counts.get(s).unwrap_or(&0)))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+
+        let page = |q: SearchQuery| SearchQuery { limit: 50, ..q };
+        // A cursor half way through the archive, as paging 10,000 pages down would reach.
+        let middle = store
+            .search(&page(SearchQuery {
+                until: Some(now - 15 * DAY_MS),
+                ..Default::default()
+            }))
+            .await?;
+        let deep = middle.next_cursor.context("no cursor half way")?;
+        let typical = customer(mix(args.messages / 2, 10));
+        let probe = ids[ids.len() / 3].clone();
+        let real_now = SystemClock.now();
+        let search = |q: SearchQuery| {
+            timed(move |s| {
+                let q = q.clone();
+                async move { Ok(s.search(&q).await?.items.len()) }
+            })
+        };
+        let queries: Vec<(String, Query)> = vec![
+            ("counts".into(), timed(|s| async move { Ok(s.counts().await?.len()) })),
+            (
+                "activity(last hour, 1 min)".into(),
+                timed(move |s| async move { Ok(s.activity(real_now - 3_600_000, 60_000).await?.len()) }),
+            ),
+            (
+                "activity(last day, 15 min)".into(),
+                timed(move |s| async move { Ok(s.activity(real_now - DAY_MS, 900_000).await?.len()) }),
+            ),
+            ("search, no filter".into(), search(page(SearchQuery::default()))),
+            (
+                "search status=failed".into(),
+                search(page(SearchQuery { status: Some(MessageStatus::Failed), ..Default::default() })),
+            ),
+            (
+                format!("search to={typical}"),
+                search(page(SearchQuery { to: Some(typical.clone()), ..Default::default() })),
+            ),
+            (
+                "search to=ops@example.test (shared mailbox)".into(),
+                search(page(SearchQuery { to: Some("ops@example.test".into()), ..Default::default() })),
+            ),
+            (
+                "search tag=receipt (30%)".into(),
+                search(page(SearchQuery { tag: Some("receipt".into()), ..Default::default() })),
+            ),
+            (
+                "search tag=vip (0.1%)".into(),
+                search(page(SearchQuery { tag: Some("vip".into()), ..Default::default() })),
+            ),
+            (
+                "search text=order (50%)".into(),
+                search(page(SearchQuery { text: Some("order".into()), ..Default::default() })),
+            ),
+            (
+                "search text=zebra (0.01%)".into(),
+                search(page(SearchQuery { text: Some("zebra".into()), ..Default::default() })),
+            ),
+            (
+                "search page half way down (cursor)".into(),
+                search(page(SearchQuery { cursor: Some(deep.clone()), ..Default::default() })),
+            ),
+            (
+                "search text=order, half way down (cursor)".into(),
+                search(page(SearchQuery {
+                    text: Some("order".into()),
+                    cursor: Some(deep.clone()),
+                    ..Default::default()
+                })),
+            ),
+            (
+                "message(id)".into(),
+                timed(move |s| {
+                    let id = probe.clone();
+                    async move { Ok(usize::from(s.message(&id).await?.is_some())) }
+                }),
+            ),
+        ];
+        println!("{:<52} {:>9} {:>9} {:>6}", "query", "p50 ms", "p99 ms", "rows");
+        for (name, query) in &queries {
+            let rows = query(store.clone()).await?; // warm-up
+            let mut times = Vec::with_capacity(args.runs);
+            for _ in 0..args.runs {
+                let t = Instant::now();
+                query(store.clone()).await?;
+                times.push(t.elapsed());
+            }
+            times.sort();
+            let p99 = times[((times.len() - 1) as f64 * 0.99).round() as usize];
+            println!("{name:<52} {:>9.2} {:>9.2} {rows:>6}", ms(times[times.len() / 2]), ms(p99));
+        }
+        if args.keep && args.database_url.is_none() {
+            let kept = dir.keep();
+            println!("kept {url} (in {})", kept.display());
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Claims what is due and records outcomes: 5% failed, 5% deferred (to retry after the bench), 3% left
+/// sending (under a lease longer than the bench), the rest delivered.
+async fn settle(store: &Store, clock: &ManualClock) -> anyhow::Result<()> {
+    let claimed = store
+        .claim("bench", Duration::from_secs(60 * 86_400), 1_000)
+        .await?;
+    let mut outcomes = Vec::with_capacity(claimed.len());
+    for message in claimed {
+        let h = message
+            .id
+            .bytes()
+            .fold(0_u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let (status, code, retry_at) = match mix(h as usize, 5) % 100 {
+            0..=4 => (RecipientStatus::Failed, 550, None),
+            5..=9 => (
+                RecipientStatus::Deferred,
+                451,
+                Some(clock.now() + 30 * DAY_MS),
+            ),
+            10..=12 => continue,
+            _ => (RecipientStatus::Delivered, 250, None),
+        };
+        outcomes.push(AttemptOutcome {
+            recipients: message
+                .recipients
+                .iter()
+                .map(|r| RecipientResult {
+                    position: r.position,
+                    address: r.address.clone(),
+                    status,
+                    smtp_code: Some(code),
+                    enhanced_status: None,
+                    reply: Some(format!("{code} bench")),
+                })
+                .collect(),
+            id: message.id,
+            retry_at,
+            detail: "bench".into(),
+            counts_attempt: true,
+        });
+    }
+    store.record("bench", outcomes).await?;
+    Ok(())
+}
+
+/// Per-minute activity for every minute of the 8 days it is kept (16 shards on PostgreSQL), as a busy
+/// installation would have: written directly, since the archive above was filled in a few minutes.
+async fn fill_activity(url: &str, now: i64) -> anyhow::Result<u64> {
+    use sqlx::Connection as _;
+    let minutes = 8 * 24 * 60_i64;
+    let first = (now / 60_000 - minutes) * 60_000;
+    if url.starts_with("sqlite") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await?;
+        sqlx::query(
+            "WITH RECURSIVE m(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM m WHERE i + 1 < ?2)
+             INSERT INTO activity (minute, shard, accepted, delivered, failed, deferred)
+             SELECT ?1 + i * 60000, 0, 100, 90, 5, 5 FROM m WHERE true
+             ON CONFLICT (minute, shard) DO NOTHING",
+        )
+        .bind(first)
+        .bind(minutes)
+        .execute(&mut conn)
+        .await?;
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await?;
+        sqlx::query(
+            "INSERT INTO activity (minute, shard, accepted, delivered, failed, deferred)
+             SELECT $1 + m * 60000, s, 100, 90, 5, 5
+             FROM generate_series(0, $2 - 1) AS m, generate_series(0, $3 - 1) AS s
+             ON CONFLICT (minute, shard) DO NOTHING",
+        )
+        .bind(first)
+        .bind(minutes)
+        .bind(16_i64)
+        .execute(&mut conn)
+        .await?;
+    }
+    Ok(minutes as u64 * if url.starts_with("sqlite") { 1 } else { 16 })
+}
