@@ -45,7 +45,7 @@ async fn assert_no_other_console_errors(browser: &Browser, expected: &[(&str, u1
 async fn shown_count(browser: &Browser, status: &str) -> Option<u64> {
     browser
         .eval(&format!(
-            "const n = document.querySelector('.n[data-status=\"{status}\"]'); return n ? Number(n.textContent) : null;"
+            "const n = document.querySelector('.n[data-status=\"{status}\"]'); return n ? Number(n.textContent.replace(/,/g, '')) : null;"
         ))
         .await
         .as_u64()

@@ -79,8 +79,22 @@ static PAGES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     });
     env.add_filter("rfc3339", format_rfc3339);
     env.add_filter("bytes", |n: u64| human_bytes(n));
+    env.add_filter("count", |n: u64| thousands(n));
     env
 });
+
+/// `1000003` → `1,000,003`: counts in the millions stay readable.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
 
 fn human_bytes(n: u64) -> String {
     match n {
@@ -199,6 +213,14 @@ mod tests {
         ] {
             assert!(PAGES.get_template(name).is_ok(), "{name}");
         }
+    }
+
+    #[test]
+    fn counts_get_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_000_003), "1,000,003");
     }
 
     #[test]

@@ -241,6 +241,30 @@ fn safe_next(next: Option<&str>) -> &str {
     }
 }
 
+/// Wrong tokens tried on this node in the last minute: past [`MAX_FAILED_SIGN_INS`], sign-in pauses until
+/// the oldest is a minute old, so guessing a token through the form is slow whatever the token's strength.
+static FAILED_SIGN_INS: FailedSignIns = FailedSignIns(std::sync::Mutex::new(Vec::new()));
+const MAX_FAILED_SIGN_INS: usize = 20;
+const SIGN_IN_WINDOW: Duration = Duration::from_secs(60);
+
+struct FailedSignIns(std::sync::Mutex<Vec<std::time::Instant>>);
+
+impl FailedSignIns {
+    fn record(&self) {
+        let mut failures = self.0.lock().expect("not poisoned");
+        failures.retain(|at| at.elapsed() < SIGN_IN_WINDOW);
+        failures.push(std::time::Instant::now());
+    }
+
+    /// How long sign-in stays closed, if it is.
+    fn refused_for(&self) -> Option<Duration> {
+        let mut failures = self.0.lock().expect("not poisoned");
+        failures.retain(|at| at.elapsed() < SIGN_IN_WINDOW);
+        (failures.len() >= MAX_FAILED_SIGN_INS)
+            .then(|| SIGN_IN_WINDOW.saturating_sub(failures[0].elapsed()))
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub struct LoginQuery {
     next: Option<String>,
@@ -286,6 +310,15 @@ pub async fn login(
             "This request came from another site and was refused.",
         ));
     }
+    if let Some(wait) = FAILED_SIGN_INS.refused_for() {
+        return Err(PageError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Too many wrong tokens in the last minute; try again in {} s.",
+                wait.as_secs().max(1)
+            ),
+        ));
+    }
     let token = form.token.trim();
     if token.is_empty() {
         return login_form(
@@ -296,6 +329,7 @@ pub async fn login(
     }
     let token_hash = sha256(token.as_bytes());
     if !token_is_valid(&state, &token_hash).await? {
+        FAILED_SIGN_INS.record();
         tracing::info!("dashboard sign-in refused: the token is not valid");
         return login_form(
             StatusCode::UNAUTHORIZED,
@@ -309,9 +343,14 @@ pub async fn login(
     store
         .create_session(&sha256(secret.as_bytes()), &token_hash, expires_at)
         .await?;
+    // Behind a TLS-terminating proxy the browser speaks HTTPS: then the cookie never travels in clear.
+    let secure = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
     let cookie = format!(
-        "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-        SESSION_TTL.as_secs()
+        "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        if secure { "; Secure" } else { "" }
     );
     let mut response = Redirect::to(safe_next(form.next.as_deref())).into_response();
     response.headers_mut().append(
@@ -352,6 +391,21 @@ pub async fn logout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sign_in_closes_after_too_many_wrong_tokens() {
+        let failures = FailedSignIns(std::sync::Mutex::new(Vec::new()));
+        for _ in 0..MAX_FAILED_SIGN_INS - 1 {
+            failures.record();
+        }
+        assert!(failures.refused_for().is_none());
+        failures.record();
+        let wait = failures.refused_for().expect("closed after the limit");
+        assert!(
+            wait > Duration::from_secs(55) && wait <= SIGN_IN_WINDOW,
+            "{wait:?}"
+        );
+    }
 
     #[test]
     fn cookies_are_found_among_others() {

@@ -2,6 +2,7 @@
 "use strict";
 
 const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content ?? "";
+const fmt = (n) => Number(n).toLocaleString("en-US");
 const $ = (selector, root = document) => root.querySelector(selector);
 const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
 
@@ -57,7 +58,7 @@ function drawChart(snapshot) {
   now.textContent = "now";
   root.appendChild(now);
   const peak = svg("text", { x: 2, y: 11, class: "axis" });
-  peak.textContent = `${max} / ${range === "hour" ? "min" : "15 min"}`;
+  peak.textContent = `${fmt(max)} / ${range === "hour" ? "min" : "15 min"}`;
   root.appendChild(peak);
   chart.replaceChildren(root);
   const delivered = series.reduce((n, b) => n + b.delivered, 0);
@@ -79,7 +80,7 @@ function renderRelays(relays) {
   body.replaceChildren(...relays.map((r) => {
     const tr = document.createElement("tr");
     tr.append(cell(r.name), cell(`${r.open_sessions} open, ${r.busy_sessions} busy / ${r.max_sessions}`),
-      cell(r.delivered), cell(r.deferred), cell(r.failed));
+      cell(fmt(r.delivered)), cell(fmt(r.deferred)), cell(fmt(r.failed)));
     const state = document.createElement("td");
     const badge = document.createElement("span");
     badge.className = `badge status-${r.paused_until ? "deferred" : "delivered"}`;
@@ -95,10 +96,10 @@ function applySnapshot(snapshot) {
   latest = snapshot;
   for (const { status, count } of snapshot.counts) {
     const node = $(`.n[data-status="${status}"]`);
-    if (node) node.textContent = count;
+    if (node) node.textContent = fmt(count);
   }
   const total = $("#total");
-  if (total) total.textContent = snapshot.total;
+  if (total) total.textContent = fmt(snapshot.total);
   renderRelays(snapshot.relays);
   drawChart(snapshot);
 }
@@ -193,6 +194,7 @@ function startEditor() {
     if (mine !== generation) return;
     const body = await response.json().catch(() => ({}));
     if (response.ok) {
+      for (const field of fields) field.removeAttribute("aria-invalid");
       error.hidden = true;
       error.textContent = "";
       $("#preview-subject").textContent = body.subject;
@@ -219,11 +221,11 @@ function startEditor() {
   preview();
 }
 
-// Selects the erroneous line in a textarea without stealing focus from where the author types.
+// Marks the textarea with the error (until a preview succeeds) without stealing focus from where the author
+// types; the message above the Save button says which line.
 function markLine(textarea, line) {
   textarea.setAttribute("aria-invalid", "true");
   textarea.dataset.errorLine = line;
-  setTimeout(() => textarea.removeAttribute("aria-invalid"), 4000);
 }
 
 document.addEventListener("DOMContentLoaded", () => {

@@ -541,9 +541,13 @@ impl SqliteStore {
             .as_deref()
             .map(fts5_query)
             .filter(|q| !q.is_empty());
+        let busy = match &query.to {
+            Some(to) => self.is_busy_address(to).await?,
+            None => false,
+        };
         let mut items = match text {
             Some(text) if self.created_in_order.load(Ordering::Relaxed) => {
-                self.search_text(query, &text, cursor.as_ref(), want)
+                self.search_text(query, &text, cursor.as_ref(), want, busy)
                     .await?
             }
             text => {
@@ -567,7 +571,7 @@ impl SqliteStore {
                     push_time_filters(&mut sql, query, cursor.as_ref(), "m.created_at", "m.id");
                     " ORDER BY m.created_at DESC, m.id DESC LIMIT "
                 };
-                push_filters(&mut sql, query);
+                push_filters(&mut sql, query, busy);
                 if let Some(text) = text {
                     sql.push(
                         " AND m.rowid IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ",
@@ -586,6 +590,18 @@ impl SqliteStore {
         Ok(page)
     }
 
+    /// Whether `address` has more than [`BUSY_ADDRESS`] messages (counted on the index, stopping there).
+    async fn is_busy_address(&self, address: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM recipients WHERE address = ? LIMIT ?)",
+        )
+        .bind(address)
+        .bind(BUSY_ADDRESS + 1)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(n > BUSY_ADDRESS)
+    }
+
     /// Full-text search for a database whose rowid order is creation order (created_at never decreases as
     /// rowids grow; `CreatedOrder` keeps watch). Ordering a common word's matches by created_at would read
     /// every match (a million for a word in every message); FTS5 instead yields them by descending rowid,
@@ -600,6 +616,7 @@ impl SqliteStore {
         text: &str,
         cursor: Option<&(Millis, String)>,
         want: i64,
+        busy: bool,
     ) -> Result<Vec<MessageSummary>, StoreError> {
         let build = |extra: &dyn Fn(&mut QueryBuilder<Sqlite>)| {
             let mut sql = QueryBuilder::<Sqlite>::new(format!(
@@ -633,7 +650,7 @@ impl SqliteStore {
                 .push("))");
             }
             push_time_filters(&mut sql, query, cursor, "m.created_at", "m.id");
-            push_filters(&mut sql, query);
+            push_filters(&mut sql, query, busy);
             if let Some(tag) = &query.tag {
                 sql.push(" AND EXISTS (SELECT 1 FROM message_tags t WHERE t.tag = ")
                     .push_bind(tag.clone())
@@ -923,16 +940,29 @@ impl SqliteStore {
 const SUMMARY_COLUMNS: &str = "m.id, m.status, m.created_at, m.sender, m.subject, m.attempts";
 
 /// The status and recipient filters, on `messages m`.
-fn push_filters(sql: &mut QueryBuilder<Sqlite>, query: &SearchQuery) {
+/// Status and recipient filters. A recipient's messages are gathered by the address index and sorted, unless
+/// the address is `busy` (a shared mailbox in a large share of the archive: sorting its 50,000 messages took
+/// 330 ms at 1M); then the archive is walked newest first and each message's few recipient rows are probed,
+/// which finds a page after a few thousand rows at most.
+fn push_filters(sql: &mut QueryBuilder<Sqlite>, query: &SearchQuery, busy: bool) {
     if let Some(status) = query.status {
         sql.push(" AND m.status = ").push_bind(status.as_str());
     }
     if let Some(to) = &query.to {
-        sql.push(" AND m.id IN (SELECT message_id FROM recipients WHERE address = ")
-            .push_bind(to.clone())
-            .push(")");
+        if busy {
+            sql.push(" AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.address = ")
+                .push_bind(to.clone())
+                .push(")");
+        } else {
+            sql.push(" AND m.id IN (SELECT message_id FROM recipients WHERE address = ")
+                .push_bind(to.clone())
+                .push(")");
+        }
     }
 }
+
+/// Messages to one address above which [`push_filters`] walks the archive instead of sorting them all.
+const BUSY_ADDRESS: i64 = 2_000;
 
 /// since / until / cursor on the given created_at and id columns.
 fn push_time_filters(
