@@ -282,13 +282,14 @@ async fn every_documented_route_exists_and_probes_answer(backend: Backend) {
         metrics.contains("herald_messages{status=\"delivered\"} 1"),
         "{metrics}"
     );
+    let dashboard = app.get("/").await.text().await.unwrap();
     assert!(
-        app.get("/")
-            .await
-            .text()
-            .await
-            .unwrap()
-            .contains("<h1>Herald</h1>")
+        dashboard.contains("<title>Overview · Herald</title>"),
+        "{dashboard}"
+    );
+    assert!(
+        dashboard.contains("data-status=\"delivered\">1<"),
+        "{dashboard}"
     );
 
     let document: Value = app.get("/openapi.json").await.json().await.unwrap();

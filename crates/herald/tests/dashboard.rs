@@ -55,6 +55,22 @@ fn cookie_of(response: &reqwest::Response, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A form posted as the browser would, with the viewer's cookie.
+async fn submit(
+    client: &reqwest::Client,
+    url: &str,
+    cookie: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    client
+        .post(url)
+        .header("cookie", cookie)
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn rich_message(subject: &str) -> Value {
     let png =
         base64::engine::general_purpose::STANDARD.encode(b"\x89PNG\r\n\x1a\nnot really a png");
@@ -228,13 +244,13 @@ async fn cancel_and_resend_from_the_dashboard(backend: Backend) {
     let csrf = csrf_of(&html);
 
     // Without the token, or from another site, nothing happens.
-    let refused = client
-        .post(format!("{}/messages/{id}/cancel", app.base))
-        .header("cookie", &cookie)
-        .form(&[("csrf", "forged")])
-        .send()
-        .await
-        .unwrap();
+    let refused = submit(
+        &client,
+        &format!("{}/messages/{id}/cancel", app.base),
+        &cookie,
+        &[("csrf", "forged")],
+    )
+    .await;
     assert_eq!(refused.status().as_u16(), 403);
     let cross = client
         .post(format!("{}/messages/{id}/cancel", app.base))
@@ -250,32 +266,32 @@ async fn cancel_and_resend_from_the_dashboard(backend: Backend) {
         "scheduled"
     );
 
-    let cancelled = client
-        .post(format!("{}/messages/{id}/cancel", app.base))
-        .header("cookie", &cookie)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let cancelled = submit(
+        &client,
+        &format!("{}/messages/{id}/cancel", app.base),
+        &cookie,
+        &[("csrf", csrf.as_str())],
+    )
+    .await;
     assert_eq!(cancelled.status().as_u16(), 303);
     app.wait_for_status(&id, "cancelled").await;
-    let again = client
-        .post(format!("{}/messages/{id}/cancel", app.base))
-        .header("cookie", &cookie)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let again = submit(
+        &client,
+        &format!("{}/messages/{id}/cancel", app.base),
+        &cookie,
+        &[("csrf", csrf.as_str())],
+    )
+    .await;
     assert_eq!(again.status().as_u16(), 409);
 
     // Resend: a new message with the same bytes, delivered, linked both ways.
-    let resent = client
-        .post(format!("{}/messages/{id}/resend", app.base))
-        .header("cookie", &cookie)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let resent = submit(
+        &client,
+        &format!("{}/messages/{id}/resend", app.base),
+        &cookie,
+        &[("csrf", csrf.as_str())],
+    )
+    .await;
     assert_eq!(resent.status().as_u16(), 303);
     let location = resent.headers()["location"].to_str().unwrap().to_owned();
     let new_id = location
@@ -382,13 +398,13 @@ async fn sign_in_is_required_when_a_token_is_set(backend: Backend) {
     assert!(html.contains("Sign out"));
     let csrf = csrf_of(&html);
 
-    let out = client
-        .post(format!("{}/logout", app.base))
-        .header("cookie", &session)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let out = submit(
+        &client,
+        &format!("{}/logout", app.base),
+        &session,
+        &[("csrf", csrf.as_str())],
+    )
+    .await;
     assert_eq!(out.status().as_u16(), 303);
     let after = client
         .get(format!("{}/", app.base))

@@ -279,6 +279,14 @@ async fn edit_a_template_and_watch_the_preview_follow() {
     browser
         .wait_for_text("#template-error", "text, line 2")
         .await;
+    // The offending line is shown under the message.
+    browser
+        .wait_for_text("#template-error .snippet", "2 | {% if %}")
+        .await;
+    let marked = browser
+        .eval("return document.getElementById('text').getAttribute('aria-invalid');")
+        .await;
+    assert_eq!(marked, json!("true"), "the text field is marked invalid");
     browser
         .fill(
             "#text",

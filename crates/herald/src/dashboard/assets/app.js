@@ -205,10 +205,20 @@ function startEditor() {
       const e = body.error ?? { message: `HTTP ${response.status}` };
       const where = e.part ? `${e.part}${e.line ? `, line ${e.line}${e.column ? `, column ${e.column}` : ""}` : ""}: ` : "";
       error.textContent = `${where}${e.message}`;
+      const target = document.getElementById(["subject", "text", "html"].includes(e.part) ? e.part : e.field);
+      // The line itself, with a caret under the column, when the error is in this template's source.
+      if (target && e.line && (!e.template || e.template === name)) {
+        const source = target.value.split("\n")[e.line - 1];
+        if (source !== undefined) {
+          const snippet = document.createElement("pre");
+          snippet.className = "snippet";
+          snippet.textContent = `${e.line} | ${source}` + (e.column ? `\n${" ".repeat(String(e.line).length + 3 + e.column - 1)}^` : "");
+          error.append(snippet);
+        }
+        markLine(target, e.line);
+      }
       error.hidden = false;
       state.textContent = "error";
-      const target = document.getElementById(e.part === "subject" || e.part === "text" || e.part === "html" ? e.part : e.field);
-      if (target && e.line && target.tagName === "TEXTAREA") markLine(target, e.line);
     }
   }
 
