@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use app::{DEFAULTS, Options, TestApp, spawn_app};
 use base64::Engine as _;
 use common::Backend;
+use herald_testkit::{Fault, ServerConfig, When};
 use serde_json::{Value, json};
 
 const CAPTURE: Options = Options {
@@ -614,7 +615,42 @@ async fn the_live_stream_reflects_a_delivery_within_a_second(backend: Backend) {
     app.stop().await;
 }
 
+/// A relay that turns a recipient away shows on the overview: its error, with when, and the counts.
+async fn the_overview_shows_a_relays_last_error(backend: Backend) {
+    let options = Options {
+        relay: Some(|| {
+            ServerConfig::default().fault(Fault::reply(
+                When::RcptTo(Some("nobody@example.test".into())),
+                "550 5.1.1 no such mailbox here",
+            ))
+        }),
+        ..DEFAULTS
+    };
+    let Some(app) = spawn_app(backend, options).await else {
+        return;
+    };
+    let id = post(
+        &app,
+        &json!({"from": "a@example.test", "to": ["ok@example.test", "nobody@example.test"], "subject": "s", "text": "x"}),
+    )
+    .await;
+    app.wait_for_status(&id, "delivered").await;
+    let (status, overview) = page(&app, "/").await;
+    assert_eq!(status, 200);
+    let relays = &overview[overview.find("id=\"relays\"").unwrap()..];
+    assert!(
+        relays.contains("550 5.1.1 no such mailbox here"),
+        "{relays}"
+    );
+    assert!(
+        relays.contains("<td>1</td><td>0</td><td>1</td>"),
+        "one recipient delivered, none deferred, one failed: {relays}"
+    );
+    app.stop().await;
+}
+
 on_both_backends!(
+    the_overview_shows_a_relays_last_error,
     pages_show_the_archive_a_message_and_its_parts,
     cancel_and_resend_from_the_dashboard,
     sign_in_is_required_when_a_token_is_set,

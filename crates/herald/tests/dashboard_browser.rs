@@ -229,6 +229,25 @@ async fn search_open_a_message_and_read_its_html_in_a_sandbox() {
         "the message's script ran"
     );
 
+    // The tabs work from the keyboard: arrow keys move between them.
+    browser
+        .wait_for("#tab-html")
+        .await
+        .send_keys("\u{E014}") // WebDriver's ArrowRight
+        .await
+        .unwrap();
+    browser
+        .wait_until("the Text tab to be selected by the arrow key", async || {
+            let selected = browser
+                .eval("return [document.activeElement.id, document.getElementById('panel-text').hidden];")
+                .await;
+            if selected == json!(["tab-text", false]) {
+                Ok(())
+            } else {
+                Err(format!("focus and hidden: {selected}"))
+            }
+        })
+        .await;
     // The text part, the headers and the raw download are one click away.
     browser.click("#tab-text").await;
     browser
