@@ -3,12 +3,17 @@
 
 use std::{
     convert::Infallible,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
     extract::State,
-    response::sse::{Event, KeepAlive, Sse},
+    http::{StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
 };
 use futures_util::Stream;
 use serde::Serialize;
@@ -110,7 +115,33 @@ pub async fn snapshot(state: &AppState, pulse: Pulse) -> Result<Snapshot, StoreE
     })
 }
 
+/// Live streams open at once on this node: each looks at the store four times a second, so their number is
+/// bounded like every other thing a client controls. A browser's EventSource retries by itself when refused.
+const MAX_STREAMS: usize = 64;
+static STREAMS: AtomicUsize = AtomicUsize::new(0);
+
+/// One open stream, counted until it ends.
+struct StreamSlot;
+
+impl StreamSlot {
+    fn take() -> Option<Self> {
+        STREAMS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < MAX_STREAMS).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        STREAMS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 struct Follower {
+    _slot: StreamSlot,
     state: AppState,
     last: Option<Pulse>,
     sent_at: Option<Instant>,
@@ -119,11 +150,23 @@ struct Follower {
 }
 
 /// `GET /events`: an `overview` event with a [`Snapshot`] at once, then whenever the counts or the relays
-/// change (looked at every 250 ms) and every 10 s for the chart. Ends when the server stops.
-pub async fn events(
-    State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+/// change (looked at every 250 ms) and every 10 s for the chart. Ends when the server stops. A 503 when
+/// [`MAX_STREAMS`] are open already.
+pub async fn events(State(state): State<AppState>) -> Response {
+    let Some(slot) = StreamSlot::take() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "too many live streams are open on this node; retry later",
+        )
+            .into_response();
+    };
+    follow(state, slot).into_response()
+}
+
+fn follow(state: AppState, slot: StreamSlot) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let follower = Follower {
+        _slot: slot,
         state,
         last: None,
         sent_at: None,
@@ -163,4 +206,23 @@ pub async fn events(
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_streams_are_bounded_and_slots_come_back() {
+        let slots: Vec<StreamSlot> = std::iter::from_fn(StreamSlot::take)
+            .take(MAX_STREAMS + 1)
+            .collect();
+        assert!(slots.len() <= MAX_STREAMS, "never more than the bound");
+        assert!(StreamSlot::take().is_none());
+        drop(slots);
+        assert!(
+            StreamSlot::take().is_some(),
+            "a closed stream frees its slot"
+        );
+    }
 }
