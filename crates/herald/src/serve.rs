@@ -191,7 +191,8 @@ fn relay_routes(config: &Config) -> anyhow::Result<Option<Routes<SmtpTransport>>
 }
 
 /// Hourly housekeeping (first run at start): drops per-minute activity older than the chart shows, and raw
-/// bodies of messages finished longer ago than `retention` when one is configured.
+/// bodies of messages finished longer ago than `retention` when one is configured. Every minute between,
+/// the store's own upkeep ([`Store::maintain`]).
 async fn prune_periodically(
     store: Store,
     retention: Option<Duration>,
@@ -213,9 +214,15 @@ async fn prune_periodically(
         if let Err(error) = store.prune_activity(cutoff).await {
             tracing::warn!(%error, "pruning old activity failed; will retry");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3_600)) => {}
-            _ = stopped.wait_for(|stop| *stop) => return,
+        // Hourly pruning; the store's own upkeep every minute (its hourly part with the first).
+        for minute in 0..60 {
+            if let Err(error) = store.maintain(minute == 0).await {
+                tracing::warn!(%error, "store upkeep failed; will retry");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
         }
     }
 }

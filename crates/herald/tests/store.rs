@@ -641,7 +641,84 @@ mod dashboard {
         text_search_pages_match_creation_order_with_ties,
         text_search_stays_exact_after_the_clock_goes_back,
         events_are_appended_to_existing_messages_only,
+        busy_addresses_and_common_words_page_like_rare_ones,
+        upkeep_runs_and_keeps_the_counts,
     );
+
+    /// `herald serve`'s upkeep (VACUUM and ANALYZE on PostgreSQL, nothing on SQLite) runs between writes.
+    async fn upkeep_runs_and_keeps_the_counts(t: TestStore) {
+        t.store
+            .accept((0..20).map(|i| message(i, &["a@example.test"])).collect())
+            .await
+            .unwrap();
+        t.store.maintain(false).await.unwrap();
+        t.store.maintain(true).await.unwrap();
+        assert_eq!(
+            t.store.counts().await.unwrap().get(&MessageStatus::Queued),
+            Some(&20)
+        );
+    }
+
+    /// Past 2,000 matches, a recipient or a word filter walks the archive instead of sorting its matches
+    /// (both stores): the pages must be the same as for a rare filter, every message once, newest first.
+    async fn busy_addresses_and_common_words_page_like_rare_ones(t: TestStore) {
+        let n = 2_100;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(700) {
+            t.store
+                .accept(
+                    chunk
+                        .iter()
+                        .map(|&i| message(i, &["ops@example.test", &format!("u{i}@example.test")]))
+                        .collect(),
+                )
+                .await
+                .unwrap();
+        }
+        let all_pages = async |query: SearchQuery| {
+            let mut seen = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = t
+                    .store
+                    .search(&SearchQuery {
+                        limit: 400,
+                        cursor,
+                        ..query.clone()
+                    })
+                    .await
+                    .unwrap();
+                seen.extend(page.items.iter().map(|m| (m.created_at, m.id.clone())));
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => return seen,
+                }
+            }
+        };
+        for query in [
+            SearchQuery {
+                to: Some("ops@example.test".into()),
+                ..Default::default()
+            },
+            SearchQuery {
+                text: Some("parcel".into()),
+                ..Default::default()
+            },
+        ] {
+            let seen = all_pages(query.clone()).await;
+            let mut expected = seen.clone();
+            expected.sort_by(|a, b| b.cmp(a));
+            expected.dedup();
+            assert_eq!(seen.len(), n, "{query:?}: every message once");
+            assert_eq!(seen, expected, "{query:?}: newest first, no repeats");
+        }
+        let one = all_pages(SearchQuery {
+            to: Some("u2042@example.test".into()),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].1, "msg-002042");
+    }
 
     /// `SELECT status, COUNT(*) FROM messages GROUP BY status`, straight from the database.
     async fn counted(t: &TestStore) -> std::collections::HashMap<MessageStatus, u64> {

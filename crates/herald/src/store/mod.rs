@@ -140,6 +140,16 @@ impl Store {
         Ok(())
     }
 
+    /// Store upkeep `herald serve` runs every minute (`hourly` once an hour): on PostgreSQL, reclaims the
+    /// counters' dead rows and, hourly, refreshes the planner's statistics (see [`PgStore::upkeep`]); SQLite
+    /// needs none.
+    pub async fn maintain(&self, hourly: bool) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(store) => store.upkeep(hourly).await,
+        }
+    }
+
     pub fn clock(&self) -> &Arc<dyn Clock> {
         match self {
             Store::Sqlite(store) => store.clock(),
