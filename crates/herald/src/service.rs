@@ -122,20 +122,7 @@ impl Service {
         idempotency_header: Option<&str>,
     ) -> Result<Accepted, SubmitError> {
         let mut object = parse_object(body)?;
-        let mut queueing = self.take_queueing(&mut object)?;
-        if let Some(key) = idempotency_header {
-            if queueing
-                .idempotency_key
-                .as_deref()
-                .is_some_and(|k| k != key)
-            {
-                return Err(invalid(
-                    "idempotency_key",
-                    "differs from the Idempotency-Key header; send one or make them equal",
-                ));
-            }
-            queueing.idempotency_key = Some(self.check_key(key)?);
-        }
+        let queueing = self.queueing_with_header(&mut object, idempotency_header)?;
         if object.contains_key("template") {
             self.render_into(&mut object).await?;
         } else if object.contains_key("data") {
@@ -254,20 +241,7 @@ impl Service {
         idempotency_header: Option<&str>,
     ) -> Result<BatchAccepted, SubmitError> {
         let mut object = parse_object(body)?;
-        let mut queueing = self.take_queueing(&mut object)?;
-        if let Some(key) = idempotency_header {
-            if queueing
-                .idempotency_key
-                .as_deref()
-                .is_some_and(|k| k != key)
-            {
-                return Err(invalid(
-                    "idempotency_key",
-                    "differs from the Idempotency-Key header; send one or make them equal",
-                ));
-            }
-            queueing.idempotency_key = Some(self.check_key(key)?);
-        }
+        let queueing = self.queueing_with_header(&mut object, idempotency_header)?;
         let batch = BatchRequest::take(&mut object, self)?;
         let BatchRequest {
             template,
@@ -347,6 +321,30 @@ impl Service {
     }
 
     /// Splits off and checks the queueing fields, leaving the message fields in `object`.
+    /// [`Self::take_queueing`], with the `Idempotency-Key` header as the key (it must agree with a key in
+    /// the body, if both are given).
+    fn queueing_with_header(
+        &self,
+        object: &mut Map<String, Value>,
+        idempotency_header: Option<&str>,
+    ) -> Result<Queueing, SubmitError> {
+        let mut queueing = self.take_queueing(object)?;
+        if let Some(key) = idempotency_header {
+            if queueing
+                .idempotency_key
+                .as_deref()
+                .is_some_and(|k| k != key)
+            {
+                return Err(invalid(
+                    "idempotency_key",
+                    "differs from the Idempotency-Key header; send one or make them equal",
+                ));
+            }
+            queueing.idempotency_key = Some(self.check_key(key)?);
+        }
+        Ok(queueing)
+    }
+
     pub fn take_queueing(&self, object: &mut Map<String, Value>) -> Result<Queueing, SubmitError> {
         let mut queueing = Queueing {
             metadata: Value::Object(Map::new()),

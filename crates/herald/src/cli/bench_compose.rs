@@ -7,17 +7,12 @@
 //! the PDF again. With `--batch` the image and the PDF are encoded once and
 //! every message shares those segments, as Herald does for a batch send.
 
-use std::{
-    hint::black_box,
-    path::{Path, PathBuf},
-    process::ExitCode,
-    time::Instant,
-};
+use super::fixtures::{Fixtures, Notification};
+use std::{hint::black_box, path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use herald_mime::{Address, ComposeOptions, Composed, EncodedPart, Mailbox, Message, Part};
-use serde::Deserialize;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchComposeArgs {
@@ -44,25 +39,9 @@ pub struct BenchComposeArgs {
     pub eight_bit: bool,
 }
 
-#[derive(Deserialize)]
-struct Meta {
-    from_name: String,
-    from_addr: String,
-    subject_template: String,
-    order_no_base: u64,
-    names: Vec<String>,
-    message_id_domain: String,
-    inline_image_file: String,
-    inline_image_cid: String,
-    attachment_file: String,
-    attachment_filename: String,
-    text_template: String,
-    html_template: String,
-}
-
 /// The fixtures, loaded once (as every baseline does).
 pub struct Workload {
-    meta: Meta,
+    meta: Notification,
     text: String,
     html: String,
     png: Bytes,
@@ -71,17 +50,12 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub(crate) fn load(dir: &Path, allow_8bit: bool) -> anyhow::Result<Workload> {
-        let read = |name: &str| {
-            std::fs::read(dir.join(name))
-                .with_context(|| format!("reading {}", dir.join(name).display()))
-        };
-        let meta: Meta =
-            serde_json::from_slice(&read("notification.json")?).context("notification.json")?;
-        let text = String::from_utf8(read(&meta.text_template)?)?;
-        let html = String::from_utf8(read(&meta.html_template)?)?;
-        let png = Bytes::from(read(&meta.inline_image_file)?);
-        let pdf = Bytes::from(read(&meta.attachment_file)?);
+    pub(crate) fn load(fixtures: &Fixtures, allow_8bit: bool) -> anyhow::Result<Workload> {
+        let meta = fixtures.notification.clone();
+        let text = fixtures.read_text(&meta.text_template)?;
+        let html = fixtures.read_text(&meta.html_template)?;
+        let png = Bytes::from(fixtures.read(&meta.inline_image_file)?);
+        let pdf = Bytes::from(fixtures.read(&meta.attachment_file)?);
         let opts = ComposeOptions {
             allow_8bit,
             message_id_domain: Some(meta.message_id_domain.clone()),
@@ -150,34 +124,8 @@ impl Workload {
     }
 }
 
-/// Finds ../shared/bench/fixtures: beside the repository root, looked up
-/// from the current directory and from where this crate was built.
-pub(crate) fn find_fixtures() -> Option<PathBuf> {
-    let starts = [
-        std::env::current_dir().ok(),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
-    ];
-    for start in starts.into_iter().flatten() {
-        for dir in start.ancestors() {
-            for cand in [
-                dir.join("shared/bench/fixtures"),
-                dir.join("../shared/bench/fixtures"),
-            ] {
-                if cand.join("notification.json").is_file() {
-                    return Some(cand);
-                }
-            }
-        }
-    }
-    None
-}
-
 pub fn run(args: BenchComposeArgs) -> anyhow::Result<ExitCode> {
-    let dir = match args.fixtures.clone().or_else(find_fixtures) {
-        Some(d) => d,
-        None => bail!("bench fixtures not found: pass --fixtures DIR (../shared/bench/fixtures)"),
-    };
-    let w = Workload::load(&dir, args.eight_bit)?;
+    let w = Workload::load(&Fixtures::find(args.fixtures.as_deref())?, args.eight_bit)?;
     let shared = args.batch.then(|| {
         let (logo, pdf) = w.parts();
         (logo.encode(), pdf.encode())

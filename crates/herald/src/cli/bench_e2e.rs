@@ -16,10 +16,11 @@
 //! client takes as little of a shared 2-core machine as it can. The last line is machine-readable
 //! (`RESULT key=value ...`).
 
+use super::fixtures::{Fixtures, Notification};
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::ExitCode,
     sync::{
         Arc, Mutex,
@@ -30,7 +31,6 @@ use std::{
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
-use serde::Deserialize;
 use serde_json::json;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -203,24 +203,9 @@ impl Http {
     }
 }
 
-#[derive(Deserialize)]
-struct Meta {
-    from_name: String,
-    from_addr: String,
-    subject_template: String,
-    order_no_base: u64,
-    names: Vec<String>,
-    inline_image_file: String,
-    inline_image_cid: String,
-    attachment_file: String,
-    attachment_filename: String,
-    text_template: String,
-    html_template: String,
-}
-
 /// The standard notification's fixtures, with the attachments' JSON made once.
 struct Standard {
-    meta: Meta,
+    meta: Notification,
     text: String,
     html: String,
     /// `[{...png...},{...pdf...}]`, serialized once.
@@ -228,12 +213,9 @@ struct Standard {
 }
 
 impl Standard {
-    fn load(dir: &Path) -> anyhow::Result<Standard> {
-        let read = |name: &str| {
-            std::fs::read(dir.join(name))
-                .with_context(|| format!("reading {}", dir.join(name).display()))
-        };
-        let meta: Meta = serde_json::from_slice(&read("notification.json")?)?;
+    fn load(fixtures: &Fixtures) -> anyhow::Result<Standard> {
+        let read = |name: &str| fixtures.read(name);
+        let meta = fixtures.notification.clone();
         let b64 = base64::engine::general_purpose::STANDARD;
         let attachments = json!([
             {
@@ -250,8 +232,8 @@ impl Standard {
             }
         ]);
         Ok(Standard {
-            text: String::from_utf8(read(&meta.text_template)?)?,
-            html: String::from_utf8(read(&meta.html_template)?)?,
+            text: fixtures.read_text(&meta.text_template)?,
+            html: fixtures.read_text(&meta.html_template)?,
             attachments_json: attachments.to_string(),
             meta,
         })
@@ -349,29 +331,6 @@ fn alert_body(i: usize, subject: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn find_fixtures(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = given {
-        return Ok(dir.to_owned());
-    }
-    let starts = [
-        std::env::current_dir().ok(),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
-    ];
-    for start in starts.into_iter().flatten() {
-        for dir in start.ancestors() {
-            let candidate = dir.join("../shared/bench/fixtures");
-            if candidate.join("notification.json").is_file() {
-                return Ok(candidate);
-            }
-            let candidate = dir.join("shared/bench/fixtures");
-            if candidate.join("notification.json").is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    bail!("bench fixtures not found: pass --fixtures DIR (../shared/bench/fixtures)")
-}
-
 /// The `q`-quantile of sorted values.
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -443,8 +402,7 @@ async fn wait_delivered(
 }
 
 async fn standard(args: &BenchE2eArgs) -> anyhow::Result<()> {
-    let fixtures = find_fixtures(args.fixtures.as_deref())?;
-    let standard = Arc::new(Standard::load(&fixtures)?);
+    let standard = Arc::new(Standard::load(&Fixtures::find(args.fixtures.as_deref())?)?);
     let mut probe = Http::connect(args.api, args.token.as_deref()).await?;
     if args.via == Via::Batches {
         let (status, body) = probe

@@ -10,6 +10,7 @@
 //! CPU is `getrusage(RUSAGE_SELF)` user + system over the timed part (all threads), which includes
 //! connect, EHLO and QUIT, as smtp-source's timing does.
 
+use super::fixtures::Fixtures;
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
@@ -24,7 +25,6 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use herald_mime::{Address, ComposeOptions, Mailbox, Message, Part};
 use herald_smtp::{BodySegment, Client, Envelope, Pool, PoolConfig};
-use serde::Deserialize;
 
 use herald::relay::{PASSWORD_ENV, Relay};
 
@@ -79,7 +79,7 @@ pub fn run(args: BenchSmtpArgs) -> anyhow::Result<ExitCode> {
     let mut relay = Relay::parse(&args.relay, std::env::var(PASSWORD_ENV).ok())?;
     let messages = Arc::new(match &args.message {
         Some(path) => vec![prepared_file(path)?],
-        None => compose_notifications(&fixtures_dir(args.fixtures.as_deref())?, args.distinct)?,
+        None => compose_notifications(&Fixtures::find(args.fixtures.as_deref())?, args.distinct)?,
     });
     let average_len = messages.iter().map(|m| m.len).sum::<usize>() / messages.len();
     relay.pool = PoolConfig {
@@ -193,49 +193,13 @@ fn prepared_file(path: &Path) -> anyhow::Result<Prepared> {
     })
 }
 
-fn fixtures_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = given {
-        return Ok(dir.to_path_buf());
-    }
-    let candidates = [
-        PathBuf::from("../shared/bench/fixtures"),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/bench/fixtures"),
-    ];
-    candidates
-        .into_iter()
-        .find(|dir| dir.join("notification.json").is_file())
-        .context("bench fixtures not found: pass --fixtures DIR (../shared/bench/fixtures) or --message FILE.eml")
-}
-
-/// The fields of fixtures/notification.json this bench uses.
-#[derive(Deserialize)]
-struct Notification {
-    from_name: String,
-    from_addr: String,
-    subject_template: String,
-    order_no_base: u64,
-    names: Vec<String>,
-    message_id_domain: String,
-    inline_image_file: String,
-    inline_image_cid: String,
-    attachment_file: String,
-    attachment_filename: String,
-    text_template: String,
-    html_template: String,
-}
-
 /// Builds `distinct` notifications personalised as bench_py.py does (name, order number, To).
-fn compose_notifications(dir: &Path, distinct: usize) -> anyhow::Result<Vec<Prepared>> {
-    let read = |name: &str| {
-        std::fs::read(dir.join(name))
-            .with_context(|| format!("reading {}", dir.join(name).display()))
-    };
-    let meta: Notification =
-        serde_json::from_slice(&read("notification.json")?).context("notification.json")?;
-    let text = String::from_utf8(read(&meta.text_template)?)?;
-    let html = String::from_utf8(read(&meta.html_template)?)?;
-    let png = Bytes::from(read(&meta.inline_image_file)?);
-    let pdf = Bytes::from(read(&meta.attachment_file)?);
+fn compose_notifications(fixtures: &Fixtures, distinct: usize) -> anyhow::Result<Vec<Prepared>> {
+    let meta = &fixtures.notification;
+    let text = fixtures.read_text(&meta.text_template)?;
+    let html = fixtures.read_text(&meta.html_template)?;
+    let png = Bytes::from(fixtures.read(&meta.inline_image_file)?);
+    let pdf = Bytes::from(fixtures.read(&meta.attachment_file)?);
     let options = ComposeOptions {
         allow_8bit: false,
         message_id_domain: Some(meta.message_id_domain.clone()),

@@ -20,7 +20,7 @@ use herald::{
 };
 use tokio::sync::Mutex;
 
-use super::bench_compose::{Workload, find_fixtures};
+use super::{bench_compose::Workload, fixtures::Fixtures};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchStoreArgs {
@@ -208,11 +208,10 @@ pub fn run_store(args: BenchStoreArgs) -> anyhow::Result<ExitCode> {
     if args.count == 0 || args.clients == 0 || args.per_call == 0 {
         bail!("--count, --clients and --per-call must be at least 1");
     }
-    let fixtures = match args.fixtures.clone().or_else(find_fixtures) {
-        Some(dir) => dir,
-        None => bail!("bench fixtures not found: pass --fixtures DIR (../shared/bench/fixtures)"),
-    };
-    let workload = Arc::new(Workload::load(&fixtures, false)?);
+    let workload = Arc::new(Workload::load(
+        &Fixtures::find(args.fixtures.as_deref())?,
+        false,
+    )?);
     let (logo, pdf) = workload.parts();
     let shared = Arc::new((logo.encode(), pdf.encode()));
     // Hashed once; each blob holds the very allocation the composer puts into every message.

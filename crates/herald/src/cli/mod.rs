@@ -6,6 +6,7 @@ mod bench_queries;
 mod bench_smtp;
 mod bench_store;
 mod compose;
+mod fixtures;
 mod send;
 mod serve;
 mod token;

@@ -4,7 +4,7 @@
 use std::{
     convert::Infallible,
     sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::{
     api::AppState,
+    clock::{Clock, SystemClock},
     delivery::RelaySnapshot,
     store::{MessageStatus, Millis, StoreError},
 };
@@ -65,12 +66,6 @@ pub struct Snapshot {
     pub day: Vec<Bar>,
 }
 
-fn wall_clock() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 pub async fn pulse(state: &AppState) -> Result<Pulse, StoreError> {
     let counts = state.service.store.counts().await?;
     let counts: Vec<StatusCount> = MessageStatus::ALL
@@ -106,7 +101,7 @@ async fn bars(state: &AppState, since: Millis, bucket: i64) -> Result<Vec<Bar>, 
 
 pub async fn snapshot(state: &AppState, pulse: Pulse) -> Result<Snapshot, StoreError> {
     // The chart is about real time, whatever clock the queue runs on.
-    let now = wall_clock();
+    let now = SystemClock.now();
     Ok(Snapshot {
         at: now,
         pulse,

@@ -55,20 +55,23 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/assets/{file}", get(asset))
 }
 
+/// Every page template, by name.
+const VIEWS: &[(&str, &str)] = &[
+    ("base.html", include_str!("views/base.html")),
+    ("login.html", include_str!("views/login.html")),
+    ("error.html", include_str!("views/error.html")),
+    ("overview.html", include_str!("views/overview.html")),
+    ("messages.html", include_str!("views/messages.html")),
+    ("message.html", include_str!("views/message.html")),
+    ("templates.html", include_str!("views/templates.html")),
+    ("template.html", include_str!("views/template.html")),
+    ("inbox.html", include_str!("views/inbox.html")),
+];
+
 /// The page templates, parsed once.
 static PAGES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
-    for (name, source) in [
-        ("base.html", include_str!("views/base.html")),
-        ("login.html", include_str!("views/login.html")),
-        ("error.html", include_str!("views/error.html")),
-        ("overview.html", include_str!("views/overview.html")),
-        ("messages.html", include_str!("views/messages.html")),
-        ("message.html", include_str!("views/message.html")),
-        ("templates.html", include_str!("views/templates.html")),
-        ("template.html", include_str!("views/template.html")),
-        ("inbox.html", include_str!("views/inbox.html")),
-    ] {
+    for (name, source) in VIEWS {
         env.add_template(name, source)
             .unwrap_or_else(|e| panic!("dashboard template {name}: {e}"));
     }
@@ -82,6 +85,11 @@ static PAGES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     env.add_filter("count", |n: u64| thousands(n));
     env
 });
+
+/// `text` as one URL query value or path segment.
+fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
 
 /// `1000003` → `1,000,003`: counts in the millions stay readable.
 fn thousands(n: u64) -> String {
@@ -200,17 +208,7 @@ mod tests {
 
     #[test]
     fn every_page_template_parses() {
-        for name in [
-            "base.html",
-            "login.html",
-            "error.html",
-            "overview.html",
-            "messages.html",
-            "message.html",
-            "templates.html",
-            "template.html",
-            "inbox.html",
-        ] {
+        for (name, _) in VIEWS {
             assert!(PAGES.get_template(name).is_ok(), "{name}");
         }
     }

@@ -11,7 +11,11 @@ use minijinja::context;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{PageError, live, mail, render, session::Viewer};
+use super::{
+    PageError, live, mail, render,
+    session::{CsrfForm, Viewer},
+    urlencode,
+};
 use crate::{
     api::{ApiError, AppState},
     service::{join, parse_rfc3339},
@@ -221,10 +225,7 @@ pub async fn message(
         .message(&id)
         .await?
         .ok_or_else(|| PageError::not_found(format!("There is no message with id {id:?}.")))?;
-    let mail = store
-        .raw(&id)
-        .await?
-        .and_then(|raw| mail::parse(&join(&raw)));
+    let mail = mail_of(&state, &id).await?;
     let status: Option<MessageStatus> = view.status.parse().ok();
     let resent_from = view
         .metadata
@@ -244,6 +245,16 @@ pub async fn message(
             ..base("messages", &viewer, &state)
         },
     )
+}
+
+/// The stored message taken apart for reading; `None` when its body was pruned (or it does not parse).
+async fn mail_of(state: &AppState, id: &str) -> Result<Option<mail::MailView>, PageError> {
+    Ok(state
+        .service
+        .store
+        .raw(id)
+        .await?
+        .and_then(|raw| mail::parse(&join(&raw))))
 }
 
 async fn raw_bytes(state: &AppState, id: &str) -> Result<bytes::Bytes, PageError> {
@@ -338,9 +349,7 @@ fn attachment_disposition(name: &str) -> String {
             }
         })
         .collect();
-    let encoded: String = url::form_urlencoded::byte_serialize(name.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20");
+    let encoded = urlencode(name).replace('+', "%20");
     format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
 }
 
@@ -364,11 +373,6 @@ pub async fn message_attachment(
         data,
     )
         .into_response())
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CsrfForm {
-    csrf: Option<String>,
 }
 
 /// `POST /messages/{id}/cancel`.
@@ -429,11 +433,7 @@ pub async fn templates(
     if let Some(name) = query.new.as_deref().map(str::trim) {
         match templates::check_name(name) {
             Ok(()) => {
-                return Ok(Redirect::to(&format!(
-                    "/templates/{}",
-                    url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
-                ))
-                .into_response());
+                return Ok(Redirect::to(&format!("/templates/{}", urlencode(name))).into_response());
             }
             Err(e) => error = Some(format!("name: {e}")),
         }
@@ -575,8 +575,7 @@ pub async fn save_template(
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, Html(html)).into_response());
     }
     state.service.store.put_template(&source).await?;
-    let encoded: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
-    Ok(Redirect::to(&format!("/templates/{encoded}?notice=saved")).into_response())
+    Ok(Redirect::to(&format!("/templates/{}?notice=saved", urlencode(&name))).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -693,23 +692,13 @@ pub async fn inbox(
         None => None,
     };
     let mail = match &selected {
-        Some(view) => store
-            .raw(&view.id)
-            .await?
-            .and_then(|raw| mail::parse(&join(&raw))),
+        Some(view) => mail_of(&state, &view.id).await?,
         None => None,
     };
     let next = page_result
         .as_ref()
         .and_then(|p| p.next_cursor.as_deref())
-        .map(|c| {
-            let mut url = url::form_urlencoded::Serializer::new(String::new());
-            if !query.q.trim().is_empty() {
-                url.append_pair("q", &query.q);
-            }
-            url.append_pair("cursor", c);
-            format!("/inbox?{}", url.finish())
-        });
+        .map(|c| format!("/inbox?{}", query.with_cursor(c)));
     page(
         "inbox.html",
         context! {

@@ -217,7 +217,7 @@ fn sign_in_first(request: &Request) -> Response {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let target = format!("/login?next={}", urlencode(&next));
+        let target = format!("/login?next={}", super::urlencode(&next));
         return Redirect::to(&target).into_response();
     }
     PageError::new(
@@ -225,10 +225,6 @@ fn sign_in_first(request: &Request) -> Response {
         "Sign in first: this dashboard needs the API token.",
     )
     .into_response()
-}
-
-fn urlencode(text: &str) -> String {
-    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 /// Only paths on this server, so that a crafted link cannot send someone elsewhere after signing in.
@@ -360,9 +356,10 @@ pub async fn login(
     Ok(response)
 }
 
+/// A form that carries only the CSRF token (sign out, cancel, resend).
 #[derive(Debug, Deserialize)]
 pub struct CsrfForm {
-    csrf: Option<String>,
+    pub csrf: Option<String>,
 }
 
 /// `POST /logout`: forgets the session in the store and in the browser.

@@ -2,15 +2,15 @@
 //! error and whether the relay is paused. Kept by the engine's lanes with atomics (no lock on the hot path
 //! but the rare error), read by the dashboard at any time.
 
-use std::{
-    sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
-    },
-    time::{SystemTime, UNIX_EPOCH},
+use std::sync::{
+    Arc, Mutex, RwLock,
+    atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
 };
 
-use crate::store::{AttemptOutcome, Millis, RecipientStatus};
+use crate::{
+    clock::{Clock, SystemClock},
+    store::{AttemptOutcome, Millis, RecipientStatus},
+};
 
 /// The relays of this process, in configuration order. Clone it freely: clones share the board.
 #[derive(Debug, Clone, Default)]
@@ -32,7 +32,7 @@ impl RelayBoard {
     }
 
     pub fn snapshot(&self) -> Vec<RelaySnapshot> {
-        let now = now_millis();
+        let now = SystemClock.now();
         self.0
             .read()
             .expect("board lock")
@@ -68,8 +68,10 @@ impl RelayHealth {
     }
 
     pub fn paused_for(&self, pause: std::time::Duration) {
-        self.paused_until
-            .store(now_millis() + pause.as_millis() as i64, Ordering::Relaxed);
+        self.paused_until.store(
+            SystemClock.now() + pause.as_millis() as i64,
+            Ordering::Relaxed,
+        );
     }
 
     /// Counts an attempt's recipients and keeps its error, if it had one.
@@ -96,7 +98,7 @@ impl RelayHealth {
             }
         }
         if let Some(error) = error {
-            *self.last_error.lock().expect("error lock") = Some((now_millis(), error));
+            *self.last_error.lock().expect("error lock") = Some((SystemClock.now(), error));
         }
     }
 
@@ -139,10 +141,4 @@ pub struct RelaySnapshot {
     pub paused_until: Option<Millis>,
     pub last_error_at: Option<Millis>,
     pub last_error: Option<String>,
-}
-
-fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -11,6 +11,8 @@ use std::{collections::HashMap, sync::Arc};
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
+use super::StoreError;
+
 const TAG_LITERAL: u8 = 0;
 const TAG_SHARED: u8 = 1;
 const FLAG_DOT_SAFE: u8 = 2;
@@ -98,6 +100,26 @@ pub fn shared_hashes(framed: &[u8]) -> Result<Vec<[u8; 32]>, String> {
         }
     })?;
     Ok(hashes)
+}
+
+/// A stored body as segments: fetches the shared parts it refers to with `fetch_blobs` (the store's
+/// query), then decodes; a framing that does not read back is [`StoreError::Corrupt`] naming message `id`.
+pub async fn resolve<F, Fut>(
+    id: &str,
+    framed: Vec<u8>,
+    fetch_blobs: F,
+) -> Result<Vec<RawSegment>, StoreError>
+where
+    F: FnOnce(std::collections::HashSet<[u8; 32]>) -> Fut,
+    Fut: std::future::Future<Output = Result<HashMap<[u8; 32], Arc<SharedBlob>>, StoreError>>,
+{
+    let corrupt = |reason| StoreError::Corrupt {
+        id: id.to_owned(),
+        reason,
+    };
+    let hashes = shared_hashes(&framed).map_err(corrupt)?;
+    let blobs = fetch_blobs(hashes.into_iter().collect()).await?;
+    decode(&Bytes::from(framed), &blobs).map_err(corrupt)
 }
 
 /// Reads the stored framing back, resolving shared segments through `blobs` (hash → bytes).

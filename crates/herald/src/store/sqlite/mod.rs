@@ -481,17 +481,9 @@ impl SqliteStore {
         let Some(framed) = row.and_then(|r| r.get::<Option<Vec<u8>>, _>(0)) else {
             return Ok(None);
         };
-        let hashes = raw::shared_hashes(&framed).map_err(|reason| StoreError::Corrupt {
-            id: id.to_owned(),
-            reason,
-        })?;
-        let blobs = self.blobs(hashes.into_iter().collect()).await?;
-        raw::decode(&Bytes::from(framed), &blobs)
+        raw::resolve(id, framed, |hashes| self.blobs(hashes))
+            .await
             .map(Some)
-            .map_err(|reason| StoreError::Corrupt {
-                id: id.to_owned(),
-                reason,
-            })
     }
 
     /// One message with its recipients and timeline.
