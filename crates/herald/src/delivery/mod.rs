@@ -120,6 +120,9 @@ pub trait Transport: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
+/// How long the engine waits after a failed claim before the next.
+const CLAIM_RETRY: Duration = Duration::from_millis(200);
+
 /// Default of [`EngineOptions::concurrency`].
 pub const DEFAULT_CONCURRENCY: usize = 256;
 
@@ -276,12 +279,30 @@ impl<T: Transport> Engine<T> {
                 }
                 continue;
             }
-            let claimed = store
+            // A failed claim (PostgreSQL aborting a transaction as a deadlock victim, a dropped connection)
+            // changed nothing: log it and try again shortly. Ending the engine here would stop delivery
+            // for good while the API kept accepting mail.
+            let claimed = match store
                 .claim(&options.owner, options.lease, free as u32)
-                .await?;
+                .await
+            {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    tracing::warn!(%error, "claiming due messages failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(CLAIM_RETRY) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            };
             if claimed.is_empty() {
                 let now = store.clock().now();
-                let wait = match store.next_due().await? {
+                let next_due = store.next_due().await.unwrap_or_else(|error| {
+                    tracing::warn!(%error, "reading the next due time failed; polling");
+                    None
+                });
+                let wait = match next_due {
                     Some(due) if due > now => {
                         Duration::from_millis((due - now) as u64).min(options.idle_poll)
                     }
