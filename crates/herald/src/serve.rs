@@ -214,9 +214,9 @@ async fn prune_periodically(
         if let Err(error) = store.prune_activity(cutoff).await {
             tracing::warn!(%error, "pruning old activity failed; will retry");
         }
-        // Hourly pruning; the store's own upkeep every minute (its hourly part with the first).
-        for minute in 0..60 {
-            if let Err(error) = store.maintain(minute == 0).await {
+        // Hourly pruning; the store's own upkeep every minute.
+        for _ in 0..60 {
+            if let Err(error) = store.maintain().await {
                 tracing::warn!(%error, "store upkeep failed; will retry");
             }
             tokio::select! {

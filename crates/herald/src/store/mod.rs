@@ -140,13 +140,12 @@ impl Store {
         Ok(())
     }
 
-    /// Store upkeep `herald serve` runs every minute (`hourly` once an hour): on PostgreSQL, reclaims the
-    /// counters' dead rows and, hourly, refreshes the planner's statistics (see [`PgStore::upkeep`]); SQLite
-    /// needs none.
-    pub async fn maintain(&self, hourly: bool) -> Result<(), StoreError> {
+    /// Store upkeep `herald serve` runs every minute: on PostgreSQL, reclaims the counters' dead rows (see
+    /// [`PgStore::vacuum_counters`]); SQLite needs none.
+    pub async fn maintain(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(_) => Ok(()),
-            Store::Postgres(store) => store.upkeep(hourly).await,
+            Store::Postgres(store) => store.vacuum_counters().await,
         }
     }
 

@@ -611,20 +611,15 @@ impl PgStore {
     }
 
     /// Reclaims the dead rows that every counter update leaves (`status_counts` and `activity` are updated
-    /// by every accept, claim and record) and, when `hourly`, refreshes the planner's statistics of the
-    /// archive. Autovacuum does both where it runs; where it is off (as on this project's test machine) or
-    /// lags behind a busy queue, the 16 counter rows grew to 78 MB after a million messages (24 ms to read
-    /// them), and without statistics a page of the archive took 275 ms instead of 1.5 ms. `herald serve`
-    /// calls this every minute; the vacuum takes milliseconds, the ANALYZE samples a bounded number of rows.
-    pub async fn upkeep(&self, hourly: bool) -> Result<(), StoreError> {
+    /// by every accept, claim and record). Autovacuum does this where it runs; where it is off (as on this
+    /// project's test machine) or lags behind a busy queue, the 16 counter rows grew to 78 MB after a
+    /// million messages and reading them took 24 ms. `herald serve` calls this every minute; it takes
+    /// milliseconds. The archive's own statistics are left to autovacuum's ANALYZE: an ANALYZE run by Herald
+    /// at start, on a still-empty table, left plans that stalled delivery as the table grew.
+    pub async fn vacuum_counters(&self) -> Result<(), StoreError> {
         sqlx::query("VACUUM status_counts, activity")
             .execute(&self.pool)
             .await?;
-        if hourly {
-            sqlx::query("ANALYZE messages, recipients, message_tags")
-                .execute(&self.pool)
-                .await?;
-        }
         Ok(())
     }
 
