@@ -72,7 +72,74 @@ pub const KEYS: &[(&str, &str)] = &[
         "HERALD_LEASE",
         "how long a node holds a claimed message before another may take it over (default 15m)",
     ),
+    (
+        "HERALD_PUBLIC_URL",
+        "the URL browsers use to reach Herald (e.g. https://herald.example.com); its host is accepted in Host",
+    ),
+    (
+        "HERALD_METRICS_TOKEN",
+        "bearer token required on /metrics (default: /metrics is open)",
+    ),
+    (
+        "HERALD_HTTP_HEADER_TIMEOUT",
+        "time a client has to send a request's headers, and the longest idle keep-alive (default 10s)",
+    ),
+    (
+        "HERALD_HTTP_BODY_TIMEOUT",
+        "time a client has to send a whole request body (default 60s)",
+    ),
+    (
+        "HERALD_HTTP_MAX_CONNECTIONS",
+        "open HTTP connections at once; more get 503 (default 1024, or half the open-file limit if lower)",
+    ),
+    (
+        "HERALD_HTTP_SHUTDOWN_GRACE",
+        "on shutdown, how long requests still in flight may take before their connections are closed (default 10s)",
+    ),
 ];
+
+/// Defaults of the HTTP server's limits (`HERALD_HTTP_*`), as the README states them.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How the HTTP server protects itself from slow or numerous clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// From the first byte of a request (or the end of the previous response) to the end of its headers.
+    pub header_timeout: Duration,
+    /// From the end of the headers to the end of the body.
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_connections: default_max_connections(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// [`DEFAULT_MAX_CONNECTIONS`], or half the process's open-file limit when that is lower: the other half is
+/// left to the store, the relays and the listener, so that idle clients can never starve them of descriptors.
+pub fn default_max_connections() -> usize {
+    open_file_limit().map_or(DEFAULT_MAX_CONNECTIONS, |limit| {
+        DEFAULT_MAX_CONNECTIONS.min((limit / 2).max(16))
+    })
+}
+
+/// The soft `RLIMIT_NOFILE`, read from `/proc` (Linux); `None` elsewhere or when unlimited.
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
 
 /// Default of `HERALD_CONCURRENCY`: enough claimed messages to keep 8 pipelined sessions fed between claims
 /// (measured: 256 delivered the standard notification ~15% faster end to end than 64), a few tens of MB.
@@ -125,6 +192,10 @@ pub struct Config {
     pub body_limit: usize,
     pub concurrency: usize,
     pub lease: Duration,
+    /// `HERALD_PUBLIC_URL`: its host (with port) is accepted in `Host` besides the listen address.
+    pub public_url: Option<url::Url>,
+    pub metrics_token: Option<String>,
+    pub http: HttpLimits,
 }
 
 impl std::fmt::Debug for Config {
@@ -147,6 +218,12 @@ impl std::fmt::Debug for Config {
             .field("body_limit", &self.body_limit)
             .field("concurrency", &self.concurrency)
             .field("lease", &self.lease)
+            .field(
+                "public_url",
+                &self.public_url.as_ref().map(url::Url::as_str),
+            )
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "***"))
+            .field("http", &self.http)
             .finish()
     }
 }
@@ -282,6 +359,33 @@ impl Config {
                 },
             }
         };
+        let duration = |key: &str, default: Duration| -> Result<Duration, ConfigError> {
+            match get(key) {
+                None => Ok(default),
+                Some(text) => match parse_duration(text) {
+                    Ok(d) if !d.is_zero() => Ok(d),
+                    Ok(_) => Err(invalid(key, "must be longer than 0".into())),
+                    Err(e) => Err(invalid(key, e)),
+                },
+            }
+        };
+        let http = HttpLimits {
+            header_timeout: duration("HERALD_HTTP_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT)?,
+            body_timeout: duration("HERALD_HTTP_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT)?,
+            max_connections: number("HERALD_HTTP_MAX_CONNECTIONS", default_max_connections())?,
+            shutdown_grace: duration("HERALD_HTTP_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE)?,
+        };
+        let public_url = get("HERALD_PUBLIC_URL")
+            .map(|text| match url::Url::parse(text) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                    Ok(url)
+                }
+                _ => Err(invalid(
+                    "HERALD_PUBLIC_URL",
+                    format!("{text:?} is not an http(s) URL like https://herald.example.com"),
+                )),
+            })
+            .transpose()?;
         let relay_url = get("HERALD_RELAY_URL").map(str::to_owned);
         let relay_default = get("HERALD_RELAY_DEFAULT").map(str::to_ascii_lowercase);
         let relays = named_relays(values)?;
@@ -337,6 +441,9 @@ impl Config {
             concurrency: number("HERALD_CONCURRENCY", DEFAULT_CONCURRENCY)?,
             lease: parse_duration(get("HERALD_LEASE").unwrap_or("15m"))
                 .map_err(|e| invalid("HERALD_LEASE", e))?,
+            public_url,
+            metrics_token: get("HERALD_METRICS_TOKEN").map(str::to_owned),
+            http,
         })
     }
 

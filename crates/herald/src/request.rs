@@ -75,6 +75,34 @@ fn ordered_map<'de, D: serde::Deserializer<'de>>(
     d.deserialize_map(Pairs)
 }
 
+/// Headers that receiving servers add and that mail clients and filters believe (authentication verdicts,
+/// signatures, trace and spam results). A sender writing one could make a message look verified, so they are
+/// refused as custom headers; herald-mime refuses the headers Herald writes itself. Case-insensitive; a name
+/// ending in `-` is a prefix. The README lists the same names.
+pub const TRUST_HEADERS: &[&str] = &[
+    "authentication-results",
+    "arc-",
+    "dkim-signature",
+    "domainkey-signature",
+    "received-spf",
+    "received",
+    "return-path",
+    "delivered-to",
+    "x-original-to",
+    "x-spam-",
+];
+
+/// Whether `name` is one of [`TRUST_HEADERS`].
+pub fn is_trust_header(name: &str) -> bool {
+    let name = name.trim().to_ascii_lowercase();
+    TRUST_HEADERS
+        .iter()
+        .any(|trusted| match trusted.strip_suffix('-') {
+            Some(_) => name.starts_with(trusted),
+            None => name == *trusted,
+        })
+}
+
 /// A file: its bytes inline (`content_base64`) or, for the CLI only, a
 /// `path` (relative paths resolve against the request file's directory).
 #[derive(Debug, Clone, Deserialize)]
@@ -225,6 +253,12 @@ impl MessageRequest {
                 serde_json::Value::String(s) => s,
                 _ => return Err(err(format!("headers.{name}"), "value must be a string")),
             };
+            if is_trust_header(&name) {
+                return Err(err(
+                    format!("headers.{name}"),
+                    "is a trace or authentication header that receiving servers write and trust; a sender may not set it",
+                ));
+            }
             b = b.header(name, value);
         }
         b.build().map_err(|e| {
@@ -395,6 +429,22 @@ mod tests {
         assert_eq!(e.field, "subject");
         let e = build(r#"{"from":"a@b.c","to":"x@y.z","headers":{"Bcc":"evil@x.y"}}"#).unwrap_err();
         assert_eq!(e.field, "headers.Bcc");
+        for name in [
+            "Authentication-Results",
+            "ARC-Seal",
+            "arc-message-signature",
+            "DKIM-Signature",
+            "Received-SPF",
+            "X-Spam-Status",
+        ] {
+            let body = format!(r#"{{"from":"a@b.c","to":"x@y.z","headers":{{"{name}":"pass"}}}}"#);
+            let e = build(&body).unwrap_err();
+            assert_eq!(e.field, format!("headers.{name}"));
+        }
+        assert!(
+            build(r#"{"from":"a@b.c","to":"x@y.z","text":"t","headers":{"X-Archive":"1"}}"#)
+                .is_ok()
+        );
         let e =
             build(r#"{"from":"a@b.c","to":"x@y.z","html":"<img src=\"cid:nope\">"}"#).unwrap_err();
         assert_eq!(e.field, "html");

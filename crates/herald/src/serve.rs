@@ -7,13 +7,21 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use axum::extract::ConnectInfo;
 use herald_smtp::{Client, Pool};
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, watch},
+    task::{JoinHandle, JoinSet},
+};
+use tower::ServiceExt as _;
+use tower_http::timeout::RequestBodyDeadlineLayer;
 
 use crate::{
     api::{self, AppState},
     clock::{Clock, SystemClock},
-    config::{Config, redact_url},
+    config::{Config, HttpLimits, redact_url},
     delivery::{
         CaptureTransport, Engine, EngineOptions, RelayBoard, Route, Routes, SmtpTransport,
         Transport as _,
@@ -105,6 +113,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     state.relays = relays;
     state.capture_inbox = capture_inbox;
     state.stopping = Some(stopped.clone());
+    state.hosts = Arc::new(api::AllowedHosts::new(addr, config.public_url.as_ref()));
+    state.metrics_token_hash = config.metrics_token.as_deref().map(api::token_hash);
     let app = api::router(state, config.body_limit);
 
     let housekeeping = tokio::spawn(prune_periodically(
@@ -112,14 +122,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.retention,
         stopped.clone(),
     ));
-    let mut http_stopped = stopped.clone();
+    let http = tokio::spawn(serve_http(
+        listener,
+        app,
+        config.http.clone(),
+        stopped.clone(),
+    ));
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stopped.wait_for(|stop| *stop).await;
-            })
-            .await
-            .context("HTTP server")?;
+        http.await.context("HTTP server panicked")?;
         // The API has answered its last request; now the engine may stop.
         let result = engine.await.context("delivery engine panicked")?;
         housekeeping.abort();
@@ -134,6 +144,109 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         stop,
         task,
     })
+}
+
+/// The answer to a connection over `HERALD_HTTP_MAX_CONNECTIONS`: short, so that it fits the socket buffer
+/// and is written without waiting on the client.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\
+    retry-after: 1\r\ncontent-type: text/plain\r\ncontent-length: 39\r\n\r\n\
+    too many open connections; retry later\n";
+
+/// The HTTP server loop (instead of `axum::serve`, which has no such knobs): every connection gets hyper's
+/// header timeout (which also ends idle keep-alive connections), a deadline for its request bodies, and one of
+/// `max_connections` permits, as mini-redis caps its connections with a semaphore. A connection over the cap is
+/// answered 503 and closed at once rather than left waiting in the backlog, so a flood of idle sockets
+/// cannot hold the descriptors that the store, the relays and `/healthz` need.
+///
+/// On stop the listener closes, each connection finishes the request it is serving and closes; those still
+/// open after `shutdown_grace` (a client sending its request byte by byte) are dropped, so a slow client
+/// cannot hold shutdown. Nothing accepted is lost that way: a request is answered only after its commit,
+/// and one cut before its answer was either not committed or is found again by its idempotency key.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: HttpLimits,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let app = tower::ServiceBuilder::new()
+        .layer(RequestBodyDeadlineLayer::new(limits.body_timeout))
+        .service(app);
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            _ = stopped.wait_for(|stop| *stop) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors (EMFILE) or a connection reset before it was accepted: wait a little
+                // rather than spin, and go on.
+                tracing::warn!(%error, "accepting an HTTP connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refuse_connection(stream);
+            continue;
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request)
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let mut stopped = stopped.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => Some(result),
+                _ = stopped.wait_for(|stop| *stop) => None,
+            };
+            let result = match result {
+                Some(result) => result,
+                None => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                // A client that went away or was too slow: its business, not an operator's.
+                tracing::debug!(%error, %peer, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let open = connections.len();
+    if open > 0 {
+        tracing::info!(open, "waiting for open HTTP connections to finish");
+    }
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.shutdown_grace, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            grace = ?limits.shutdown_grace,
+            "closing HTTP connections still open after the shutdown grace period"
+        );
+        connections.shutdown().await;
+    }
+}
+
+/// Answers a connection over the cap with a 503 and closes it, without waiting for the client.
+fn refuse_connection(stream: TcpStream) {
+    metrics::counter!("herald_http_connections_refused_total").increment(1);
+    let _ = stream.try_write(TOO_MANY_CONNECTIONS);
 }
 
 /// The configured relays (`HERALD_RELAY_URL` as the default, `HERALD_RELAY_URL_<NAME>` by sender domain), or

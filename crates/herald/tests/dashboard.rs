@@ -151,7 +151,7 @@ async fn pages_show_the_archive_a_message_and_its_parts(backend: Backend) {
     );
 
     // The HTML is served under a policy that runs no script and fetches nothing remote, with the inline
-    // image made a data: URL.
+    // image pointing at its part, which is served by that URL.
     let response = browser()
         .get(format!("{}/messages/{id}/html", app.base))
         .send()
@@ -162,11 +162,21 @@ async fn pages_show_the_archive_a_message_and_its_parts(backend: Backend) {
         .unwrap()
         .to_owned();
     assert!(
-        policy.starts_with("sandbox;") && policy.contains("img-src data:;"),
+        policy.starts_with("sandbox;") && policy.contains("img-src 'self' data:;"),
         "{policy}"
     );
     let html = response.text().await.unwrap();
-    assert!(html.contains("src=\"data:image/png;base64,"), "{html}");
+    assert!(html.contains("src=\"attachments/0\""), "{html}");
+    let image = browser()
+        .get(format!("{}/messages/{id}/attachments/0", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(image.headers()["content-type"], "image/png");
+    assert_eq!(
+        image.bytes().await.unwrap().as_ref(),
+        b"\x89PNG\r\n\x1a\nnot really a png"
+    );
     let allowed = browser()
         .get(format!("{}/messages/{id}/html?images=1", app.base))
         .send()
@@ -176,7 +186,7 @@ async fn pages_show_the_archive_a_message_and_its_parts(backend: Backend) {
         allowed.headers()["content-security-policy"]
             .to_str()
             .unwrap()
-            .contains("img-src data: https: http:")
+            .contains("img-src 'self' data: https: http:")
     );
 
     // Attachments download with their names in any language; the .eml is the exact bytes sent.

@@ -15,8 +15,9 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
-    /// More members of the error object (a template error's `template`, `part`, `line`, `column`).
-    pub details: Map<String, Value>,
+    /// More members of the error object (a template error's `template`, `part`, `line`, `column`); boxed so
+    /// that `Result<_, ApiError>` stays small on the common path.
+    pub details: Box<Map<String, Value>>,
 }
 
 impl ApiError {
@@ -26,7 +27,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
-            details: Map::new(),
+            details: Box::default(),
         }
     }
 
@@ -40,7 +41,7 @@ impl ApiError {
                 code: "invalid_field",
                 message: message.into(),
                 field: Some(field.to_owned()),
-                details: Map::new(),
+                details: Box::default(),
             }
         }
     }
@@ -73,14 +74,14 @@ impl ApiError {
             code: error.code(),
             message: error.to_string(),
             field: Some(field.to_owned()),
-            details,
+            details: Box::new(details),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = self.details;
+        let mut error = *self.details;
         error.insert("code".into(), json!(self.code));
         error.insert("message".into(), json!(self.message));
         error.insert("field".into(), json!(self.field));

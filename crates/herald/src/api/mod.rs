@@ -2,6 +2,7 @@
 
 mod batches;
 mod error;
+mod guard;
 mod openapi;
 mod templates;
 
@@ -21,6 +22,8 @@ use axum::{
     routing::{get, post, put},
 };
 pub use error::ApiError;
+pub use guard::AllowedHosts;
+pub(crate) use guard::{FailureThrottle, client_key, too_many_failures};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -46,6 +49,25 @@ pub struct AppState {
     pub capture_inbox: bool,
     /// Turns true when the server stops, so that live streams end and let it.
     pub stopping: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The `Host` values accepted in the open mode (empty: not checked, e.g. a router without a listener).
+    pub hosts: Arc<AllowedHosts>,
+    /// SHA-256 of `HERALD_METRICS_TOKEN`: then `/metrics` needs it as a bearer token.
+    pub metrics_token_hash: Option<[u8; 32]>,
+    /// Wrong bearer tokens on `/v1`, per client.
+    pub(crate) bearer_failures: Arc<FailureThrottle>,
+    /// Wrong tokens at the dashboard's sign-in, per client.
+    pub(crate) sign_in_failures: Arc<FailureThrottle>,
+}
+
+/// Wrong tokens a client may present in [`FAILURE_WINDOW`] (at `/v1` and at sign-in, counted apart) before
+/// it is refused with `429` until the oldest is that old: guessing a token is slow whatever its strength, and
+/// one client's guessing never locks out another.
+pub const MAX_TOKEN_FAILURES: usize = 20;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// SHA-256 of a token, the form in which tokens are kept and compared.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.trim().as_bytes()).into()
 }
 
 /// How long the API trusts what it learnt from the store about tokens. A token revoked with `herald token
@@ -74,6 +96,10 @@ impl AppState {
             relays: RelayBoard::default(),
             capture_inbox: false,
             stopping: None,
+            hosts: Arc::default(),
+            metrics_token_hash: None,
+            bearer_failures: Arc::new(FailureThrottle::new(MAX_TOKEN_FAILURES, FAILURE_WINDOW)),
+            sign_in_failures: Arc::new(FailureThrottle::new(MAX_TOKEN_FAILURES, FAILURE_WINDOW)),
         }
     }
 
@@ -144,6 +170,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::open_mode_guard,
+        ))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
 }
@@ -173,35 +203,59 @@ fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
 }
 
 /// Counts every request by route pattern (never the raw path: ids would make unbounded label values),
-/// method and status, and times it.
+/// method and status, and times it. Every label has a bounded set of values: a method that is not a standard
+/// one is counted as `other`, or each junk method a client invents would add series to `/metrics` forever.
 async fn count_requests(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let start = std::time::Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("herald_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+    metrics::counter!("herald_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
     metrics::histogram!("herald_http_request_duration_seconds", "route" => route, "method" => method)
         .record(start.elapsed().as_secs_f64());
     response
 }
 
+/// The `method` label of a request: one of the standard methods, or `other`.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Bearer authentication on `/v1/*`. A request passes with `HERALD_API_TOKEN` or with any token made by
 /// `herald token create` (stored as its SHA-256 only). Authentication is required as soon as either exists:
 /// `HERALD_API_TOKEN` is set, or the store holds at least one token. With neither, the API is open, which
 /// `herald serve` allows on a loopback address only. Tokens are compared by hash, so the comparison time says
-/// nothing about the secret, and no token is ever logged or echoed.
+/// nothing about the secret, and no token is ever logged or echoed. A client that presented
+/// [`MAX_TOKEN_FAILURES`] wrong tokens within [`FAILURE_WINDOW`] gets `429` with `Retry-After` on every
+/// token until then, right or wrong, so that a guess cannot be confirmed during the pause.
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| <[u8; 32]>::from(Sha256::digest(t.trim().as_bytes())));
+        .map(token_hash);
+    let client = client_key(request.extensions());
+    if presented.is_some()
+        && let Some(wait) = state.bearer_failures.refused_for(client)
+    {
+        return too_many_failures(wait);
+    }
     if let Some(hash) = &presented {
         if state.token_hashes.contains(hash) {
             return next.run(request).await;
@@ -221,12 +275,16 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         return next.run(request).await;
     }
     match presented {
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the bearer token is not valid",
-        )
-        .into_response(),
+        Some(_) => {
+            state.bearer_failures.record(client);
+            tracing::info!(%client, "API request refused: the bearer token is not valid");
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the bearer token is not valid",
+            )
+            .into_response()
+        }
         None => {
             let mut response = ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -256,7 +314,13 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 
 fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if timed_out(&rejection) {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive within HERALD_HTTP_BODY_TIMEOUT",
+            )
+        } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
@@ -266,6 +330,27 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError>
             ApiError::new(rejection.status(), "bad_body", rejection.body_text())
         }
     })
+}
+
+/// Whether reading the body failed because the client was slower than `HERALD_HTTP_BODY_TIMEOUT`.
+fn timed_out(rejection: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// Refuses control characters (NUL included) in a search value: no stored text contains them, and the
+/// database would reject them as an error of its own rather than the caller's.
+pub(crate) fn check_search_text(value: Option<&str>) -> Result<(), String> {
+    match value.and_then(|v| v.chars().find(|c| c.is_control())) {
+        Some(c) => Err(format!("control character {c:?} not allowed")),
+        None => Ok(()),
+    }
 }
 
 impl From<SubmitError> for ApiError {
@@ -393,6 +478,12 @@ async fn list_messages(
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    for (field, value) in [("q", &params.q), ("to", &params.to), ("tag", &params.tag)] {
+        check_search_text(value.as_deref()).map_err(|message| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            ..ApiError::invalid(field, message)
+        })?;
+    }
     let status = params
         .status
         .as_deref()
@@ -466,7 +557,27 @@ async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> 
     Ok("ready")
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// `GET /metrics`: open, or with `HERALD_METRICS_TOKEN` only for that bearer token (compared by hash).
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.metrics_token_hash {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(token_hash);
+        if presented.as_ref() != Some(expected) {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send HERALD_METRICS_TOKEN as `Authorization: Bearer <token>`",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return Ok(response);
+        }
+    }
     let counts = state.service.store.counts().await?;
     let mut text = prometheus().render();
     text.push_str(

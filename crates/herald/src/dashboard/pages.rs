@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    PageError, live, mail, render,
+    PageError, human_bytes, live, mail, render,
     session::{CsrfForm, Viewer},
     urlencode,
 };
@@ -109,7 +109,22 @@ fn non_empty(text: &str) -> Option<String> {
 }
 
 impl ArchiveQuery {
+    /// A control character (NUL included) in a text filter is the caller's mistake, named as such.
+    fn check_text(&self) -> Result<(), PageError> {
+        for (field, value) in [
+            ("q", &self.q),
+            ("to", &self.to),
+            ("tag", &self.tag),
+            ("id", &self.id),
+        ] {
+            crate::api::check_search_text(Some(value))
+                .map_err(|message| PageError::bad_request(field, message))?;
+        }
+        Ok(())
+    }
+
     fn to_search(&self) -> Result<SearchQuery, PageError> {
+        self.check_text()?;
         let status = match self.status.trim() {
             "" => None,
             s => Some(
@@ -271,14 +286,15 @@ pub struct HtmlQuery {
     images: Option<String>,
 }
 
-/// The policy of a message's HTML: no script, no form, no frame, nothing fetched; remote images only when
-/// the reader asks (they tell the sender the mail was opened, and from where). `sandbox` applies even if the
-/// page is opened on its own rather than in the dashboard's `sandbox` frame.
+/// The policy of a message's HTML: no script, no form, no frame, nothing fetched but its own inline parts
+/// (`'self'`: the `attachments/{n}` URLs its `cid:` references become); remote images only when the reader
+/// asks (they tell the sender the mail was opened, and from where). `sandbox` applies even if the page is
+/// opened on its own rather than in the dashboard's `sandbox` frame.
 fn html_policy(remote_images: bool) -> String {
     let images = if remote_images {
-        "data: https: http:"
+        "'self' data: https: http:"
     } else {
-        "data:"
+        "'self' data:"
     };
     format!(
         "sandbox; default-src 'none'; img-src {images}; style-src 'unsafe-inline'; font-src data:; \
@@ -295,8 +311,22 @@ pub async fn message_html(
     let bytes = raw_bytes(&state, &id).await?;
     let html = mail::html_body(&bytes)
         .ok_or_else(|| PageError::not_found("This message has no HTML part."))?;
+    if html.len() > HTML_PREVIEW_LIMIT {
+        return Err(PageError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "This message's HTML is {} and is not shown here (the limit is {}); download the .eml instead.",
+                human_bytes(html.len() as u64),
+                human_bytes(HTML_PREVIEW_LIMIT as u64)
+            ),
+        ));
+    }
     Ok(html_response(html, query.images.as_deref() == Some("1")))
 }
+
+/// The largest HTML body the preview frame is sent: the inbox opens the newest message by itself, so what
+/// one message costs to show is bounded whatever its sender wrote.
+pub const HTML_PREVIEW_LIMIT: usize = 4 * 1024 * 1024;
 
 fn html_response(html: String, remote_images: bool) -> Response {
     (
@@ -667,6 +697,7 @@ pub async fn inbox(
     Query(query): Query<ArchiveQuery>,
 ) -> Result<Html<String>, PageError> {
     let store = &state.service.store;
+    query.check_text()?;
     let page_result = if state.capture_inbox {
         Some(
             store
@@ -745,7 +776,7 @@ mod tests {
         let policy = html_policy(false);
         assert!(policy.starts_with("sandbox;"));
         assert!(policy.contains("default-src 'none'"));
-        assert!(policy.contains("img-src data:;"));
-        assert!(html_policy(true).contains("img-src data: https: http:"));
+        assert!(policy.contains("img-src 'self' data:;"));
+        assert!(html_policy(true).contains("img-src 'self' data: https: http:"));
     }
 }

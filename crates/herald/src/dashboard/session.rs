@@ -227,37 +227,22 @@ fn sign_in_first(request: &Request) -> Response {
     .into_response()
 }
 
-/// Only paths on this server, so that a crafted link cannot send someone elsewhere after signing in.
+/// Only paths on this server, so that a crafted link cannot send someone elsewhere after signing in: one `/`
+/// then no second `/` or `\` (`//host` and `/\host` are other hosts to a browser), and no control character
+/// space or non-ASCII byte anywhere (browsers drop a tab or newline, so `/<TAB>/host` would become `//host`; a
+/// control character cannot even be sent in `Location`). Our own links are percent-encoded, so they pass.
+/// Anything else goes to `/`.
 fn safe_next(next: Option<&str>) -> &str {
     match next {
-        Some(next) if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') => {
+        Some(next)
+            if next.starts_with('/')
+                && !next[1..].starts_with(['/', '\\'])
+                && !next.contains('\\')
+                && next.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
             next
         }
         _ => "/",
-    }
-}
-
-/// Wrong tokens tried on this node in the last minute: past [`MAX_FAILED_SIGN_INS`], sign-in pauses until
-/// the oldest is a minute old, so guessing a token through the form is slow whatever the token's strength.
-static FAILED_SIGN_INS: FailedSignIns = FailedSignIns(std::sync::Mutex::new(Vec::new()));
-const MAX_FAILED_SIGN_INS: usize = 20;
-const SIGN_IN_WINDOW: Duration = Duration::from_secs(60);
-
-struct FailedSignIns(std::sync::Mutex<Vec<std::time::Instant>>);
-
-impl FailedSignIns {
-    fn record(&self) {
-        let mut failures = self.0.lock().expect("not poisoned");
-        failures.retain(|at| at.elapsed() < SIGN_IN_WINDOW);
-        failures.push(std::time::Instant::now());
-    }
-
-    /// How long sign-in stays closed, if it is.
-    fn refused_for(&self) -> Option<Duration> {
-        let mut failures = self.0.lock().expect("not poisoned");
-        failures.retain(|at| at.elapsed() < SIGN_IN_WINDOW);
-        (failures.len() >= MAX_FAILED_SIGN_INS)
-            .then(|| SIGN_IN_WINDOW.saturating_sub(failures[0].elapsed()))
     }
 }
 
@@ -298,6 +283,7 @@ fn login_form(
 pub async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, PageError> {
     if cross_site(&headers) {
@@ -306,14 +292,19 @@ pub async fn login(
             "This request came from another site and was refused.",
         ));
     }
-    if let Some(wait) = FAILED_SIGN_INS.refused_for() {
-        return Err(PageError::new(
+    let client = crate::api::client_key(&extensions);
+    if let Some(wait) = state.sign_in_failures.refused_for(client) {
+        let seconds = wait.as_secs().max(1);
+        let mut response = PageError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "Too many wrong tokens in the last minute; try again in {} s.",
-                wait.as_secs().max(1)
-            ),
-        ));
+            format!("Too many wrong tokens from this address in the last minute; try again in {seconds} s."),
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&seconds.to_string()).expect("digits"),
+        );
+        return Ok(response);
     }
     let token = form.token.trim();
     if token.is_empty() {
@@ -325,8 +316,8 @@ pub async fn login(
     }
     let token_hash = sha256(token.as_bytes());
     if !token_is_valid(&state, &token_hash).await? {
-        FAILED_SIGN_INS.record();
-        tracing::info!("dashboard sign-in refused: the token is not valid");
+        state.sign_in_failures.record(client);
+        tracing::info!(%client, "dashboard sign-in refused: the token is not valid");
         return login_form(
             StatusCode::UNAUTHORIZED,
             form.next.as_deref(),
@@ -390,21 +381,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sign_in_closes_after_too_many_wrong_tokens() {
-        let failures = FailedSignIns(std::sync::Mutex::new(Vec::new()));
-        for _ in 0..MAX_FAILED_SIGN_INS - 1 {
-            failures.record();
-        }
-        assert!(failures.refused_for().is_none());
-        failures.record();
-        let wait = failures.refused_for().expect("closed after the limit");
-        assert!(
-            wait > Duration::from_secs(55) && wait <= SIGN_IN_WINDOW,
-            "{wait:?}"
-        );
-    }
-
-    #[test]
     fn cookies_are_found_among_others() {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -421,6 +397,14 @@ mod tests {
         assert_eq!(safe_next(Some("//evil.example/")), "/");
         assert_eq!(safe_next(Some("https://evil.example/")), "/");
         assert_eq!(safe_next(Some("/\\evil.example")), "/");
+        assert_eq!(safe_next(Some("/\t/evil.example")), "/");
+        assert_eq!(safe_next(Some("/\n/evil.example")), "/");
+        assert_eq!(safe_next(Some("/ /evil.example")), "/");
+        assert_eq!(safe_next(Some("/\u{1}")), "/");
+        assert_eq!(safe_next(Some("/\0")), "/");
+        assert_eq!(safe_next(Some("/caf\u{e9}")), "/");
+        assert_eq!(safe_next(Some("")), "/");
+        assert_eq!(safe_next(Some("/")), "/");
         assert_eq!(safe_next(None), "/");
     }
 
