@@ -838,3 +838,81 @@ async fn trust_headers_are_refused_custom_headers_keep_their_order_and_control_c
     }
     node.assert_healthy().await;
 }
+
+/// Signed in, the preview frame (sandboxed, so sent no cookie) fetches inline parts by signed URLs: each works
+/// for its own part only, and a forged or moved signature gets nothing.
+#[tokio::test]
+async fn inline_part_urls_are_signed_for_their_part_when_a_token_is_needed() {
+    let node = Node::start(&[("HERALD_API_TOKEN", "admin-token")]).await;
+    let client = client_from("127.0.0.1");
+    let response = client
+        .post(node.url("/v1/messages"))
+        .bearer_auth("admin-token")
+        .json(&cid_bomb())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let signed_in = client
+        .post(node.url("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=admin-token")
+        .send()
+        .await
+        .unwrap();
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let html = client
+        .get(node.url(&format!("/messages/{id}/html")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let start = html
+        .find("src=\"attachments/0?s=")
+        .expect("a signed part URL");
+    let url = &html[start + 5..];
+    let url = &url[..url.find('"').unwrap()];
+    assert!(html.len() < 100_000, "the preview is {} bytes", html.len());
+    let get = |path: String| {
+        client
+            .get(node.url(&format!("/messages/{id}/{path}")))
+            .send()
+    };
+    let image = get(url.to_owned()).await.unwrap();
+    assert_eq!(
+        image.status(),
+        200,
+        "the signed URL works without the cookie"
+    );
+    assert_eq!(image.bytes().await.unwrap().len(), 200_000);
+    let (path, query) = url.split_once('?').unwrap();
+    let other_part = get(format!("attachments/1?{query}")).await.unwrap();
+    assert_ne!(other_part.status(), 200, "a signature is for one part");
+    let mut forged = url.to_owned();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    assert_ne!(
+        get(forged).await.unwrap().status(),
+        200,
+        "a forged signature"
+    );
+    assert_ne!(
+        get(path.to_owned()).await.unwrap().status(),
+        200,
+        "no signature, no cookie"
+    );
+    node.assert_healthy().await;
+}

@@ -385,10 +385,14 @@ async fn sign_in_then_use_the_capture_inbox() {
     let Some(browser) = Browser::open(&app.base).await else {
         return;
     };
+    // A 1×1 PNG, named twice from the HTML: served once from its part's URL, which must work signed in.
+    let pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
     let id = post(
         &app,
         &json!({"from": "shop@example.test", "to": "ana@example.test", "subject": "Welcome aboard",
-                "html": "<h1 id=\"hello\">Welcome, Ana</h1>"}),
+                "html": "<h1 id=\"hello\">Welcome, Ana</h1><img id=\"logo\" src=\"cid:logo\"><img src=\"cid:logo\">",
+                "attachments": [{"filename": "logo.png", "content_type": "image/png", "inline": true,
+                                 "content_id": "logo", "content_base64": pixel}]}),
     )
     .await;
     app.wait_for_status(&id, "delivered").await;
@@ -415,6 +419,21 @@ async fn sign_in_then_use_the_capture_inbox() {
     );
     browser.enter_frame("#reading iframe").await;
     browser.wait_for_text("#hello", "Welcome, Ana").await;
+    browser
+        .wait_until("the inline image to load in the frame", async || {
+            let width = browser
+                .eval("return document.getElementById('logo').naturalWidth;")
+                .await;
+            if width == json!(1) {
+                Ok(())
+            } else {
+                let fetched = browser
+                    .eval("return JSON.stringify(performance.getEntriesByType('resource').map(e => [e.name, e.responseStatus]));")
+                    .await;
+                Err(format!("naturalWidth is {width}; fetched {fetched}"))
+            }
+        })
+        .await;
     browser.leave_frame().await;
     browser.screenshot("inbox").await;
 

@@ -20,7 +20,9 @@ pub fn document() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Herald", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Real-time email notifications: compose, queue durably, deliver over SMTP."},
+                 "description": "Real-time email notifications: compose, queue durably, deliver over SMTP. \
+                    A client that presents 20 wrong bearer tokens within a minute gets 429 (with Retry-After) on every token until the oldest is a minute old. \
+                    Without any token (the open mode, loopback only) every route answers only a Host of this server (else 421), and /v1 refuses a browser's cross-site request (403, naming Origin or Sec-Fetch-Site) and a body that is not application/json (415)."},
         "security": [{"bearer": []}],
         "paths": {
             "/v1/messages": {
@@ -32,7 +34,11 @@ pub fn document() -> Value {
                         "202": {"description": "Stored; delivery follows", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
                         "400": error_response("Unreadable request"),
                         "401": error_response("Missing or wrong bearer token"),
+                        "403": error_response("Open mode: a browser's cross-site request"),
+                        "408": error_response("The body did not arrive within HERALD_HTTP_BODY_TIMEOUT"),
                         "413": error_response("Body over the size limit"),
+                        "415": error_response("Open mode: the body is not application/json"),
+                        "429": error_response("Too many wrong bearer tokens from this client"),
                         "422": template_error_response("A field is invalid (named in error.field), or the template failed with this data"),
                     }
                 },
@@ -52,6 +58,7 @@ pub fn document() -> Value {
                         "type": "object", "required": ["items", "next_cursor"],
                         "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Summary"}},
                                        "next_cursor": {"type": ["string", "null"]}}}}}},
+                                  "400": error_response("A control character in q, to or tag (named in error.field)"),
                                   "422": error_response("A parameter is invalid")}
                 }
             },
@@ -84,7 +91,11 @@ pub fn document() -> Value {
                     "202": {"description": "Stored; delivery follows", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchAccepted"}}}},
                     "400": error_response("Unreadable request"),
                     "401": error_response("Missing or wrong bearer token"),
+                    "403": error_response("Open mode: a browser's cross-site request"),
+                    "408": error_response("The body did not arrive within HERALD_HTTP_BODY_TIMEOUT"),
                     "413": error_response("Body over the size limit"),
+                    "415": error_response("Open mode: the body is not application/json"),
+                    "429": error_response("Too many wrong bearer tokens from this client"),
                     "422": template_error_response("A field is invalid, or the template failed for a recipient's data (with template, part, line, column)"),
                 }
             }},
@@ -127,12 +138,16 @@ pub fn document() -> Value {
             }},
             "/healthz": {"get": {"summary": "Alive", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "Store reachable", "security": [], "responses": {"200": {"description": "ready"}, "503": error_response("Store unreachable")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "Prometheus text format"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (labels: route pattern, a standard method or `other`, status)",
+                "description": "Open unless HERALD_METRICS_TOKEN is set; then that token is required as a bearer token.",
+                "security": [{}, {"metricsToken": []}],
+                "responses": {"200": {"description": "Prometheus text format"}, "401": error_response("HERALD_METRICS_TOKEN is set and was not sent")}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/": {"get": {"summary": "Dashboard overview (HTML); the other dashboard pages are described in the README", "security": [], "responses": {"200": {"description": "HTML"}, "303": {"description": "Sign-in needed: redirect to /login"}}}}
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "metricsToken": {"type": "http", "scheme": "bearer", "description": "HERALD_METRICS_TOKEN"}},
             "schemas": {
                 "Status": {"type": "string", "enum": ["scheduled", "queued", "sending", "deferred", "delivered", "failed", "cancelled"]},
                 "Addresses": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
@@ -147,7 +162,8 @@ pub fn document() -> Value {
                     "template": {"type": "string", "description": "A stored template's name, instead of subject/text/html"},
                     "data": {"type": "object", "description": "The template's variables"},
                     "attachments": {"type": "array", "items": {"$ref": "#/components/schemas/Attachment"}},
-                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                                "description": "Written in the order given. Refused (422): headers Herald writes itself, and trace and authentication headers receiving servers trust (Authentication-Results, ARC-*, DKIM-Signature, DomainKey-Signature, Received, Received-SPF, Return-Path, Delivered-To, X-Original-To, X-Spam-*)."},
                     "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 32},
                     "metadata": {"type": "object"},
                     "send_at": {"type": "string", "format": "date-time"},
@@ -182,7 +198,8 @@ pub fn document() -> Value {
                     "recipients": {"type": "array", "minItems": 1, "maxItems": 10000, "items": {"type": "object", "required": ["to"], "properties": {
                         "to": {"$ref": "#/components/schemas/Addresses"}, "data": {"type": "object"}}}},
                     "attachments": {"type": "array", "items": {"$ref": "#/components/schemas/Attachment"}},
-                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                                "description": "Written in the order given. Refused (422): headers Herald writes itself, and trace and authentication headers receiving servers trust (Authentication-Results, ARC-*, DKIM-Signature, DomainKey-Signature, Received, Received-SPF, Return-Path, Delivered-To, X-Original-To, X-Spam-*)."},
                     "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 32},
                     "metadata": {"type": "object"},
                     "send_at": {"type": "string", "format": "date-time"},

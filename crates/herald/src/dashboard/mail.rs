@@ -81,11 +81,11 @@ fn content_type_of(part: &mail_parser::MessagePart<'_>) -> String {
     )
 }
 
-/// The HTML body with every `cid:` reference to one of the message's parts replaced by the relative URL of
-/// that part (`attachments/{n}`, next to the `/messages/{id}/html` the frame loads), so that each inline image
+/// The HTML body with every `cid:` reference to one of the message's parts replaced by `part_url(n)` (the
+/// relative URL `attachments/{n}`, next to the `/messages/{id}/html` the frame loads), so that each inline image
 /// is sent once however often the HTML names it. (A `data:` URL per reference made a 277 KB message with one
 /// image named 500 times a 133 MB page.)
-pub fn html_body(raw: &[u8]) -> Option<String> {
+pub fn html_body(raw: &[u8], part_url: impl Fn(usize) -> String) -> Option<String> {
     let message = MessageParser::default().parse(raw)?;
     let html = message.html_bodies().find_map(|part| match &part.body {
         PartType::Html(html) => Some(html.clone()),
@@ -100,7 +100,7 @@ pub fn html_body(raw: &[u8]) -> Option<String> {
         .filter_map(|(index, part)| Some((part.content_id()?.trim_matches(['<', '>']), index)))
         .collect();
     Some(replace_cids(&html, |id| {
-        parts.get(id).map(|index| format!("attachments/{index}"))
+        parts.get(id).map(|index| part_url(*index))
     }))
 }
 

@@ -305,12 +305,15 @@ fn html_policy(remote_images: bool) -> String {
 /// `GET /messages/{id}/html`: the message's HTML body, with inline (`cid:`) images, for the preview frame.
 pub async fn message_html(
     State(state): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
     Path(id): Path<String>,
     Query(query): Query<HtmlQuery>,
 ) -> Result<Response, PageError> {
     let bytes = raw_bytes(&state, &id).await?;
-    let html = mail::html_body(&bytes)
-        .ok_or_else(|| PageError::not_found("This message has no HTML part."))?;
+    let html = mail::html_body(&bytes, |index| {
+        format!("attachments/{index}{}", viewer.part_query(&id, index))
+    })
+    .ok_or_else(|| PageError::not_found("This message has no HTML part."))?;
     if html.len() > HTML_PREVIEW_LIMIT {
         return Err(PageError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -399,6 +402,8 @@ pub async fn message_attachment(
             (header::CONTENT_DISPOSITION, attachment_disposition(&name)),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
             (header::CONTENT_SECURITY_POLICY, "sandbox".to_owned()),
+            // An image named many times by the HTML is fetched once.
+            (header::CACHE_CONTROL, "private, max-age=600".to_owned()),
         ],
         data,
     )

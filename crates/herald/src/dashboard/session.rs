@@ -41,6 +41,93 @@ pub struct Viewer {
     pub signed_in: bool,
     /// A CSRF cookie to set with this response (open dashboard, first visit).
     new_csrf_cookie: bool,
+    /// Signed in: the session's store key and the hash of its token, which sign the URLs of inline parts.
+    session: Option<([u8; 32], [u8; 32])>,
+}
+
+impl Viewer {
+    /// The query that lets the preview frame fetch inline part `index` of message `id` without the session
+    /// cookie: the frame is sandboxed (an opaque origin), so the browser sends it no `SameSite=Strict` cookie.
+    /// The URL names the session (by its store key, not its secret) and carries an HMAC of the part keyed by
+    /// the session's token hash, so it stops working with the session or the token, and is good for no other
+    /// part. Empty on an open dashboard, where no cookie is needed.
+    pub fn part_query(&self, id: &str, index: usize) -> String {
+        match &self.session {
+            Some((session_hash, token_hash)) => {
+                let session = hex(session_hash);
+                let signature = hex(&part_signature(token_hash, &session, id, index));
+                format!("?s={session}&k={signature}")
+            }
+            None => String::new(),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn part_signature(token_hash: &[u8; 32], session: &str, id: &str, index: usize) -> [u8; 32] {
+    use hmac::{KeyInit as _, Mac as _};
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(token_hash).expect("any key length");
+    mac.update(format!("herald-part:{session}/{id}/{index}").as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// `GET /messages/{id}/attachments/{n}?s=..&k=..` with a valid [`Viewer::part_query`] signature of a live
+/// session: a viewer for that one request.
+async fn part_grant(
+    state: &AppState,
+    method: &Method,
+    uri: &axum::http::Uri,
+) -> Result<Option<Viewer>, PageError> {
+    if method != Method::GET {
+        return Ok(None);
+    }
+    let Some(rest) = uri.path().strip_prefix("/messages/") else {
+        return Ok(None);
+    };
+    let Some((id, index)) = rest.split_once("/attachments/") else {
+        return Ok(None);
+    };
+    let Ok(index) = index.parse::<usize>() else {
+        return Ok(None);
+    };
+    let query = uri.query().unwrap_or_default();
+    let param = |name: &str| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    };
+    let (Some(session), Some(signature)) = (param("s"), param("k")) else {
+        return Ok(None);
+    };
+    let Some(session_hash) = unhex(&session) else {
+        return Ok(None);
+    };
+    let Some(info) = state.service.store.session(&session_hash).await? else {
+        return Ok(None);
+    };
+    let expected = part_signature(&info.token_hash, &session, id, index);
+    let valid = unhex(&signature).is_some_and(|given| constant_time_eq(&given, &expected))
+        && token_is_valid(state, &info.token_hash).await?;
+    Ok(valid.then(|| Viewer {
+        csrf: String::new(),
+        signed_in: true,
+        new_csrf_cookie: false,
+        session: None,
+    }))
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 impl Viewer {
@@ -95,11 +182,12 @@ async fn token_is_valid(state: &AppState, token_hash: &[u8; 32]) -> Result<bool,
     Ok(state.token_hashes.contains(token_hash) || state.is_stored_token(token_hash).await?)
 }
 
-/// The session secret in the cookie, when it names a live session opened with a still-valid token.
+/// The session secret in the cookie with the session, when it names a live session opened with a
+/// still-valid token.
 async fn live_session<'a>(
     state: &AppState,
     headers: &'a HeaderMap,
-) -> Result<Option<&'a str>, PageError> {
+) -> Result<Option<(&'a str, crate::store::SessionInfo)>, PageError> {
     let Some(secret) = cookie(headers, SESSION_COOKIE) else {
         return Ok(None);
     };
@@ -113,7 +201,7 @@ async fn live_session<'a>(
     };
     Ok(token_is_valid(state, &session.token_hash)
         .await?
-        .then_some(secret))
+        .then_some((secret, session)))
 }
 
 /// A state-changing request from another site: refused whatever the token says. Browsers send `Origin` on
@@ -153,7 +241,13 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
     }
     let viewer = match identify(&state, request.headers()).await {
         Ok(Some(viewer)) => viewer,
-        Ok(None) => return sign_in_first(&request),
+        Ok(None) => {
+            match part_grant(&state, &request.method().clone(), &request.uri().clone()).await {
+                Ok(Some(viewer)) => viewer,
+                Ok(None) => return sign_in_first(&request),
+                Err(error) => return error.into_response(),
+            }
+        }
         Err(error) => return error.into_response(),
     };
     let set_cookie = viewer.new_csrf_cookie.then(|| {
@@ -185,11 +279,12 @@ const PAGE_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'sel
 
 /// The viewer of `request`, or `None` when a sign-in is needed and there is no live session.
 async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Option<Viewer>, PageError> {
-    if let Some(secret) = live_session(state, headers).await? {
+    if let Some((secret, session)) = live_session(state, headers).await? {
         return Ok(Some(Viewer {
             csrf: csrf_for_session(secret),
             signed_in: true,
             new_csrf_cookie: false,
+            session: Some((sha256(secret.as_bytes()), session.token_hash)),
         }));
     }
     if sign_in_required(state).await? {
@@ -200,11 +295,13 @@ async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Option<Viewer
             csrf: csrf.to_owned(),
             signed_in: false,
             new_csrf_cookie: false,
+            session: None,
         },
         _ => Viewer {
             csrf: random_secret(),
             signed_in: false,
             new_csrf_cookie: true,
+            session: None,
         },
     }))
 }
@@ -381,6 +478,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn part_signatures_name_one_part_of_one_message_of_one_session() {
+        let (session, token) = ([1u8; 32], [2u8; 32]);
+        let viewer = Viewer {
+            csrf: String::new(),
+            signed_in: true,
+            new_csrf_cookie: false,
+            session: Some((session, token)),
+        };
+        let query = viewer.part_query("m1", 0);
+        let signature = query.split("&k=").nth(1).unwrap();
+        assert_eq!(
+            unhex(signature),
+            Some(part_signature(&token, &hex(&session), "m1", 0))
+        );
+        assert_ne!(
+            part_signature(&token, &hex(&session), "m1", 1),
+            part_signature(&token, &hex(&session), "m1", 0)
+        );
+        assert_ne!(
+            part_signature(&token, &hex(&session), "m2", 0),
+            part_signature(&token, &hex(&session), "m1", 0)
+        );
+        assert_ne!(
+            part_signature(&[3; 32], &hex(&session), "m1", 0),
+            part_signature(&token, &hex(&session), "m1", 0)
+        );
+        assert_eq!(unhex(&hex(&session)), Some(session));
+        assert_eq!(unhex("zz"), None);
+    }
+
+    #[test]
     fn cookies_are_found_among_others() {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -426,6 +554,7 @@ mod tests {
             csrf: csrf_for_session("a"),
             signed_in: true,
             new_csrf_cookie: false,
+            session: None,
         };
         assert!(viewer.verify(Some(&csrf_for_session("a"))).is_ok());
         assert!(viewer.verify(Some("nope")).is_err());
