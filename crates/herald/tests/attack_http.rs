@@ -916,3 +916,48 @@ async fn inline_part_urls_are_signed_for_their_part_when_a_token_is_needed() {
     );
     node.assert_healthy().await;
 }
+
+/// A message with a 5 MB HTML part and a 3 MB text part: the preview frame refuses the HTML (413) and the
+/// pages show at most 1 MB of the text, so opening the inbox or the message stays cheap.
+#[tokio::test]
+async fn large_bodies_are_not_sent_whole_to_the_dashboard() {
+    let node = Node::start(&[]).await;
+    let line = "All work and no play makes a long newsletter.\n";
+    let text = line.repeat(3_000_000 / line.len());
+    let html = format!("<p>{}</p>", "<b>bold</b> ".repeat(5_000_000 / 12));
+    let response = node
+        .client
+        .post(node.url("/v1/messages"))
+        .json(&json!({"from": "a@example.test", "to": "b@example.test", "subject": "big", "text": text, "html": html}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let preview = node
+        .client
+        .get(node.url(&format!("/messages/{id}/html")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preview.status(), 413);
+    assert!(preview.text().await.unwrap().contains("download the .eml"));
+    let page = node
+        .client
+        .get(node.url(&format!("/messages/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("id=\"text-truncated\""));
+    assert!(
+        page.len() < 1_200_000,
+        "the message page is {} bytes",
+        page.len()
+    );
+    node.assert_healthy().await;
+}

@@ -9,7 +9,10 @@ use mail_parser::{MessageParser, MimeHeaders, PartType};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MailView {
     pub headers: Vec<(String, String)>,
+    /// The text part, cut at [`TEXT_PREVIEW_LIMIT`] bytes.
     pub text: Option<String>,
+    /// The text part is longer than what `text` shows.
+    pub text_truncated: bool,
     pub has_html: bool,
     pub attachments: Vec<AttachmentView>,
 }
@@ -25,16 +28,28 @@ pub struct AttachmentView {
     pub inline: bool,
 }
 
+/// The most of a text part a page shows (the inbox shows the newest message by itself, so one message must
+/// not make every visit to it large); the whole message stays downloadable as `.eml`.
+pub const TEXT_PREVIEW_LIMIT: usize = 1024 * 1024;
+
 pub fn parse(raw: &[u8]) -> Option<MailView> {
     let message = MessageParser::default().parse(raw)?;
     let headers = message
         .headers_raw()
         .map(|(name, value)| (name.to_owned(), unfold(value)))
         .collect();
-    let text = message.text_bodies().find_map(|part| match &part.body {
+    let mut text = message.text_bodies().find_map(|part| match &part.body {
         PartType::Text(text) => Some(text.to_string()),
         _ => None,
     });
+    let text_truncated = text.as_ref().is_some_and(|t| t.len() > TEXT_PREVIEW_LIMIT);
+    if let Some(text) = text.as_mut().filter(|_| text_truncated) {
+        let mut end = TEXT_PREVIEW_LIMIT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
     let has_html = message
         .html_bodies()
         .any(|part| matches!(part.body, PartType::Html(_)));
@@ -57,6 +72,7 @@ pub fn parse(raw: &[u8]) -> Option<MailView> {
     Some(MailView {
         headers,
         text,
+        text_truncated,
         has_html,
         attachments,
     })
