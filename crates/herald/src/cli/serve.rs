@@ -17,7 +17,7 @@ pub struct ServeArgs {
 fn config_help() -> String {
     let mut text = String::from("Environment:\n");
     for (key, what) in herald::config::KEYS {
-        text.push_str(&format!("  {key:<26} {what}\n"));
+        text.push_str(&format!("  {key:<28} {what}\n"));
     }
     text
 }
