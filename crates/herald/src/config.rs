@@ -630,6 +630,45 @@ mod tests {
                 .to_string()
                 .starts_with("HERALD_BODY_LIMIT")
         );
+        for (key, value) in [
+            ("HERALD_PUBLIC_URL", "herald.example.com"),
+            ("HERALD_PUBLIC_URL", "ftp://herald.example.com"),
+            ("HERALD_HTTP_HEADER_TIMEOUT", "0"),
+            ("HERALD_HTTP_BODY_TIMEOUT", "soon"),
+            ("HERALD_HTTP_MAX_CONNECTIONS", "0"),
+            ("HERALD_HTTP_SHUTDOWN_GRACE", "1y"),
+        ] {
+            let error = config(&[(key, value)]).unwrap_err().to_string();
+            assert!(error.starts_with(key), "{key}={value}: {error}");
+        }
+    }
+
+    #[test]
+    fn http_limits_and_the_public_url_are_read() {
+        let config = config(&[
+            ("HERALD_PUBLIC_URL", "https://herald.example.com:8443/"),
+            ("HERALD_METRICS_TOKEN", "m"),
+            ("HERALD_HTTP_HEADER_TIMEOUT", "500ms"),
+            ("HERALD_HTTP_BODY_TIMEOUT", "2s"),
+            ("HERALD_HTTP_MAX_CONNECTIONS", "7"),
+            ("HERALD_HTTP_SHUTDOWN_GRACE", "3s"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.http,
+            HttpLimits {
+                header_timeout: Duration::from_millis(500),
+                body_timeout: Duration::from_secs(2),
+                max_connections: 7,
+                shutdown_grace: Duration::from_secs(3),
+            }
+        );
+        assert_eq!(config.public_url.as_ref().unwrap().port(), Some(8443));
+        assert_eq!(config.metrics_token.as_deref(), Some("m"));
+        assert!(
+            !format!("{config:?}").contains("\"m\""),
+            "the metrics token is not in Debug"
+        );
     }
 
     #[test]

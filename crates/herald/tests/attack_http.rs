@@ -30,6 +30,11 @@ struct Node {
 
 impl Node {
     async fn start(env: &[(&str, &str)]) -> Node {
+        Self::start_with_fd_limit(env, None).await
+    }
+
+    /// With `fd_limit`, the process runs under `ulimit -n fd_limit`.
+    async fn start_with_fd_limit(env: &[(&str, &str)], fd_limit: Option<u32>) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -37,9 +42,24 @@ impl Node {
             .unwrap()
             .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        let mut command = match fd_limit {
+            None => {
+                let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+                command.arg("serve");
+                command
+            }
+            Some(limit) => {
+                // `exec` keeps the PID, so SIGTERM and kill reach herald itself.
+                let mut command = Command::new("sh");
+                command.args([
+                    "-c",
+                    &format!("ulimit -n {limit} && exec \"$0\" serve"),
+                    env!("CARGO_BIN_EXE_herald"),
+                ]);
+                command
+            }
+        };
         command
-            .arg("serve")
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HERALD_LISTEN", addr.to_string())
@@ -960,4 +980,91 @@ async fn large_bodies_are_not_sent_whole_to_the_dashboard() {
         page.len()
     );
     node.assert_healthy().await;
+}
+
+/// Under `ulimit -n 128` the default cap is 64 connections: 150 idle sockets cannot take the descriptors the
+/// store and the engine need. Those over the cap get a 503 at once (so does `/healthz` while the cap is
+/// full: an answer, not a hang), and once the idle ones time out the server serves and delivers as before.
+#[tokio::test]
+async fn idle_sockets_cannot_exhaust_file_descriptors() {
+    let node = Node::start_with_fd_limit(&[("HERALD_HTTP_HEADER_TIMEOUT", "3s")], Some(128)).await;
+    let mut sockets = Vec::new();
+    for _ in 0..150 {
+        sockets.push(TcpStream::connect(node.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut refused = 0;
+    for socket in &mut sockets {
+        let mut byte = [0u8; 1];
+        // An accepted idle socket says nothing; a refused one has its 503 waiting.
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(5), socket.peek(&mut byte)).await
+            && n > 0
+        {
+            let (response, closed) = read_until_closed(socket, Duration::from_secs(1)).await;
+            assert!(closed);
+            assert_eq!(status_of(&response), Some(503));
+            refused += 1;
+        }
+    }
+    assert!(
+        (150 - 64..=150 - 60).contains(&refused),
+        "{refused} of 150 connections refused with a cap of 64"
+    );
+    let start = Instant::now();
+    let mut probe = TcpStream::connect(node.addr).await.unwrap();
+    probe
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", node.addr).as_bytes())
+        .await
+        .unwrap();
+    let (response, _) = read_until_closed(&mut probe, Duration::from_secs(2)).await;
+    assert_eq!(
+        status_of(&response),
+        Some(503),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "/healthz hung for {:?}",
+        start.elapsed()
+    );
+
+    for socket in &mut sockets {
+        let (_, closed) = read_until_closed(socket, Duration::from_secs(5)).await;
+        assert!(closed, "an idle socket stayed open past the header timeout");
+    }
+    node.assert_healthy().await;
+    let response = node
+        .client
+        .post(node.url("/v1/messages"))
+        .json(&json!({"from": "a@example.test", "to": "b@example.test", "subject": "after", "text": "t"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let start = Instant::now();
+    loop {
+        let view: Value = node
+            .client
+            .get(node.url(&format!("/v1/messages/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if view["status"] == "delivered" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not delivered: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
