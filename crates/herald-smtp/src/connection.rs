@@ -234,6 +234,10 @@ pub struct Connection {
     /// means nothing of the transaction was acknowledged, so it can be retried on another session
     /// without risk of duplication.
     pub(crate) acknowledged_in_transaction: usize,
+    /// What AUTH sent that must never come back out: a relay that echoes the command (or the password)
+    /// in a reply would otherwise put the credential into errors, logs and the stored delivery history.
+    /// Every reply read after AUTH is redacted of these.
+    pub(crate) secrets: Vec<String>,
 }
 
 impl Connection {
@@ -257,6 +261,7 @@ impl Connection {
             transactions: 0,
             broken: false,
             acknowledged_in_transaction: 0,
+            secrets: Vec::new(),
         }
     }
 
@@ -392,8 +397,9 @@ impl Connection {
         timeout: Duration,
     ) -> Result<Reply, Error> {
         let len = self.next_reply_len(stage, timeout).await?;
-        let reply = Reply::parse(&self.rbuf[self.rpos..self.rpos + len]);
+        let mut reply = Reply::parse(&self.rbuf[self.rpos..self.rpos + len]);
         self.consume(len, &reply);
+        self.redact(&mut reply);
         Ok(reply)
     }
 
@@ -405,9 +411,16 @@ impl Connection {
     ) -> Result<(Reply, Vec<u8>), Error> {
         let len = self.next_reply_len(stage, timeout).await?;
         let raw = self.rbuf[self.rpos..self.rpos + len].to_vec();
-        let reply = Reply::parse(&raw);
+        let mut reply = Reply::parse(&raw);
         self.consume(len, &reply);
+        self.redact(&mut reply);
         Ok((reply, raw))
+    }
+
+    fn redact(&self, reply: &mut Reply) {
+        if !self.secrets.is_empty() {
+            reply.text = crate::auth::redact(&reply.text, &self.secrets);
+        }
     }
 
     fn consume(&mut self, len: usize, reply: &Reply) {

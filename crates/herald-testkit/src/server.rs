@@ -50,6 +50,11 @@ pub enum Action {
     Drop,
     /// Never answer (the connection stays open until the client gives up).
     Stall,
+    /// Answer this reply line after waiting (a slow relay: holds the session busy).
+    ReplyAfter(Duration, String),
+    /// Answer this reply prefix followed by the client's last command line, as a careless relay that
+    /// echoes what it was sent (an AUTH line, with the credential in it) in its error.
+    Echo(String),
 }
 
 /// One scripted deviation. `connection` and `transaction` (0-based, counted over the server's
@@ -315,6 +320,8 @@ struct Session {
     recipients: Vec<String>,
     transaction: usize,
     bdat_content: Vec<u8>,
+    /// The last command line read (for [`Action::Echo`]).
+    last_line: String,
 }
 
 /// Why a session ended early.
@@ -345,6 +352,7 @@ impl Session {
             recipients: Vec::new(),
             transaction: 0,
             bdat_content: Vec::new(),
+            last_line: String::new(),
         }
     }
 
@@ -392,6 +400,11 @@ impl Session {
             Some(Action::Reply(reply)) => reply,
             Some(Action::Drop) => return Err(End::Closed),
             Some(Action::Stall) => return Err(End::Stall),
+            Some(Action::ReplyAfter(wait, reply)) => {
+                tokio::time::sleep(wait).await;
+                reply
+            }
+            Some(Action::Echo(prefix)) => format!("{prefix}{}", self.last_line),
         };
         self.send(io, &reply).await?;
         if reply.starts_with("421") {
@@ -434,6 +447,7 @@ impl Session {
                     .lock()
                     .unwrap()
                     .push((self.id, line.clone()));
+                self.last_line.clone_from(&line);
                 return Ok(line);
             }
             self.fill(io).await?;
@@ -722,6 +736,14 @@ impl Session {
         }
         if let Some(action) = self.fault(&When::Data) {
             self.bdat_content.clear();
+            let action = match action {
+                Action::ReplyAfter(wait, reply) => {
+                    tokio::time::sleep(wait).await;
+                    Action::Reply(reply)
+                }
+                Action::Echo(prefix) => Action::Reply(format!("{prefix}{}", self.last_line)),
+                action => action,
+            };
             return match action {
                 Action::Reply(reply) => {
                     self.send(io, &reply).await?;
@@ -733,7 +755,7 @@ impl Session {
                     }
                 }
                 Action::Drop => Err(End::Closed),
-                Action::Stall => Err(End::Stall),
+                Action::Stall | Action::ReplyAfter(..) | Action::Echo(_) => Err(End::Stall),
             };
         }
         self.bdat_content.extend_from_slice(&chunk);
