@@ -23,7 +23,7 @@ use tokio::{
 };
 
 pub use capture::CaptureTransport;
-pub use health::{RelayBoard, RelaySnapshot};
+pub use health::{RelayBoard, RelayProblem, RelaySnapshot, RelayState};
 pub use limits::{DEFAULT_BATCH, RateLimit, RelayLimits, TokioClock};
 pub use route::{Route, RouteError, Routes};
 pub use smtp::SmtpTransport;
@@ -64,11 +64,12 @@ pub enum Verdict {
 pub enum Delivery {
     /// The transaction ran: one reply per envelope recipient, in envelope order.
     Replies(Vec<RecipientReply>),
-    /// The relay itself could not be used (connection refused, 421, TLS failure …). Nothing was decided for any
-    /// recipient; `relay_down` asks the engine to pause the relay instead of burning the message's attempts.
+    /// The transaction failed as a whole. Nothing was decided for any recipient. With a `problem`, the relay
+    /// itself could not be used (connection refused, 421, credentials refused, certificate not trusted,
+    /// STARTTLS missing): the engine pauses the relay instead of spending the message's attempts.
     Failed {
         transient: bool,
-        relay_down: bool,
+        problem: Option<RelayProblem>,
         reason: String,
     },
 }
@@ -100,6 +101,10 @@ pub trait Transport: Send + Sync + 'static {
     fn sessions(&self) -> usize {
         1
     }
+
+    /// Lowers or raises the cap on sessions at once (an SMTP pool's hard connection cap) to this node's
+    /// share of [`Transport::sessions`]; sessions busy now finish first.
+    fn set_sessions(&self, _sessions: usize) {}
 
     /// Sessions open now (an SMTP pool's idle and busy connections); a transport without sessions has none.
     fn open_sessions(&self) -> usize {
@@ -147,6 +152,9 @@ pub struct EngineOptions {
     pub maintenance: Duration,
     /// Where the engine shows each relay's state (the dashboard reads it).
     pub board: RelayBoard,
+    /// How many nodes are live (this one included), from the heartbeat: each relay's `pool=`, `rate=` and
+    /// `domain_concurrency=` are cluster totals that live nodes split. A node alone sees 1.
+    pub live_nodes: watch::Receiver<u32>,
 }
 
 impl Default for EngineOptions {
@@ -161,6 +169,7 @@ impl Default for EngineOptions {
             idle_poll: Duration::from_secs(1),
             maintenance: Duration::from_secs(10),
             board: RelayBoard::default(),
+            live_nodes: watch::channel(1).1,
         }
     }
 }
@@ -235,6 +244,11 @@ impl<T: Transport> Engine<T> {
             .into_iter()
             .map(|route| Arc::new(lane::RelayWorker::new(route, &options.board)))
             .collect();
+        let cluster = tokio::spawn(lane::follow_live_nodes(
+            workers.clone(),
+            options.live_nodes.clone(),
+            shutdown.clone(),
+        ));
         let mut lanes = JoinSet::new();
         for worker in &workers {
             for _ in 0..worker.lanes() {
@@ -358,6 +372,8 @@ impl<T: Transport> Engine<T> {
         }
         maintenance.abort();
         let _ = maintenance.await;
+        cluster.abort();
+        let _ = cluster.await;
         for worker in &workers {
             worker.transport.close().await;
         }
@@ -395,7 +411,7 @@ impl Outcomes {
     /// A message for a paused relay goes back to the queue until the pause ends, without counting an attempt.
     fn relay_paused(&self, relay: &str, message: ClaimedMessage, left: Duration) -> AttemptOutcome {
         let retry_at = self.wait_for_relay(message.created_at, left);
-        let reason = format!("relay {relay} is paused after a connection failure");
+        let reason = format!("relay {relay} is paused after a relay-level failure");
         let recipients = message
             .recipients
             .iter()
@@ -452,7 +468,7 @@ fn outcome_of(
         ),
         Delivery::Failed {
             transient,
-            relay_down,
+            problem,
             reason,
         } => (
             message
@@ -471,7 +487,7 @@ fn outcome_of(
                     reply: Some(reason.clone()),
                 })
                 .collect(),
-            Some((relay_down, reason)),
+            Some((problem.is_some(), reason)),
         ),
     };
     // A transport that answered for fewer recipients than it was given decided nothing for the rest.
