@@ -28,7 +28,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "HERALD_RELAY_URL_<NAME>",
-        "another relay, named NAME (same URL form; limits per relay: pool=N connections, rate=N msg/s, burst=N, domain_concurrency=N sessions per recipient domain, batch=N messages pipelined per session)",
+        "another relay, named NAME (same URL form; limits per relay, totals split across live nodes: pool=N connections, rate=N msg/s, burst=N, domain_concurrency=N sessions per recipient domain, batch=N messages pipelined per session)",
     ),
     (
         "HERALD_RELAY_DOMAINS_<NAME>",
