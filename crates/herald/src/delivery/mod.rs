@@ -126,6 +126,10 @@ const CLAIM_RETRY: Duration = Duration::from_millis(200);
 /// Default of [`EngineOptions::concurrency`].
 pub const DEFAULT_CONCURRENCY: usize = 256;
 
+/// Default of [`EngineOptions::lease`]: short, because a live node renews its leases every third of it; a
+/// node that dies gives its messages back within this time.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -147,6 +151,15 @@ pub struct EngineOptions {
     pub maintenance: Duration,
     /// Where the engine shows each relay's state (the dashboard reads it).
     pub board: RelayBoard,
+    /// How many nodes are delivering from this database now, counting this one (from the nodes' heartbeat
+    /// rows; always 1 on SQLite). Cluster-wide limits are split by it.
+    pub live_nodes: watch::Receiver<u32>,
+}
+
+/// A live-node count that always says 1: one process alone keeps its limits whole.
+pub fn single_node() -> watch::Receiver<u32> {
+    // A receiver whose sender is gone keeps its last value and never reports a change.
+    watch::channel(1).1
 }
 
 impl Default for EngineOptions {
@@ -154,13 +167,14 @@ impl Default for EngineOptions {
         Self {
             owner: format!("node-{}", uuid::Uuid::now_v7()),
             concurrency: DEFAULT_CONCURRENCY,
-            lease: Duration::from_secs(15 * 60),
+            lease: DEFAULT_LEASE,
             retry: RetryPolicy::default(),
             relay_pause: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
             idle_poll: Duration::from_secs(1),
             maintenance: Duration::from_secs(10),
             board: RelayBoard::default(),
+            live_nodes: single_node(),
         }
     }
 }

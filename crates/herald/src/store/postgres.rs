@@ -73,6 +73,11 @@ fn migrator() -> Migrator {
             "dashboard sessions",
             include_str!("../../migrations/postgres/0003_dashboard_sessions.sql"),
         ),
+        migration(
+            4,
+            "nodes",
+            include_str!("../../migrations/postgres/0004_nodes.sql"),
+        ),
     ])
 }
 

@@ -214,6 +214,11 @@ fn migrator() -> Migrator {
             "dashboard sessions",
             include_str!("../../../migrations/sqlite/0003_dashboard_sessions.sql"),
         ),
+        migration(
+            4,
+            "nodes",
+            include_str!("../../../migrations/sqlite/0004_nodes.sql"),
+        ),
     ])
 }
 
