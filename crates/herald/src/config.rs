@@ -70,9 +70,27 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "HERALD_LEASE",
-        "how long a node holds a claimed message before another may take it over (default 15m)",
+        "how long a claimed message stays with a node that stops renewing it (renewed every third; default 30s, at least 3s)",
     ),
 ];
+
+/// Shortest `HERALD_LEASE`: renewals run every third of it, and a renewal is one commit.
+const MIN_LEASE: Duration = Duration::from_secs(3);
+
+/// `HERALD_LEASE`, default [`crate::delivery::DEFAULT_LEASE`].
+fn parse_lease(text: Option<&str>) -> Result<Duration, String> {
+    let Some(text) = text else {
+        return Ok(crate::delivery::DEFAULT_LEASE);
+    };
+    let lease = parse_duration(text)?;
+    if lease < MIN_LEASE {
+        return Err(format!(
+            "{text}: at least {}s (leases are renewed every third of it)",
+            MIN_LEASE.as_secs()
+        ));
+    }
+    Ok(lease)
+}
 
 /// Default of `HERALD_CONCURRENCY`: enough claimed messages to keep 8 pipelined sessions fed between claims
 /// (measured: 256 delivered the standard notification ~15% faster end to end than 64), a few tens of MB.
@@ -335,8 +353,7 @@ impl Config {
             retention,
             body_limit: number("HERALD_BODY_LIMIT", 25 * 1024 * 1024)?,
             concurrency: number("HERALD_CONCURRENCY", DEFAULT_CONCURRENCY)?,
-            lease: parse_duration(get("HERALD_LEASE").unwrap_or("15m"))
-                .map_err(|e| invalid("HERALD_LEASE", e))?,
+            lease: parse_lease(get("HERALD_LEASE")).map_err(|e| invalid("HERALD_LEASE", e))?,
         })
     }
 
@@ -499,7 +516,12 @@ mod tests {
         assert!(c.relay_url.is_none());
         assert_eq!(c.body_limit, 25 * 1024 * 1024);
         assert_eq!(c.retry, RetryPolicy::default());
-        assert_eq!(c.lease, Duration::from_secs(900));
+        assert_eq!(c.lease, Duration::from_secs(30));
+        let short = config(&[("HERALD_LEASE", "1s")]).unwrap_err().to_string();
+        assert!(
+            short.contains("HERALD_LEASE") && short.contains("at least 3s"),
+            "{short}"
+        );
         c.check_exposure(false).unwrap();
     }
 

@@ -9,12 +9,17 @@
 
 mod capture;
 mod health;
+mod heartbeat;
 mod lane;
 mod limits;
 mod route;
 mod smtp;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use rand::{SeedableRng, rngs::StdRng};
 use tokio::{
@@ -24,6 +29,7 @@ use tokio::{
 
 pub use capture::CaptureTransport;
 pub use health::{RelayBoard, RelayProblem, RelaySnapshot, RelayState};
+pub use heartbeat::{host_name, run_heartbeat};
 pub use limits::{DEFAULT_BATCH, RateLimit, RelayLimits, TokioClock};
 pub use route::{Route, RouteError, Routes};
 pub use smtp::SmtpTransport;
@@ -131,6 +137,10 @@ const CLAIM_RETRY: Duration = Duration::from_millis(200);
 /// Default of [`EngineOptions::concurrency`].
 pub const DEFAULT_CONCURRENCY: usize = 256;
 
+/// Default of [`EngineOptions::lease`]: short, because a live node renews its leases every third of it; a
+/// node that dies gives its messages back within this time.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -152,9 +162,16 @@ pub struct EngineOptions {
     pub maintenance: Duration,
     /// Where the engine shows each relay's state (the dashboard reads it).
     pub board: RelayBoard,
-    /// How many nodes are live (this one included), from the heartbeat: each relay's `pool=`, `rate=` and
-    /// `domain_concurrency=` are cluster totals that live nodes split. A node alone sees 1.
+    /// How many nodes are delivering from this database now, counting this one (from the nodes' heartbeat
+    /// rows; always 1 on SQLite). Each relay's `pool=`, `rate=` and `domain_concurrency=` are cluster totals
+    /// that live nodes split (`limits::Share`).
     pub live_nodes: watch::Receiver<u32>,
+}
+
+/// A live-node count that always says 1: one process alone keeps its limits whole.
+pub fn single_node() -> watch::Receiver<u32> {
+    // A receiver whose sender is gone keeps its last value and never reports a change.
+    watch::channel(1).1
 }
 
 impl Default for EngineOptions {
@@ -162,14 +179,14 @@ impl Default for EngineOptions {
         Self {
             owner: format!("node-{}", uuid::Uuid::now_v7()),
             concurrency: DEFAULT_CONCURRENCY,
-            lease: Duration::from_secs(15 * 60),
+            lease: DEFAULT_LEASE,
             retry: RetryPolicy::default(),
             relay_pause: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
             idle_poll: Duration::from_secs(1),
             maintenance: Duration::from_secs(10),
             board: RelayBoard::default(),
-            live_nodes: watch::channel(1).1,
+            live_nodes: single_node(),
         }
     }
 }
@@ -216,23 +233,35 @@ impl<T: Transport> Engine<T> {
         let slots = Arc::new(Semaphore::new(concurrency));
         let claim_at_least = (concurrency / 4).clamp(1, 256);
         let (outcomes_tx, mut outcomes_rx) = mpsc::unbounded_channel::<AttemptOutcome>();
+        let in_flight = InFlight::default();
         let recorder = {
             let store = store.clone();
             let owner = options.owner.clone();
+            let in_flight = in_flight.clone();
             tokio::spawn(async move {
-                // Outcomes that finish together are recorded in one commit.
+                // Outcomes that finish together are recorded in one commit, at once: every message whose relay
+                // said 250 but whose outcome is not committed yet would be sent again if this node died now.
                 while let Some(first) = outcomes_rx.recv().await {
                     let mut batch = vec![first];
                     while let Ok(more) = outcomes_rx.try_recv() {
                         batch.push(more);
                     }
+                    let ids: Vec<String> = batch.iter().map(|o| o.id.clone()).collect();
                     if let Err(error) = store.record(&owner, batch).await {
-                        // The leases expire and the messages are retried: at-least-once (invariant 3).
+                        // No longer renewed: the leases run out and the messages are retried, at-least-once
+                        // (invariant 3).
                         tracing::error!(%error, "could not record delivery outcomes");
                     }
+                    in_flight.remove(&ids);
                 }
             })
         };
+        let renewal = tokio::spawn(renew_leases(
+            store.clone(),
+            options.owner.clone(),
+            options.lease,
+            in_flight.clone(),
+        ));
         let outcomes = Arc::new(Outcomes {
             tx: outcomes_tx,
             clock: store.clock().clone(),
@@ -330,6 +359,7 @@ impl<T: Transport> Engine<T> {
                 }
                 continue;
             }
+            in_flight.insert(claimed.iter().map(|m| m.id.clone()));
             let mut per_relay: Vec<Vec<_>> = workers.iter().map(|_| Vec::new()).collect();
             for message in claimed {
                 let permit = slots
@@ -380,9 +410,64 @@ impl<T: Transport> Engine<T> {
         drop(workers);
         drop(outcomes);
         let _ = recorder.await;
+        // Renewed until now: a transaction still finishing in the grace period keeps its lease.
+        renewal.abort();
+        let _ = renewal.await;
         let released = store.release_leases(&options.owner).await?;
         tracing::info!(released, "delivery engine stopped");
         Ok(())
+    }
+}
+
+/// The messages this node claimed and has not recorded yet: the leases its renewals extend. A message leaves
+/// when its outcome was recorded, or when recording failed (then its lease runs out and it is retried).
+#[derive(Debug, Clone, Default)]
+struct InFlight(Arc<Mutex<HashSet<String>>>);
+
+impl InFlight {
+    fn insert(&self, ids: impl IntoIterator<Item = String>) {
+        self.0.lock().expect("in-flight lock").extend(ids);
+    }
+
+    fn remove(&self, ids: &[String]) {
+        let mut held = self.0.lock().expect("in-flight lock");
+        for id in ids {
+            held.remove(id);
+        }
+    }
+
+    fn snapshot(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .expect("in-flight lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Every third of a lease, extends the leases of every message still in flight, in one commit per renewal: a
+/// live node never loses a message however slow its relay is, while a node that stops (crash, partition) loses
+/// them within one lease. Two renewals in a row may fail before a lease runs out.
+async fn renew_leases(store: Store, owner: String, lease: Duration, in_flight: InFlight) {
+    let every = (lease / 3).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ids = in_flight.snapshot();
+        if ids.is_empty() {
+            continue;
+        }
+        match store.renew_leases(&owner, lease, &ids).await {
+            Ok(renewed) => {
+                metrics::counter!("herald_lease_renewals_total").increment(renewed);
+                tracing::debug!(renewed, held = ids.len(), "leases renewed");
+            }
+            Err(error) => {
+                tracing::warn!(%error, held = ids.len(), "renewing leases failed; retrying at the next renewal")
+            }
+        }
     }
 }
 

@@ -23,9 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Accepted, ActivityBucket, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient,
-    MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus,
-    SUMMARY_RECIPIENTS, SearchPage, SearchQuery, SessionInfo, StoreError, StoredTemplate,
-    TemplateSource, TokenInfo, WorkSignal,
+    EVENT_INTERRUPTED, EVENT_STALE_OUTCOME, HeartbeatReport, Membership, MessageStatus,
+    MessageSummary, MessageView, Millis, NewMessage, NodeInfo, RecipientStatus, SUMMARY_RECIPIENTS,
+    SearchPage, SearchQuery, SessionInfo, StoreError, StoredTemplate, TemplateSource, TokenInfo,
+    WorkSignal,
     raw::{self, RawSegment, SharedBlob},
     rows,
     rows::counts_from,
@@ -72,6 +73,11 @@ fn migrator() -> Migrator {
             3,
             "dashboard sessions",
             include_str!("../../migrations/postgres/0003_dashboard_sessions.sql"),
+        ),
+        migration(
+            4,
+            "nodes",
+            include_str!("../../migrations/postgres/0004_nodes.sql"),
         ),
     ])
 }
@@ -279,6 +285,28 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         for outcome in &outcomes {
             let id = outcome.id.as_str();
+            // Only the lease holder records (see the SQLite store); FOR UPDATE keeps a heartbeat's release of
+            // this node's leases from slipping in between the check and the update.
+            let holds_lease = sqlx::query(
+                "SELECT 1 FROM messages WHERE id = $1 AND lease_owner = $2 AND status = 'sending' FOR UPDATE",
+            )
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+            if !holds_lease {
+                let detail = format!(
+                    "from {owner}, which no longer held the lease (not applied): {}",
+                    outcome.detail
+                );
+                insert_events(
+                    &mut tx,
+                    [(id, now, EVENT_STALE_OUTCOME, None, Some(detail.as_str()))],
+                )
+                .await?;
+                continue;
+            }
             for r in &outcome.recipients {
                 sqlx::query(
                     "UPDATE recipients SET status = $1, smtp_code = $2, enhanced_status = $3, reply = $4
@@ -413,6 +441,149 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(released)
+    }
+
+    /// Extends the leases `owner` still holds on `ids` to `lease` from now, in one statement (see the SQLite
+    /// store).
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        lease: Duration,
+        ids: &[String],
+    ) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let until = self.clock.now() + lease.as_millis() as Millis;
+        Ok(sqlx::query(
+            "UPDATE messages SET next_attempt_at = $1
+             WHERE id = ANY($3) AND lease_owner = $2 AND status = 'sending'",
+        )
+        .bind(until)
+        .bind(owner)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Registers the node: its heartbeat row, renewed by [`PgStore::heartbeat`].
+    pub async fn join(&self, node: &NodeInfo) -> Result<Membership, StoreError> {
+        let now = self.clock.now();
+        sqlx::query(
+            "INSERT INTO nodes (id, host, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at",
+        )
+        .bind(&node.id)
+        .bind(&node.host)
+        .bind(i64::from(node.pid))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(Membership {
+            _lock: None,
+            recovered: 0,
+        })
+    }
+
+    /// Renews this node's row, then looks for dead nodes: a row older than one lease is a node that stopped
+    /// renewing (its leases have run out too, or are about to). Its `sending` messages become due now with an
+    /// interrupted attempt (not counted), its row goes, and idle nodes are woken. Answers how many are live.
+    pub async fn heartbeat(
+        &self,
+        node: &NodeInfo,
+        lease: Duration,
+    ) -> Result<HeartbeatReport, StoreError> {
+        let now = self.clock.now();
+        // Its own statement, committed before the sweep: two nodes sweeping at once never wait on each other's
+        // fresh rows (which could deadlock two nodes that were both late).
+        sqlx::query(
+            "INSERT INTO nodes (id, host, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at",
+        )
+        .bind(&node.id)
+        .bind(&node.host)
+        .bind(i64::from(node.pid))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let cutoff = now - lease.as_millis() as Millis;
+        let mut tx = self.pool.begin().await?;
+        let dead_nodes: Vec<String> =
+            sqlx::query("DELETE FROM nodes WHERE heartbeat_at < $1 AND id <> $2 RETURNING id")
+                .bind(cutoff)
+                .bind(&node.id)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|row| row.get(0))
+                .collect();
+        let mut released = 0;
+        if !dead_nodes.is_empty() {
+            let rows = sqlx::query(
+                "UPDATE messages m SET status = CASE WHEN m.attempts > 0 THEN 'deferred' ELSE 'queued' END,
+                 lease_owner = NULL, next_attempt_at = $1
+                 FROM (SELECT id, lease_owner FROM messages WHERE lease_owner = ANY($2) AND status = 'sending'
+                       FOR UPDATE) old
+                 WHERE m.id = old.id
+                 RETURNING m.id, old.lease_owner",
+            )
+            .bind(now)
+            .bind(&dead_nodes)
+            .fetch_all(&mut *tx)
+            .await?;
+            released = rows.len() as u64;
+            let interrupted: Vec<(String, String)> = rows
+                .into_iter()
+                .map(|row| {
+                    let owner: String = row.get(1);
+                    (
+                        row.get(0),
+                        format!(
+                            "interrupted: node {owner} stopped renewing its leases; due again now, not counted \
+                             as an attempt"
+                        ),
+                    )
+                })
+                .collect();
+            insert_events(
+                &mut tx,
+                interrupted.iter().map(|(id, detail)| {
+                    (
+                        id.as_str(),
+                        now,
+                        EVENT_INTERRUPTED,
+                        None,
+                        Some(detail.as_str()),
+                    )
+                }),
+            )
+            .await?;
+            if released > 0 {
+                tx.execute(sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL))
+                    .await?;
+            }
+        }
+        let live: i64 = sqlx::query("SELECT count(*) FROM nodes WHERE heartbeat_at >= $1")
+            .bind(cutoff)
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        tx.commit().await?;
+        Ok(HeartbeatReport {
+            live_nodes: live.clamp(1, i64::from(u32::MAX)) as u32,
+            dead_nodes,
+            released,
+        })
+    }
+
+    /// Removes the node's row (graceful shutdown, after its leases were given back).
+    pub async fn leave(&self, node: &NodeInfo) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(&node.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn prune_raw(&self, finished_before: Millis) -> Result<u64, StoreError> {
