@@ -551,8 +551,14 @@ impl Connection {
     }
 
     /// Ends the session politely: QUIT, read the 221 (bounded by the command timeout, at most
-    /// 5 s), close. Failures are irrelevant at this point.
+    /// 5 s), close, and wait (at most 1 s) for the server to close its side. Failures are
+    /// irrelevant at this point.
+    ///
+    /// Waiting for the server's close keeps a pool's cap true from the relay's side too: a relay
+    /// counts a connection until it has closed it, and a pool that opened the next session as soon
+    /// as it had read the 221 could briefly hold one more connection at the relay than its cap.
     pub async fn quit(mut self) {
+        let mut said_quit = false;
         if self.is_usable() {
             let timeout = self.timeouts.command.min(Duration::from_secs(5));
             if self
@@ -560,10 +566,18 @@ impl Connection {
                 .await
                 .is_ok()
             {
-                let _ = self.read_reply(Stage::Quit, timeout).await;
+                said_quit = self.read_reply(Stage::Quit, timeout).await.is_ok();
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = self.stream.shutdown().await;
+            if said_quit {
+                // RFC 5321 §4.1.1.10: the server closes the channel after its 221.
+                let mut rest = [0u8; 512];
+                while matches!(self.stream.read(&mut rest).await, Ok(n) if n > 0) {}
+            }
+        })
+        .await;
     }
 
     /// Resets the session after an incomplete transaction (RFC 5321 §4.1.1.5).

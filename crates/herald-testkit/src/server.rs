@@ -357,7 +357,7 @@ impl Session {
     }
 
     async fn run(mut self, tcp: TcpStream) {
-        let _guard = OpenGuard(self.shared.clone());
+        let guard = OpenGuard(self.shared.clone());
         let mut io: Box<dyn Io> = match &self.config.implicit_tls {
             Some(tls) => match TlsAcceptor::from(tls.clone()).accept(tcp).await {
                 Ok(stream) => {
@@ -371,6 +371,10 @@ impl Session {
         if let Err(End::Stall) = self.serve(&mut io).await {
             std::future::pending::<()>().await;
         }
+        // Counted closed before the client can see the close: a client that waits for it (as after QUIT)
+        // and opens its next session at once must not find the old one still counted, or peaks would show
+        // one session more than the client ever had.
+        drop(guard);
         let _ = io.shutdown().await;
     }
 
