@@ -368,6 +368,11 @@ pub(super) async fn run_lane<T: Transport>(
         let Some(mut batch) = worker.take_batch().await else {
             return;
         };
+        if index >= *worker.lanes_allowed.borrow() {
+            // The share shrank while this lane waited for mail: the batch goes to a lane still allowed.
+            worker.put_back(&mut batch, 0);
+            continue;
+        }
         if let Some(rate) = &worker.rate {
             tokio::select! {
                 _ = rate.acquire() => {}
