@@ -50,6 +50,8 @@ pub enum Action {
     Drop,
     /// Never answer (the connection stays open until the client gives up).
     Stall,
+    /// Wait this long, then answer this reply line (a slow relay: e.g. a content scan before the final 250).
+    Delay(Duration, String),
 }
 
 /// One scripted deviation. `connection` and `transaction` (0-based, counted over the server's
@@ -390,6 +392,10 @@ impl Session {
         let reply = match self.fault(&when) {
             None => default.to_string(),
             Some(Action::Reply(reply)) => reply,
+            Some(Action::Delay(wait, reply)) => {
+                tokio::time::sleep(wait).await;
+                reply
+            }
             Some(Action::Drop) => return Err(End::Closed),
             Some(Action::Stall) => return Err(End::Stall),
         };
@@ -722,8 +728,11 @@ impl Session {
         }
         if let Some(action) = self.fault(&When::Data) {
             self.bdat_content.clear();
+            if let Action::Delay(wait, _) = &action {
+                tokio::time::sleep(*wait).await;
+            }
             return match action {
-                Action::Reply(reply) => {
+                Action::Reply(reply) | Action::Delay(_, reply) => {
                     self.send(io, &reply).await?;
                     self.reset();
                     if reply.starts_with("421") {
