@@ -381,6 +381,84 @@ async fn sqlite_sigkill_under_load_loses_nothing_acknowledged() {
     node.terminate();
 }
 
+/// The default configuration again, with 1,000 messages in flight at the kill: the first relay holds its final
+/// replies, so nothing is delivered before the kill; the restarted process (relay answering at once) delivers
+/// every acknowledged message within 30 s of its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_restart_delivers_a_thousand_in_flight_within_30_s() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("herald.db").display());
+    let stalled = TestServer::start(ServerConfig::default().fault(Fault::new(
+        When::DataEnd,
+        Action::Delay(Duration::from_secs(60), "250 2.0.0 Ok: late".into()),
+    )))
+    .await;
+    let mut node = Node::start(&url, &stalled, "", &[]).await;
+    let acknowledged = load(
+        "in-flight",
+        vec![node.base.clone()],
+        16,
+        1_000,
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    )
+    .await;
+    assert_eq!(acknowledged.len(), 1_000);
+    // Wait until the node holds its full share (claimed, on the wire to the stalled relay).
+    let start = Instant::now();
+    while stalled.transactions().len() < 8 && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node.kill();
+    let delivered_before = delivered_in_store(&url).await.len();
+    assert_eq!(
+        accepted_by_relay(&stalled).len(),
+        0,
+        "the first relay accepted nothing"
+    );
+
+    let relay = TestServer::start(ServerConfig::default()).await;
+    let restart = Instant::now();
+    let node = Node::start(&url, &relay, "", &[]).await;
+    let recovery = relay_has_all(&relay, &acknowledged, restart, Duration::from_secs(30)).await;
+    let (lost, duplicates) = settle(&node.base, &relay, &acknowledged).await;
+    eprintln!(
+        "crash test (SQLite, defaults, relay stalled before the kill): acknowledged {}, in flight {}, recovery \
+         (restart to last delivered) {recovery:?}, lost {lost}, duplicates {duplicates}",
+        acknowledged.len(),
+        acknowledged.len() - delivered_before
+    );
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let interrupted: i64 =
+        sqlx::query("SELECT count(*) FROM events WHERE type = 'attempt_interrupted'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+            .get(0);
+    let not_one_attempt: i64 = sqlx::query("SELECT count(*) FROM messages WHERE attempts <> 1")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+        .get(0);
+    eprintln!("interrupted attempts recorded at the restart: {interrupted}");
+    assert_eq!(lost, 0);
+    assert_eq!(duplicates, 0, "nothing was accepted before the kill");
+    assert!(
+        interrupted > 0,
+        "the messages on the wire at the kill were taken back as interrupted"
+    );
+    assert_eq!(
+        not_one_attempt, 0,
+        "an interrupted attempt does not count: each message shows the one attempt that delivered it"
+    );
+    assert!(
+        recovery.is_some(),
+        "1,000 in flight delivered within 30 s of the restart"
+    );
+    node.terminate();
+}
+
 /// A relay that holds every final reply 40 s, four times the lease: the nodes renew their leases while they
 /// wait, so no message is taken over and each is delivered exactly once. On SQLite, and on PostgreSQL with two
 /// nodes (where a lost lease would hand the message to the other node), side by side.
