@@ -276,7 +276,7 @@ async fn the_cap_can_be_lowered_and_raised_while_sessions_are_busy() {
     // Every final reply takes 200 ms: sessions stay busy long enough to count them.
     let server = TestServer::start(ServerConfig::default().fault(Fault::new(
         When::DataEnd,
-        Action::ReplyAfter(Duration::from_millis(200), "250 2.0.0 Ok".into()),
+        Action::Delay(Duration::from_millis(200), "250 2.0.0 Ok".into()),
     )))
     .await;
     let pool = pool(&server, 4);

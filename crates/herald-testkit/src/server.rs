@@ -50,8 +50,8 @@ pub enum Action {
     Drop,
     /// Never answer (the connection stays open until the client gives up).
     Stall,
-    /// Answer this reply line after waiting (a slow relay: holds the session busy).
-    ReplyAfter(Duration, String),
+    /// Wait this long, then answer this reply line (a slow relay: e.g. a content scan before the final 250).
+    Delay(Duration, String),
     /// Answer this reply prefix followed by the client's last command line, as a careless relay that
     /// echoes what it was sent (an AUTH line, with the credential in it) in its error.
     Echo(String),
@@ -402,12 +402,12 @@ impl Session {
         let reply = match self.fault(&when) {
             None => default.to_string(),
             Some(Action::Reply(reply)) => reply,
-            Some(Action::Drop) => return Err(End::Closed),
-            Some(Action::Stall) => return Err(End::Stall),
-            Some(Action::ReplyAfter(wait, reply)) => {
+            Some(Action::Delay(wait, reply)) => {
                 tokio::time::sleep(wait).await;
                 reply
             }
+            Some(Action::Drop) => return Err(End::Closed),
+            Some(Action::Stall) => return Err(End::Stall),
             Some(Action::Echo(prefix)) => format!("{prefix}{}", self.last_line),
         };
         self.send(io, &reply).await?;
@@ -740,16 +740,15 @@ impl Session {
         }
         if let Some(action) = self.fault(&When::Data) {
             self.bdat_content.clear();
+            if let Action::Delay(wait, _) = &action {
+                tokio::time::sleep(*wait).await;
+            }
             let action = match action {
-                Action::ReplyAfter(wait, reply) => {
-                    tokio::time::sleep(wait).await;
-                    Action::Reply(reply)
-                }
                 Action::Echo(prefix) => Action::Reply(format!("{prefix}{}", self.last_line)),
                 action => action,
             };
             return match action {
-                Action::Reply(reply) => {
+                Action::Reply(reply) | Action::Delay(_, reply) => {
                     self.send(io, &reply).await?;
                     self.reset();
                     if reply.starts_with("421") {
@@ -759,7 +758,8 @@ impl Session {
                     }
                 }
                 Action::Drop => Err(End::Closed),
-                Action::Stall | Action::ReplyAfter(..) | Action::Echo(_) => Err(End::Stall),
+                // Echo was turned into a reply above.
+                Action::Stall | Action::Echo(_) => Err(End::Stall),
             };
         }
         self.bdat_content.extend_from_slice(&chunk);

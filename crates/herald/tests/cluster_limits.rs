@@ -146,7 +146,7 @@ async fn the_session_count_follows_the_live_node_count() {
     // Every final reply takes 100 ms, so sessions in use stay open and are counted by the relay.
     let server = TestServer::start(ServerConfig::default().fault(Fault::new(
         When::DataEnd,
-        Action::ReplyAfter(Duration::from_millis(100), "250 2.0.0 Ok".into()),
+        Action::Delay(Duration::from_millis(100), "250 2.0.0 Ok".into()),
     )))
     .await;
     let limits = RelayLimits {
@@ -202,7 +202,7 @@ async fn the_domain_cap_is_split_too() {
     let t = common::open(common::Backend::Sqlite).await.unwrap();
     let server = TestServer::start(ServerConfig::default().fault(Fault::new(
         When::DataEnd,
-        Action::ReplyAfter(Duration::from_millis(100), "250 2.0.0 Ok".into()),
+        Action::Delay(Duration::from_millis(100), "250 2.0.0 Ok".into()),
     )))
     .await;
     let limits = RelayLimits {

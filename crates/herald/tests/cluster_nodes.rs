@@ -229,7 +229,7 @@ async fn three_nodes_never_open_more_than_pool_6_sessions() {
     // Each final reply takes 20 ms, so a node's sessions stay busy while mail is waiting.
     let relay = TestServer::start(ServerConfig::default().fault(Fault::new(
         When::DataEnd,
-        Action::ReplyAfter(Duration::from_millis(20), "250 2.0.0 Ok".into()),
+        Action::Delay(Duration::from_millis(20), "250 2.0.0 Ok".into()),
     )))
     .await;
     let relay_url = format!("smtp://127.0.0.1:{}?tls=none&pool=6", relay.port());

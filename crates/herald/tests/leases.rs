@@ -95,11 +95,12 @@ async fn a_renewed_lease_is_not_taken_over(t: TestStore) {
         );
     }
     let fourth = event_kinds(&t.store, &ids[3]).await;
-    assert_eq!(
-        fourth,
-        vec!["queued", "sending", "sending"],
-        "taken over once"
-    );
+    let claims = fourth.iter().filter(|kind| *kind == "sending").count();
+    assert_eq!(claims, 2, "taken over once: {fourth:?}");
+    if t.backend == Backend::Postgres {
+        // A node that stopped renewing is a dead node: its attempt shows as interrupted.
+        assert_eq!(fourth[2], EVENT_INTERRUPTED, "{fourth:?}");
+    }
     // A renewal by a node that no longer holds the lease changes nothing.
     assert_eq!(
         t.store

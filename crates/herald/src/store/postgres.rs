@@ -24,9 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Accepted, ActivityBucket, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient,
     EVENT_INTERRUPTED, EVENT_STALE_OUTCOME, HeartbeatReport, Membership, MessageStatus,
-    MessageSummary, MessageView, Millis, NewMessage, NodeInfo, RecipientStatus, SUMMARY_RECIPIENTS,
-    SearchPage, SearchQuery, SessionInfo, StoreError, StoredTemplate, TemplateSource, TokenInfo,
-    WorkSignal,
+    MessageSummary, MessageView, Millis, NewMessage, NodeInfo, RecipientResult, RecipientStatus,
+    SUMMARY_RECIPIENTS, SearchPage, SearchQuery, SessionInfo, StoreError, StoredTemplate,
+    TemplateSource, TokenInfo, WorkSignal,
     raw::{self, RawSegment, SharedBlob},
     rows,
     rows::counts_from,
@@ -80,6 +80,16 @@ fn migrator() -> Migrator {
             include_str!("../../migrations/postgres/0004_nodes.sql"),
         ),
     ])
+}
+
+/// What recording an outcome does to its message row.
+struct MessageUpdate<'a> {
+    id: &'a str,
+    status: MessageStatus,
+    /// 1 when the outcome counts as an attempt.
+    counts: i32,
+    next_attempt_at: Option<Millis>,
+    finished_at: Option<Millis>,
 }
 
 /// The PostgreSQL store. Cheap to clone.
@@ -168,11 +178,15 @@ impl PgStore {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
         // SKIP LOCKED: rows another node is claiming right now are passed over, not waited for.
+        // A due message still `sending` is one whose node stopped renewing its lease (it died before the
+        // others saw its heartbeat age): its attempt is recorded as interrupted, like a released one.
         let rows = sqlx::query(
-            "UPDATE messages SET status = 'sending', lease_owner = $1, next_attempt_at = $2
-             WHERE id IN (SELECT id FROM messages WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $3
-                          ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED)
-             RETURNING id, sender, created_at, attempts, raw",
+            "UPDATE messages m SET status = 'sending', lease_owner = $1, next_attempt_at = $2
+             FROM (SELECT id, status, lease_owner FROM messages
+                   WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $3
+                   ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) due
+             WHERE m.id = due.id
+             RETURNING m.id, m.sender, m.created_at, m.attempts, m.raw, due.status = 'sending', due.lease_owner",
         )
         .bind(owner)
         .bind(now + lease.as_millis() as Millis)
@@ -199,10 +213,29 @@ impl PgStore {
                 .or_default()
                 .push(ClaimedRecipient { position: row.get::<i32, _>(1) as u32, address: row.get(2) });
         }
+        let taken_over: Vec<(&str, String)> = rows
+            .iter()
+            .filter(|row| row.get::<Option<bool>, _>(5) == Some(true))
+            .map(|row| {
+                let owner: Option<String> = row.get(6);
+                (
+                    row.get::<&str, _>(0),
+                    format!(
+                        "interrupted: the lease of node {} ran out; not counted as an attempt",
+                        owner.as_deref().unwrap_or("unknown")
+                    ),
+                )
+            })
+            .collect();
         insert_events(
             &mut tx,
-            ids.iter()
-                .map(|id| (id.as_str(), now, "sending", None, None)),
+            taken_over
+                .iter()
+                .map(|(id, detail)| (*id, now, EVENT_INTERRUPTED, None, Some(detail.as_str())))
+                .chain(
+                    ids.iter()
+                        .map(|id| (id.as_str(), now, "sending", None, None)),
+                ),
         )
         .await?;
         tx.commit().await?;
@@ -273,6 +306,11 @@ impl PgStore {
         Ok(found)
     }
 
+    /// Records attempt outcomes in one transaction of a fixed number of statements, however many outcomes
+    /// there are: the time between the relay's final 250 and this commit is the only window in which a node
+    /// dying makes a message go out twice, so it is kept short (a statement per message made it grow with the
+    /// batch). Only the lease holder records (see the SQLite store); a node that lost the lease gets a
+    /// `stale_outcome` event instead.
     pub async fn record(
         &self,
         owner: &str,
@@ -283,76 +321,103 @@ impl PgStore {
         }
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
-        for outcome in &outcomes {
-            let id = outcome.id.as_str();
-            // Only the lease holder records (see the SQLite store); FOR UPDATE keeps a heartbeat's release of
-            // this node's leases from slipping in between the check and the update.
-            let holds_lease = sqlx::query(
-                "SELECT 1 FROM messages WHERE id = $1 AND lease_owner = $2 AND status = 'sending' FOR UPDATE",
-            )
-            .bind(id)
-            .bind(owner)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-            if !holds_lease {
-                let detail = format!(
-                    "from {owner}, which no longer held the lease (not applied): {}",
-                    outcome.detail
-                );
-                insert_events(
-                    &mut tx,
-                    [(id, now, EVENT_STALE_OUTCOME, None, Some(detail.as_str()))],
+        let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
+        // FOR UPDATE, in id order: a heartbeat releasing this node's leases cannot slip in between the check
+        // and the update, and two recorders lock in the same order.
+        let held: HashSet<String> = sqlx::query(
+            "SELECT id FROM messages WHERE id = ANY($1) AND lease_owner = $2 AND status = 'sending'
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect();
+        let (owned, stale): (Vec<&AttemptOutcome>, Vec<&AttemptOutcome>) =
+            outcomes.iter().partition(|o| held.contains(&o.id));
+        let stale_details: Vec<(&str, String)> = stale
+            .iter()
+            .map(|o| {
+                (
+                    o.id.as_str(),
+                    format!(
+                        "from {owner}, which no longer held the lease (not applied): {}",
+                        o.detail
+                    ),
                 )
-                .await?;
-                continue;
-            }
-            for r in &outcome.recipients {
-                sqlx::query(
-                    "UPDATE recipients SET status = $1, smtp_code = $2, enhanced_status = $3, reply = $4
-                     WHERE message_id = $5 AND position = $6 AND status NOT IN ('delivered', 'failed', 'cancelled')",
+            })
+            .collect();
+        insert_events(
+            &mut tx,
+            stale_details
+                .iter()
+                .map(|(id, detail)| (*id, now, EVENT_STALE_OUTCOME, None, Some(detail.as_str()))),
+        )
+        .await?;
+        if owned.is_empty() {
+            tx.commit().await?;
+            return Ok(());
+        }
+
+        let results: Vec<(&str, &RecipientResult)> = owned
+            .iter()
+            .flat_map(|o| o.recipients.iter().map(move |r| (o.id.as_str(), r)))
+            .collect();
+        sqlx::query(
+            "UPDATE recipients r SET status = u.status, smtp_code = u.code, enhanced_status = u.enhanced,
+             reply = u.reply
+             FROM UNNEST($1::text[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[])
+                  AS u(id, position, status, code, enhanced, reply)
+             WHERE r.message_id = u.id AND r.position = u.position
+               AND r.status NOT IN ('delivered', 'failed', 'cancelled')",
+        )
+        .bind(results.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(results.iter().map(|(_, r)| r.position as i32).collect::<Vec<_>>())
+        .bind(results.iter().map(|(_, r)| r.status.as_str()).collect::<Vec<_>>())
+        .bind(results.iter().map(|(_, r)| r.smtp_code.map(i32::from)).collect::<Vec<_>>())
+        .bind(results.iter().map(|(_, r)| r.enhanced_status.as_deref()).collect::<Vec<_>>())
+        .bind(results.iter().map(|(_, r)| r.reply.as_deref()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        insert_events(
+            &mut tx,
+            results.iter().map(|(id, r)| {
+                (
+                    *id,
+                    now,
+                    r.status.as_str(),
+                    Some(r.address.as_str()),
+                    r.reply.as_deref(),
                 )
-                .bind(r.status.as_str())
-                .bind(r.smtp_code.map(i32::from))
-                .bind(r.enhanced_status.as_deref())
-                .bind(r.reply.as_deref())
-                .bind(id)
-                .bind(r.position as i32)
-                .execute(&mut *tx)
-                .await?;
+            }),
+        )
+        .await?;
+
+        let owned_ids: Vec<&str> = owned.iter().map(|o| o.id.as_str()).collect();
+        let mut statuses: HashMap<String, Vec<RecipientStatus>> = HashMap::new();
+        for row in
+            sqlx::query("SELECT message_id, status FROM recipients WHERE message_id = ANY($1)")
+                .bind(&owned_ids)
+                .fetch_all(&mut *tx)
+                .await?
+        {
+            if let Ok(status) = RecipientStatus::from_str(row.get::<&str, _>(1)) {
+                statuses.entry(row.get(0)).or_default().push(status);
             }
-            insert_events(
-                &mut tx,
-                outcome.recipients.iter().map(|r| {
-                    (
-                        id,
-                        now,
-                        r.status.as_str(),
-                        Some(r.address.as_str()),
-                        r.reply.as_deref(),
-                    )
-                }),
-            )
-            .await?;
-            let statuses: Vec<RecipientStatus> =
-                sqlx::query("SELECT status FROM recipients WHERE message_id = $1")
-                    .bind(id)
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .into_iter()
-                    .filter_map(|r| RecipientStatus::from_str(r.get::<&str, _>(0)).ok())
-                    .collect();
-            let mut status = message_status_from(&statuses);
+        }
+        let mut gave_up: Vec<&str> = Vec::new();
+        let mut updates: Vec<MessageUpdate<'_>> = Vec::with_capacity(owned.len());
+        for outcome in &owned {
+            let recipients = statuses.get(&outcome.id).map_or(&[][..], Vec::as_slice);
+            let mut status = message_status_from(recipients);
+            // Deferred recipients with no retry time left: the message gave up on them.
             if matches!(status, MessageStatus::Deferred | MessageStatus::Queued)
                 && outcome.retry_at.is_none()
             {
-                sqlx::query(
-                    "UPDATE recipients SET status = 'failed' WHERE message_id = $1 AND status IN ('pending', 'deferred')",
-                )
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                status = if statuses.contains(&RecipientStatus::Delivered) {
+                gave_up.push(outcome.id.as_str());
+                status = if recipients.contains(&RecipientStatus::Delivered) {
                     MessageStatus::Delivered
                 } else {
                     MessageStatus::Failed
@@ -363,25 +428,65 @@ impl PgStore {
             } else {
                 outcome.retry_at.or(Some(now))
             };
+            updates.push(MessageUpdate {
+                id: outcome.id.as_str(),
+                status,
+                counts: i32::from(outcome.counts_attempt),
+                next_attempt_at,
+                finished_at: status.is_final().then_some(now),
+            });
+        }
+        if !gave_up.is_empty() {
             sqlx::query(
-                "UPDATE messages SET status = $1, attempts = attempts + $6, next_attempt_at = $2, lease_owner = NULL,
-                 finished_at = $3 WHERE id = $4 AND lease_owner = $5",
+                "UPDATE recipients SET status = 'failed'
+                 WHERE message_id = ANY($1) AND status IN ('pending', 'deferred')",
             )
-            .bind(status.as_str())
-            .bind(next_attempt_at)
-            .bind(status.is_final().then_some(now))
-            .bind(id)
-            .bind(owner)
-            .bind(i32::from(outcome.counts_attempt))
+            .bind(&gave_up)
             .execute(&mut *tx)
             .await?;
-            let kind = format!("attempt_{status}");
-            insert_events(
-                &mut tx,
-                [(id, now, kind.as_str(), None, Some(outcome.detail.as_str()))],
-            )
-            .await?;
         }
+        sqlx::query(
+            "UPDATE messages m SET status = u.status, attempts = m.attempts + u.counts,
+             next_attempt_at = u.next_attempt_at, lease_owner = NULL, finished_at = u.finished_at
+             FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bigint[], $5::bigint[])
+                  AS u(id, status, counts, next_attempt_at, finished_at)
+             WHERE m.id = u.id AND m.lease_owner = $6",
+        )
+        .bind(updates.iter().map(|u| u.id).collect::<Vec<_>>())
+        .bind(
+            updates
+                .iter()
+                .map(|u| u.status.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(updates.iter().map(|u| u.counts).collect::<Vec<_>>())
+        .bind(
+            updates
+                .iter()
+                .map(|u| u.next_attempt_at)
+                .collect::<Vec<_>>(),
+        )
+        .bind(updates.iter().map(|u| u.finished_at).collect::<Vec<_>>())
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        let kinds: Vec<String> = updates
+            .iter()
+            .map(|u| format!("attempt_{}", u.status))
+            .collect();
+        insert_events(
+            &mut tx,
+            owned.iter().zip(&kinds).map(|(outcome, kind)| {
+                (
+                    outcome.id.as_str(),
+                    now,
+                    kind.as_str(),
+                    None,
+                    Some(outcome.detail.as_str()),
+                )
+            }),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
