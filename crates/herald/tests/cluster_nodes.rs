@@ -271,7 +271,11 @@ async fn three_nodes_never_open_more_than_pool_6_sessions() {
         relay.peak_connections(),
         relay.connections()
     );
-    assert_eq!(missing(&relay, "pool", 3_000), 0, "every message reached the relay");
+    assert_eq!(
+        missing(&relay, "pool", 3_000),
+        0,
+        "every message reached the relay"
+    );
     assert!(
         relay.peak_connections() <= 6,
         "pool=6 is a cluster total: the relay saw {} sessions at once",
