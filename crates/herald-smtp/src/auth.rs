@@ -134,6 +134,8 @@ impl Connection {
         let timeout = self.timeouts().command;
         let user = credentials.username.as_bytes();
         let secret = credentials.secret.0.as_bytes();
+        // Before anything is sent: the reply to the very first AUTH line may echo it.
+        self.secrets = echoes_of(mechanism, user, secret);
         let reply = match mechanism {
             Mechanism::Plain => {
                 // RFC 4616: authzid NUL authcid NUL passwd, sent as an initial response.
@@ -204,6 +206,70 @@ impl Connection {
     }
 }
 
+/// Everything of the credentials that AUTH puts on the wire, in the forms a relay could echo: the secret
+/// itself, its base64 (LOGIN's last line) and the whole base64 initial response (PLAIN, XOAUTH2).
+fn echoes_of(mechanism: Mechanism, user: &[u8], secret: &[u8]) -> Vec<String> {
+    let mut echoes = vec![String::from_utf8_lossy(secret).into_owned()];
+    echoes.push(STANDARD.encode(secret));
+    let mut plain = vec![0];
+    plain.extend_from_slice(user);
+    plain.push(0);
+    plain.extend_from_slice(secret);
+    echoes.push(STANDARD.encode(&plain));
+    if mechanism == Mechanism::XOAuth2 {
+        let mut token = b"user=".to_vec();
+        token.extend_from_slice(user);
+        token.extend_from_slice(b"\x01auth=Bearer ");
+        token.extend_from_slice(secret);
+        token.extend_from_slice(b"\x01\x01");
+        echoes.push(STANDARD.encode(&token));
+    }
+    echoes.retain(|echo| !echo.is_empty());
+    echoes
+}
+
+/// `text` with every trace of `secrets` replaced by `<redacted>`: each secret where it appears whole, and
+/// any word that is the secret or a piece of one at least 8 characters long (a relay may echo a truncated
+/// or line-wrapped base64 response).
+pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
+    const REDACTED: &str = "<redacted>";
+    let mut text = text.to_owned();
+    for secret in secrets {
+        // Shorter secrets would also match inside ordinary words; those are caught as whole words below.
+        if secret.len() >= 4 {
+            text = text.replace(secret.as_str(), REDACTED);
+        }
+    }
+    let is_piece = |word: &str| {
+        !word.is_empty()
+            && word != REDACTED
+            && secrets
+                .iter()
+                .any(|secret| word == secret || (word.len() >= 8 && secret.contains(word)))
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while !rest.is_empty() {
+        let start = rest.find(|c: char| !is_separator(c)).unwrap_or(rest.len());
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest.find(is_separator).unwrap_or(rest.len());
+        let word = &rest[..end];
+        out.push_str(if is_piece(word) { REDACTED } else { word });
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// Characters that end a word for [`redact`]: never part of base64 or of a typical echo's token.
+fn is_separator(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '"' | '\'' | '<' | '>' | '(' | ')' | '[' | ']' | ',' | ';' | ':' | '.' | '!' | '?'
+        )
+}
+
 fn expect_challenge(reply: &Reply) -> Result<(), Error> {
     if reply.code == 334 {
         Ok(())
@@ -226,6 +292,43 @@ mod tests {
         assert!(shown.contains("<redacted>"));
         let token = Credentials::oauth2("bob", "ya29.token");
         assert!(!format!("{token:?}").contains("ya29"));
+    }
+
+    #[test]
+    fn echoed_credentials_are_redacted() {
+        let secrets = echoes_of(Mechanism::Plain, b"alice", b"hunter2-secret");
+        let plain = STANDARD.encode(b"\0alice\0hunter2-secret");
+        let login = STANDARD.encode(b"hunter2-secret");
+        for (reply, leaked) in [
+            (format!("5.7.8 bad AUTH PLAIN {plain}"), plain.as_str()),
+            (format!("5.7.8 bad password <{login}>"), login.as_str()),
+            (
+                "5.7.8 password hunter2-secret is wrong".to_string(),
+                "hunter2",
+            ),
+            (
+                format!("5.7.8 bad token: {}...", &plain[..12]),
+                &plain[..12],
+            ),
+        ] {
+            let redacted = redact(&reply, &secrets);
+            assert!(!redacted.contains(leaked), "{redacted}");
+            assert!(redacted.contains("<redacted>"), "{redacted}");
+            assert!(
+                redacted.starts_with("5.7.8 "),
+                "the rest is kept: {redacted}"
+            );
+        }
+        assert_eq!(
+            redact("5.7.8 Authentication credentials invalid", &secrets),
+            "5.7.8 Authentication credentials invalid"
+        );
+        let short = echoes_of(Mechanism::Login, b"u", b"pw");
+        assert_eq!(
+            redact("535 wrong pw for u, pwned", &short),
+            "535 wrong <redacted> for u, pwned",
+            "a short secret is redacted only as a whole word"
+        );
     }
 
     #[test]

@@ -234,6 +234,10 @@ pub struct Connection {
     /// means nothing of the transaction was acknowledged, so it can be retried on another session
     /// without risk of duplication.
     pub(crate) acknowledged_in_transaction: usize,
+    /// What AUTH sent that must never come back out: a relay that echoes the command (or the password)
+    /// in a reply would otherwise put the credential into errors, logs and the stored delivery history.
+    /// Every reply read after AUTH is redacted of these.
+    pub(crate) secrets: Vec<String>,
 }
 
 impl Connection {
@@ -257,6 +261,7 @@ impl Connection {
             transactions: 0,
             broken: false,
             acknowledged_in_transaction: 0,
+            secrets: Vec::new(),
         }
     }
 
@@ -392,8 +397,9 @@ impl Connection {
         timeout: Duration,
     ) -> Result<Reply, Error> {
         let len = self.next_reply_len(stage, timeout).await?;
-        let reply = Reply::parse(&self.rbuf[self.rpos..self.rpos + len]);
+        let mut reply = Reply::parse(&self.rbuf[self.rpos..self.rpos + len]);
         self.consume(len, &reply);
+        self.redact(&mut reply);
         Ok(reply)
     }
 
@@ -405,9 +411,16 @@ impl Connection {
     ) -> Result<(Reply, Vec<u8>), Error> {
         let len = self.next_reply_len(stage, timeout).await?;
         let raw = self.rbuf[self.rpos..self.rpos + len].to_vec();
-        let reply = Reply::parse(&raw);
+        let mut reply = Reply::parse(&raw);
         self.consume(len, &reply);
+        self.redact(&mut reply);
         Ok((reply, raw))
+    }
+
+    fn redact(&self, reply: &mut Reply) {
+        if !self.secrets.is_empty() {
+            reply.text = crate::auth::redact(&reply.text, &self.secrets);
+        }
     }
 
     fn consume(&mut self, len: usize, reply: &Reply) {
@@ -538,8 +551,14 @@ impl Connection {
     }
 
     /// Ends the session politely: QUIT, read the 221 (bounded by the command timeout, at most
-    /// 5 s), close. Failures are irrelevant at this point.
+    /// 5 s), close, and wait (at most 1 s) for the server to close its side. Failures are
+    /// irrelevant at this point.
+    ///
+    /// Waiting for the server's close keeps a pool's cap true from the relay's side too: a relay
+    /// counts a connection until it has closed it, and a pool that opened the next session as soon
+    /// as it had read the 221 could briefly hold one more connection at the relay than its cap.
     pub async fn quit(mut self) {
+        let mut said_quit = false;
         if self.is_usable() {
             let timeout = self.timeouts.command.min(Duration::from_secs(5));
             if self
@@ -547,10 +566,18 @@ impl Connection {
                 .await
                 .is_ok()
             {
-                let _ = self.read_reply(Stage::Quit, timeout).await;
+                said_quit = self.read_reply(Stage::Quit, timeout).await.is_ok();
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = self.stream.shutdown().await;
+            if said_quit {
+                // RFC 5321 §4.1.1.10: the server closes the channel after its 221.
+                let mut rest = [0u8; 512];
+                while matches!(self.stream.read(&mut rest).await, Ok(n) if n > 0) {}
+            }
+        })
+        .await;
     }
 
     /// Resets the session after an incomplete transaction (RFC 5321 §4.1.1.5).

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::{
     connection::{Client, Connection},
@@ -81,8 +81,39 @@ struct PoolInner {
     client: Client,
     config: PoolConfig,
     permits: Semaphore,
+    /// The cap now: it starts at `config.max_connections` and moves with
+    /// [`Pool::set_max_connections`].
+    cap: Mutex<Cap>,
     idle: Mutex<Vec<Connection>>,
     counters: Counters,
+}
+
+/// The semaphore's permits are the cap; lowering the cap while sessions are busy cannot take their
+/// permits away, so the shortfall is owed and paid back as busy sessions finish.
+#[derive(Debug)]
+struct Cap {
+    max: usize,
+    /// Permits to take out of circulation when they are released.
+    owed: usize,
+}
+
+/// A held permit; dropping it pays back what a lowered cap is owed before it returns to the pool.
+struct Held<'a> {
+    pool: &'a PoolInner,
+    permit: Option<SemaphorePermit<'a>>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let mut cap = self.pool.cap.lock().expect("pool cap lock");
+        if cap.owed > 0 {
+            cap.owed -= 1;
+            permit.forget();
+        }
+    }
 }
 
 impl Pool {
@@ -93,6 +124,10 @@ impl Pool {
                 client,
                 config,
                 permits,
+                cap: Mutex::new(Cap {
+                    max: config.max_connections.max(1),
+                    owed: 0,
+                }),
                 idle: Mutex::new(Vec::new()),
                 counters: Counters::default(),
             }),
@@ -102,6 +137,63 @@ impl Pool {
     /// The pool's limits.
     pub fn config(&self) -> &PoolConfig {
         &self.inner.config
+    }
+
+    /// The cap on open sessions now (`config().max_connections` unless changed since).
+    pub fn max_connections(&self) -> usize {
+        self.inner.cap.lock().expect("pool cap lock").max
+    }
+
+    /// Changes the cap on open sessions (at least 1) while the pool is in use: a herald node's
+    /// share of a cluster-wide `pool=` changes as nodes join and leave. Nothing in flight is
+    /// interrupted: a lower cap takes effect as busy sessions finish (they are closed instead of
+    /// kept idle while more are open than allowed), and idle sessions beyond it are closed now.
+    pub fn set_max_connections(&self, max: usize) {
+        let max = max.max(1);
+        {
+            let mut cap = self.inner.cap.lock().expect("pool cap lock");
+            if max < cap.max {
+                let lower_by = cap.max - max;
+                let taken = self.inner.permits.forget_permits(lower_by);
+                cap.owed += lower_by - taken;
+            } else if max > cap.max {
+                let raise_by = max - cap.max;
+                let forgiven = cap.owed.min(raise_by);
+                cap.owed -= forgiven;
+                self.inner.permits.add_permits(raise_by - forgiven);
+            }
+            cap.max = max;
+        }
+        let excess = self.take_excess_idle();
+        if excess.is_empty() {
+            return;
+        }
+        // QUIT needs a runtime; outside one (never in Herald) the sockets are simply closed.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let pool = self.clone();
+                runtime.spawn(async move {
+                    for connection in excess {
+                        pool.quit(connection).await;
+                    }
+                });
+            }
+            Err(_) => excess.into_iter().for_each(|c| self.discard(c)),
+        }
+    }
+
+    /// Idle sessions beyond the cap, oldest first, taken out of the idle list.
+    fn take_excess_idle(&self) -> Vec<Connection> {
+        let max = self.max_connections();
+        let mut idle = self.inner.idle.lock().expect("pool lock");
+        let open = self.inner.counters.open.load(Ordering::Relaxed);
+        let excess = open.saturating_sub(max).min(idle.len());
+        idle.drain(..excess).collect()
+    }
+
+    async fn quit(&self, connection: Connection) {
+        connection.quit().await;
+        self.inner.counters.open.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The relay client.
@@ -162,12 +254,16 @@ impl Pool {
             return Vec::new();
         }
         // The semaphore is never closed, so acquire cannot fail.
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .expect("pool semaphore is never closed");
+        let _permit = Held {
+            pool: &self.inner,
+            permit: Some(
+                self.inner
+                    .permits
+                    .acquire()
+                    .await
+                    .expect("pool semaphore is never closed"),
+            ),
+        };
         let mut pending: Vec<usize> = (0..items.len()).collect();
         let mut retried_dead_session = false;
         while !pending.is_empty() {
@@ -297,9 +393,12 @@ impl Pool {
     /// cap also covers sessions being closed).
     async fn put_back(&self, connection: Connection) {
         let config = &self.inner.config;
+        // A lowered cap: this session is one too many while more are open than allowed.
+        let over_cap = self.inner.counters.open.load(Ordering::Relaxed) > self.max_connections();
         if !connection.is_usable() {
             self.discard(connection);
-        } else if connection.transactions() >= config.max_messages_per_connection
+        } else if over_cap
+            || connection.transactions() >= config.max_messages_per_connection
             || connection.age() >= config.max_lifetime
         {
             connection.quit().await;

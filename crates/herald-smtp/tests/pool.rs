@@ -249,3 +249,80 @@ async fn close_expired_quits_idle_sessions_past_their_time() {
         1
     );
 }
+
+/// Sends `count` messages at once through `pool`; every one must be accepted.
+async fn send_all(pool: &Pool, count: usize, tag: &str) {
+    let body = Arc::new(message(tag));
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let (pool, body) = (pool.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            pool.send_raw(
+                &Envelope::new("a@sender.test", [format!("r{i}@rcpt.test")]),
+                &body,
+            )
+            .await
+        }));
+    }
+    for task in tasks {
+        assert!(task.await.unwrap().unwrap().all_accepted());
+    }
+}
+
+/// The cap follows a herald node's share of a cluster-wide `pool=`: lowered while every session is busy,
+/// nothing in flight fails and the relay soon sees no more than the new cap; raised, it is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_can_be_lowered_and_raised_while_sessions_are_busy() {
+    // Every final reply takes 200 ms: sessions stay busy long enough to count them.
+    let server = TestServer::start(ServerConfig::default().fault(Fault::new(
+        When::DataEnd,
+        Action::Delay(Duration::from_millis(200), "250 2.0.0 Ok".into()),
+    )))
+    .await;
+    let pool = pool(&server, 4);
+    let busy = {
+        let pool = pool.clone();
+        tokio::spawn(async move { send_all(&pool, 8, "busy").await })
+    };
+    server
+        .wait_until("four sessions busy", |s| s.open_connections() == 4)
+        .await;
+    pool.set_max_connections(1);
+    assert_eq!(pool.max_connections(), 1);
+    // In flight at the change: all of them finish, and the sessions beyond the cap close as they do.
+    busy.await.unwrap();
+    server
+        .wait_until("sessions beyond the cap closed", |s| {
+            s.open_connections() <= 1
+        })
+        .await;
+    let peak_before = server.peak_connections();
+    let mut most_open = 0;
+    let sending = {
+        let pool = pool.clone();
+        tokio::spawn(async move { send_all(&pool, 6, "one").await })
+    };
+    let started = std::time::Instant::now();
+    while !sending.is_finished() {
+        most_open = most_open.max(server.open_connections());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sending.await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(6 * 200),
+        "one session at a time: six 200 ms replies in a row"
+    );
+    assert_eq!(most_open, 1, "one session open at most under a cap of 1");
+    assert_eq!(server.peak_connections(), peak_before);
+
+    pool.set_max_connections(3);
+    let started = std::time::Instant::now();
+    send_all(&pool, 6, "three").await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(5 * 200),
+        "three sessions at once after raising the cap: {elapsed:?}"
+    );
+    assert!(pool.stats().open <= 3, "{:?}", pool.stats());
+    assert_eq!(server.transactions().len(), 20);
+}

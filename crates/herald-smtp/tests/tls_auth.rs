@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use common::{connect, message, relay};
 use herald_smtp::{Client, Credentials, Envelope, Error, Mechanism, RelayConfig, Security};
-use herald_testkit::{ServerConfig, TestPki, TestServer};
+use herald_testkit::{Action, Fault, ServerConfig, TestPki, TestServer, When};
 
 fn tls_relay(server: &TestServer, pki: &TestPki, security: Security) -> RelayConfig {
     let mut config = relay(server);
@@ -279,4 +279,138 @@ async fn a_handshake_failure_is_reported_as_tls_not_as_a_certificate_problem() {
             .starts_with("TLS handshake with 127.0.0.1 failed"),
         "{error}"
     );
+}
+
+/// `tls=opportunistic` goes plaintext only when STARTTLS is not offered. Once offered, a failed upgrade
+/// (untrusted certificate, a refused STARTTLS, a broken handshake) is an error: falling back then would
+/// let anyone on the path downgrade the session by breaking the handshake.
+#[tokio::test]
+async fn opportunistic_starttls_never_falls_back_after_a_failed_upgrade() {
+    let pki = TestPki::new();
+    let untrusted = TestServer::start(ServerConfig {
+        starttls: Some(pki.untrusted_server_config()),
+        ..ServerConfig::default()
+    })
+    .await;
+    let error = Client::new(tls_relay(&untrusted, &pki, Security::StartTlsOpportunistic))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::CertificateVerification { .. }),
+        "{error:?}"
+    );
+
+    let refused = TestServer::start(
+        ServerConfig {
+            starttls: Some(pki.server_config()),
+            ..ServerConfig::default()
+        }
+        .fault(Fault::reply(
+            When::StartTls,
+            "454 4.7.0 TLS not available now",
+        )),
+    )
+    .await;
+    let error = Client::new(tls_relay(&refused, &pki, Security::StartTlsOpportunistic))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Rejected { reply, .. } if reply.code == 454),
+        "{error:?}"
+    );
+
+    let dropped = TestServer::start(
+        ServerConfig {
+            starttls: Some(pki.server_config()),
+            ..ServerConfig::default()
+        }
+        .fault(Fault::new(When::StartTls, Action::Drop)),
+    )
+    .await;
+    Client::new(tls_relay(&dropped, &pki, Security::StartTlsOpportunistic))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_err();
+
+    for server in [&untrusted, &refused, &dropped] {
+        let after_starttls: Vec<String> = server
+            .commands()
+            .into_iter()
+            .map(|(_, line)| line)
+            .skip_while(|line| line != "STARTTLS")
+            .skip(1)
+            .collect();
+        assert!(
+            after_starttls.iter().all(|line| line == "QUIT"),
+            "nothing but QUIT may follow a failed STARTTLS in plaintext: {after_starttls:?}"
+        );
+        assert!(server.transactions().is_empty());
+        assert_eq!(server.connections(), 1, "no second, plaintext connection");
+    }
+
+    // Not offered at all: plaintext, and the mail goes.
+    let plain = TestServer::capture().await;
+    let mut connection = connect(tls_relay(&plain, &pki, Security::StartTlsOpportunistic)).await;
+    assert!(!connection.is_tls());
+    connection
+        .send_raw(
+            &Envelope::new("a@sender.test", ["b@rcpt.test"]),
+            &message("plain"),
+        )
+        .await
+        .unwrap();
+    assert!(!plain.transactions()[0].tls);
+}
+
+/// A relay that echoes the AUTH line (or the password) in its refusal: the credential never reaches the
+/// error, whatever the mechanism.
+#[tokio::test]
+async fn a_relay_echoing_the_credentials_has_them_redacted() {
+    let pki = TestPki::new();
+    let server = TestServer::start(
+        ServerConfig {
+            starttls: Some(pki.server_config()),
+            auth: Some(("alice".into(), "correct horse battery".into())),
+            ..ServerConfig::default()
+        }
+        .fault(Fault::new(
+            When::Auth,
+            Action::Echo("535 5.7.8 refused: ".into()),
+        )),
+    )
+    .await;
+    let secret = "correct horse battery";
+    for (credentials, forced) in [
+        (Credentials::password("alice", secret), None),
+        (
+            Credentials::password("alice", secret),
+            Some(Mechanism::Login),
+        ),
+        (
+            Credentials::oauth2("alice", secret),
+            Some(Mechanism::XOAuth2),
+        ),
+    ] {
+        let mut config = tls_relay(&server, &pki, Security::StartTlsRequired);
+        config.credentials = Some(credentials);
+        config.auth_mechanism = forced;
+        let error = Client::new(config).unwrap().connect().await.unwrap_err();
+        let (_, echoed) = server.commands().last().cloned().unwrap();
+        let shown = format!("{error} {error:?}");
+        assert!(shown.contains("535"), "{shown}");
+        assert!(!shown.contains(secret), "{shown}");
+        let echoed_secret = echoed.rsplit(' ').next().unwrap();
+        if !echoed_secret.is_empty() {
+            assert!(
+                !shown.contains(echoed_secret),
+                "the echoed AUTH data {echoed:?} leaked: {shown}"
+            );
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+    }
 }

@@ -50,6 +50,11 @@ pub enum Action {
     Drop,
     /// Never answer (the connection stays open until the client gives up).
     Stall,
+    /// Wait this long, then answer this reply line (a slow relay: e.g. a content scan before the final 250).
+    Delay(Duration, String),
+    /// Answer this reply prefix followed by the client's last command line, as a careless relay that
+    /// echoes what it was sent (an AUTH line, with the credential in it) in its error.
+    Echo(String),
 }
 
 /// One scripted deviation. `connection` and `transaction` (0-based, counted over the server's
@@ -315,6 +320,8 @@ struct Session {
     recipients: Vec<String>,
     transaction: usize,
     bdat_content: Vec<u8>,
+    /// The last command line read (for [`Action::Echo`]).
+    last_line: String,
 }
 
 /// Why a session ended early.
@@ -345,11 +352,12 @@ impl Session {
             recipients: Vec::new(),
             transaction: 0,
             bdat_content: Vec::new(),
+            last_line: String::new(),
         }
     }
 
     async fn run(mut self, tcp: TcpStream) {
-        let _guard = OpenGuard(self.shared.clone());
+        let guard = OpenGuard(self.shared.clone());
         let mut io: Box<dyn Io> = match &self.config.implicit_tls {
             Some(tls) => match TlsAcceptor::from(tls.clone()).accept(tcp).await {
                 Ok(stream) => {
@@ -363,6 +371,10 @@ impl Session {
         if let Err(End::Stall) = self.serve(&mut io).await {
             std::future::pending::<()>().await;
         }
+        // Counted closed before the client can see the close: a client that waits for it (as after QUIT)
+        // and opens its next session at once must not find the old one still counted, or peaks would show
+        // one session more than the client ever had.
+        drop(guard);
         let _ = io.shutdown().await;
     }
 
@@ -390,8 +402,13 @@ impl Session {
         let reply = match self.fault(&when) {
             None => default.to_string(),
             Some(Action::Reply(reply)) => reply,
+            Some(Action::Delay(wait, reply)) => {
+                tokio::time::sleep(wait).await;
+                reply
+            }
             Some(Action::Drop) => return Err(End::Closed),
             Some(Action::Stall) => return Err(End::Stall),
+            Some(Action::Echo(prefix)) => format!("{prefix}{}", self.last_line),
         };
         self.send(io, &reply).await?;
         if reply.starts_with("421") {
@@ -434,6 +451,7 @@ impl Session {
                     .lock()
                     .unwrap()
                     .push((self.id, line.clone()));
+                self.last_line.clone_from(&line);
                 return Ok(line);
             }
             self.fill(io).await?;
@@ -722,8 +740,15 @@ impl Session {
         }
         if let Some(action) = self.fault(&When::Data) {
             self.bdat_content.clear();
+            if let Action::Delay(wait, _) = &action {
+                tokio::time::sleep(*wait).await;
+            }
+            let action = match action {
+                Action::Echo(prefix) => Action::Reply(format!("{prefix}{}", self.last_line)),
+                action => action,
+            };
             return match action {
-                Action::Reply(reply) => {
+                Action::Reply(reply) | Action::Delay(_, reply) => {
                     self.send(io, &reply).await?;
                     self.reset();
                     if reply.starts_with("421") {
@@ -733,7 +758,8 @@ impl Session {
                     }
                 }
                 Action::Drop => Err(End::Closed),
-                Action::Stall => Err(End::Stall),
+                // Echo was turned into a reply above.
+                Action::Stall | Action::Echo(_) => Err(End::Stall),
             };
         }
         self.bdat_content.extend_from_slice(&chunk);

@@ -28,7 +28,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "HERALD_RELAY_URL_<NAME>",
-        "another relay, named NAME (same URL form; limits per relay: pool=N connections, rate=N msg/s, burst=N, domain_concurrency=N sessions per recipient domain, batch=N messages pipelined per session)",
+        "another relay, named NAME (same URL form; limits per relay, totals split across live nodes: pool=N connections, rate=N msg/s, burst=N, domain_concurrency=N sessions per recipient domain, batch=N messages pipelined per session)",
     ),
     (
         "HERALD_RELAY_DOMAINS_<NAME>",
@@ -70,7 +70,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "HERALD_LEASE",
-        "how long a node holds a claimed message before another may take it over (default 15m)",
+        "how long a claimed message stays with a node that stops renewing it (renewed every third; default 30s, at least 3s)",
     ),
     (
         "HERALD_PUBLIC_URL",
@@ -139,6 +139,24 @@ fn open_file_limit() -> Option<usize> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Shortest `HERALD_LEASE`: renewals run every third of it, and a renewal is one commit.
+const MIN_LEASE: Duration = Duration::from_secs(3);
+
+/// `HERALD_LEASE`, default [`crate::delivery::DEFAULT_LEASE`].
+fn parse_lease(text: Option<&str>) -> Result<Duration, String> {
+    let Some(text) = text else {
+        return Ok(crate::delivery::DEFAULT_LEASE);
+    };
+    let lease = parse_duration(text)?;
+    if lease < MIN_LEASE {
+        return Err(format!(
+            "{text}: at least {}s (leases are renewed every third of it)",
+            MIN_LEASE.as_secs()
+        ));
+    }
+    Ok(lease)
 }
 
 /// Default of `HERALD_CONCURRENCY`: enough claimed messages to keep 8 pipelined sessions fed between claims
@@ -439,8 +457,7 @@ impl Config {
             retention,
             body_limit: number("HERALD_BODY_LIMIT", 25 * 1024 * 1024)?,
             concurrency: number("HERALD_CONCURRENCY", DEFAULT_CONCURRENCY)?,
-            lease: parse_duration(get("HERALD_LEASE").unwrap_or("15m"))
-                .map_err(|e| invalid("HERALD_LEASE", e))?,
+            lease: parse_lease(get("HERALD_LEASE")).map_err(|e| invalid("HERALD_LEASE", e))?,
             public_url,
             metrics_token: get("HERALD_METRICS_TOKEN").map(str::to_owned),
             http,
@@ -606,7 +623,12 @@ mod tests {
         assert!(c.relay_url.is_none());
         assert_eq!(c.body_limit, 25 * 1024 * 1024);
         assert_eq!(c.retry, RetryPolicy::default());
-        assert_eq!(c.lease, Duration::from_secs(900));
+        assert_eq!(c.lease, Duration::from_secs(30));
+        let short = config(&[("HERALD_LEASE", "1s")]).unwrap_err().to_string();
+        assert!(
+            short.contains("HERALD_LEASE") && short.contains("at least 3s"),
+            "{short}"
+        );
         c.check_exposure(false).unwrap();
     }
 

@@ -11,7 +11,8 @@
 //! `auth=plain|login|xoauth2` (xoauth2 takes the password as the bearer token),
 //! `plaintext_auth=loopback` (allow AUTH without TLS when the relay is a loopback address),
 //! `helo=NAME`, `chunking=on|off` (BDAT when offered; off by default). Delivery limits (used by
-//! `herald serve`): `rate=N` (messages per second, fractions allowed), `burst=N` (messages that may
+//! `herald serve`; `pool`, `rate`, `burst` and `domain_concurrency` are totals for the whole cluster, split across
+//! live nodes): `rate=N` (messages per second, fractions allowed), `burst=N` (messages that may
 //! leave at once; default a tenth of a second's worth), `domain_concurrency=N` (sessions carrying mail
 //! for one recipient domain at once), `batch=N` (messages pipelined per session in one go, default 16).
 //! An unknown key is an error. User name and password are percent-decoded; the password may come from

@@ -24,11 +24,11 @@ use crate::{
     config::{Config, HttpLimits, redact_url},
     delivery::{
         CaptureTransport, Engine, EngineOptions, RelayBoard, Route, Routes, SmtpTransport,
-        Transport as _,
+        Transport as _, host_name, run_heartbeat,
     },
     relay::Relay,
     service::Service,
-    store::{ACTIVITY_RETENTION, Store},
+    store::{ACTIVITY_RETENTION, NodeInfo, Store},
 };
 
 /// A running server.
@@ -63,6 +63,24 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let store = Store::open(&config.database_url, clock)
         .await
         .with_context(|| format!("opening the store at {}", redact_url(&config.database_url)))?;
+    // Before anything else: on SQLite this takes the file's lock, and a second server stops here.
+    let node = NodeInfo {
+        id: format!("node-{}", uuid::Uuid::now_v7()),
+        host: host_name(),
+        pid: std::process::id(),
+    };
+    let membership = store.join(&node).await.with_context(|| {
+        format!(
+            "joining the nodes serving {}",
+            redact_url(&config.database_url)
+        )
+    })?;
+    if membership.recovered > 0 {
+        tracing::warn!(
+            recovered = membership.recovered,
+            "took back the messages the previous process was delivering when it stopped; they are due now"
+        );
+    }
     let stored_tokens = !store.tokens().await?.is_empty();
     config.check_exposure(stored_tokens)?;
     let listener = TcpListener::bind(config.listen)
@@ -72,7 +90,19 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 
     let (stop, stopped) = watch::channel(false);
     let relays = RelayBoard::default();
+    // The engine starts with this node's share of the relays' limits, not the whole of them: count the live
+    // nodes once before it starts (the heartbeat keeps the count from then on).
+    let live_at_start = match store.heartbeat(&node, config.lease).await {
+        Ok(report) => report.live_nodes,
+        Err(error) => {
+            tracing::warn!(%error, "first heartbeat failed; starting as if alone until the next");
+            1
+        }
+    };
+    let (live_nodes_tx, live_nodes) = watch::channel(live_at_start);
     let options = EngineOptions {
+        owner: node.id.clone(),
+        live_nodes,
         concurrency: config.concurrency,
         retry: config.retry.clone(),
         lease: config.lease,
@@ -80,6 +110,12 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         ..Default::default()
     };
     let routes = relay_routes(&config)?;
+    let heartbeat = tokio::spawn(run_heartbeat(
+        store.clone(),
+        node.clone(),
+        config.lease,
+        live_nodes_tx,
+    ));
     let capture_inbox = routes.is_none();
     let engine: JoinHandle<Result<(), crate::store::StoreError>> = match routes {
         Some(routes) => {
@@ -128,10 +164,19 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.http.clone(),
         stopped.clone(),
     ));
+    let store_for_leave = store.clone();
     let task = tokio::spawn(async move {
         http.await.context("HTTP server panicked")?;
         // The API has answered its last request; now the engine may stop.
-        let result = engine.await.context("delivery engine panicked")?;
+        let result = engine.await.context("delivery engine panicked");
+        // The engine gave back its leases: the node may now leave (on SQLite, the lock goes with it).
+        heartbeat.abort();
+        let _ = heartbeat.await;
+        if let Err(error) = store_for_leave.leave(&node).await {
+            tracing::warn!(%error, "could not remove this node's heartbeat row; the others will");
+        }
+        drop(membership);
+        let result = result?;
         housekeeping.abort();
         result.context("delivery engine")?;
         tracing::info!("herald stopped");

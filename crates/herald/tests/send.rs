@@ -322,3 +322,65 @@ async fn relay_url_errors_are_clear() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("does not offer STARTTLS"), "{stderr}");
 }
+
+/// 8-bit text goes out as `8bit` with `BODY=8BITMIME` when the relay offers 8BITMIME (RFC 6152), and as
+/// 7-bit (quoted-printable) without the parameter when it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_bit_text_uses_8bitmime_when_the_relay_offers_it() {
+    // A text body that is the whole message is sent literally only when it ends with a line break (see
+    // herald-mime's text_entity); otherwise quoted-printable keeps the decoded text exact.
+    let text = "Grüße aus Köln — 您的订单已发货\n";
+    for offered in [true, false] {
+        let server = TestServer::start(ServerConfig {
+            eight_bit_mime: offered,
+            ..ServerConfig::default()
+        })
+        .await;
+        let relay = plain_relay(&server);
+        let output = herald_send(
+            args(&[
+                "--relay",
+                &relay,
+                "--from",
+                "shop@sender.test",
+                "--to",
+                "ann@rcpt.test",
+                "--subject",
+                "Bestellung",
+                "--text",
+                text,
+            ]),
+            vec![],
+        )
+        .await;
+        let (stdout, stderr) = self::text(&output);
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        let transactions = server.transactions();
+        assert_eq!(transactions.len(), 1);
+        let sent = &transactions[0];
+        let content = String::from_utf8_lossy(&sent.content);
+        if offered {
+            assert!(
+                sent.mail_params.split(' ').any(|p| p == "BODY=8BITMIME"),
+                "MAIL FROM parameters: {:?}",
+                sent.mail_params
+            );
+            assert!(content.contains(text.trim_end()), "{content}");
+            assert!(
+                content.contains("Content-Transfer-Encoding: 8bit"),
+                "{content}"
+            );
+        } else {
+            assert!(
+                !sent.mail_params.contains("BODY="),
+                "no BODY= to a relay without 8BITMIME: {:?}",
+                sent.mail_params
+            );
+            assert!(sent.content.is_ascii(), "{content}");
+            assert!(
+                !content.contains("Content-Transfer-Encoding: 8bit"),
+                "{content}"
+            );
+        }
+    }
+}

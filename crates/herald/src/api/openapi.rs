@@ -189,7 +189,7 @@ pub fn document() -> Value {
                         "smtp_code": {"type": ["integer", "null"]}, "enhanced_status": {"type": ["string", "null"]},
                         "smtp_reply": {"type": ["string", "null"]}}}},
                     "events": {"type": "array", "items": {"type": "object", "properties": {
-                        "at": {"type": "string", "format": "date-time"}, "type": {"type": "string"},
+                        "at": {"type": "string", "format": "date-time"}, "type": {"type": "string", "description": "queued or scheduled (accepted), sending (claimed), cancelled, a recipient's status, attempt_<message status>; attempt_interrupted: the node delivering it stopped (not counted as an attempt, due again at once); stale_outcome: a result from a node that had lost the lease (shown, not applied)"},
                         "recipient": {"type": ["string", "null"]}, "detail": {"type": ["string", "null"]}}}}}},
                 "BatchRequest": {"type": "object", "required": ["template", "recipients"], "properties": {
                     "template": {"type": "string"},

@@ -79,19 +79,10 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         }
         None => (request_from_flags(&args)?, PathBuf::from(".")),
     };
+    // Validated before connecting: an invalid message is an error without a session.
     let message = request
         .into_message(Files::RelativeTo(&base))
         .context("invalid message")?;
-    let composed = message.compose(&herald_mime::ComposeOptions::default());
-    let envelope = envelope_of(composed.envelope());
-    let body: Vec<BodySegment> = composed
-        .segments()
-        .iter()
-        .map(|s| BodySegment {
-            bytes: s.bytes.clone(),
-            dot_safe: s.dot_safe,
-        })
-        .collect();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -99,15 +90,30 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let result = runtime.block_on(async {
         let client = Client::new(relay.config.clone())?;
         let mut connection = client.connect().await?;
+        // Composed once the relay's extensions are known: with 8BITMIME (RFC 6152) UTF-8 text goes out as
+        // 8bit (smaller than quoted-printable, readable as is) with BODY=8BITMIME; without it, 7bit only.
+        let composed = message.compose(&herald_mime::ComposeOptions {
+            allow_8bit: connection.extensions().eight_bit_mime,
+            ..Default::default()
+        });
+        let envelope = envelope_of(composed.envelope());
+        let body: Vec<BodySegment> = composed
+            .segments()
+            .iter()
+            .map(|s| BodySegment {
+                bytes: s.bytes.clone(),
+                dot_safe: s.dot_safe,
+            })
+            .collect();
         let delivery = connection.send(&envelope, &body).await;
         if delivery.is_ok() {
             connection.quit().await;
         }
-        delivery
+        delivery.map(|delivery| (delivery, composed.message_id().to_owned()))
     });
     let address = relay.display_address();
     match result {
-        Ok(delivery) => Ok(report(&delivery, composed.message_id(), &address)),
+        Ok((delivery, message_id)) => Ok(report(&delivery, &message_id, &address)),
         Err(error) => {
             eprintln!("herald: sending to {address} failed: {error}");
             Ok(ExitCode::from(if error.is_transient() {

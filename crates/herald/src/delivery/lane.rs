@@ -5,18 +5,32 @@
 //! hands them to the transport in one call, which pipelines them on one pooled session. There are as many
 //! lanes as the pool has connections, so the hard connection cap is never the thing lanes queue on.
 //!
+//! A relay's `pool=`, `rate=` and `domain_concurrency=` are cluster totals: the engine tells the relay how many
+//! nodes are live and the relay takes its share ([`Share`]) at once, without interrupting a batch in flight.
+//! There is a lane for every session of the whole pool; lanes beyond this node's share wait, a lane above a
+//! lowered share finishes its batch first, and the pool's hard cap moves with the share.
+//!
 //! A relay found down pauses only this relay: its lanes defer what they hold without spending attempts, and
 //! the engine defers new claims for it, while other relays' lanes carry on.
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 
-use super::{Delivery, Envelope, Outcomes, RateLimit, RelayLimits, Route, Transport, outcome_of};
+use super::{
+    Delivery, Envelope, Outcomes, RateLimit, RelayLimits, RelayProblem, Route, Transport,
+    limits::Share, outcome_of,
+};
+
+/// The longest pause after problems in a row that need a person (refused credentials, bad certificate).
+const LONGEST_PAUSE: Duration = Duration::from_secs(5 * 60);
 use crate::store::ClaimedMessage;
 
 /// A claimed message waiting for a lane; the permit is its slot in the engine's in-flight bound.
@@ -40,15 +54,26 @@ pub(super) struct RelayWorker<T> {
     pub transport: T,
     limits: RelayLimits,
     rate: Option<RateLimit>,
+    /// The whole cluster's sessions for this relay (the pool's configured size): one lane each.
+    total_sessions: usize,
+    /// Lanes allowed to take batches now (this node's share of the sessions; all of them once closed, so
+    /// that waiting lanes see the close).
+    lanes_allowed: watch::Sender<usize>,
+    next_lane: AtomicUsize,
+    /// This node's share of `domain_concurrency` (meaningful only when the limits have one).
+    domain_share: AtomicUsize,
     queue: Mutex<Queue>,
     wake: Notify,
     paused_until: Mutex<Option<tokio::time::Instant>>,
+    /// Pauses in a row for a problem that needs attention (see [`RelayWorker::pause`]).
+    failures_in_a_row: std::sync::atomic::AtomicU32,
     pub health: Arc<super::health::RelayHealth>,
 }
 
 impl<T: Transport> RelayWorker<T> {
     pub fn new(route: Route<T>, board: &super::RelayBoard) -> Self {
-        let health = board.register(&route.name, route.transport.sessions());
+        let total_sessions = route.transport.sessions().max(1);
+        let health = board.register(&route.name, total_sessions);
         let rate = route
             .limits
             .rate
@@ -56,18 +81,63 @@ impl<T: Transport> RelayWorker<T> {
         Self {
             name: route.name,
             transport: route.transport,
-            limits: route.limits,
             rate,
+            total_sessions,
+            lanes_allowed: watch::channel(total_sessions).0,
+            next_lane: AtomicUsize::new(0),
+            domain_share: AtomicUsize::new(route.limits.domain_concurrency.unwrap_or(usize::MAX)),
+            limits: route.limits,
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             paused_until: Mutex::new(None),
+            failures_in_a_row: std::sync::atomic::AtomicU32::new(0),
             health,
         }
     }
 
-    /// How many lanes (sessions used at once) this relay gets.
+    /// How many lanes this relay gets: one per session of the whole cluster's pool (only this node's share
+    /// of them run at a time).
     pub fn lanes(&self) -> usize {
-        self.transport.sessions().max(1)
+        self.total_sessions
+    }
+
+    /// Takes this node's share of the relay's cluster-wide limits, `nodes` being live.
+    fn take_share(&self, nodes: u32) {
+        let share = Share::of(self.total_sessions, &self.limits, nodes);
+        if let (Some(rate), Some(share_rate), Some(burst)) = (&self.rate, share.rate, share.burst) {
+            rate.set(share_rate, burst);
+        }
+        if let Some(domain) = share.domain_concurrency {
+            self.domain_share.store(domain, Ordering::Relaxed);
+        }
+        self.transport.set_sessions(share.sessions);
+        self.lanes_allowed.send_if_modified(|allowed| {
+            let changed = *allowed != share.sessions && !self.lock().closed;
+            if changed {
+                *allowed = share.sessions;
+            }
+            changed
+        });
+        self.health.set_share(share.sessions, nodes);
+        // Lanes may now fit more per-domain batches.
+        self.wake.notify_waiters();
+        tracing::info!(
+            relay = %self.name,
+            live_nodes = nodes,
+            sessions = share.sessions,
+            rate = ?share.rate,
+            domain_concurrency = ?share.domain_concurrency,
+            "relay limits split across the live nodes"
+        );
+    }
+
+    /// Waits until lane `index` may take a batch; false once shutting down.
+    async fn lane_may_run(&self, index: usize, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let mut allowed = self.lanes_allowed.subscribe();
+        tokio::select! {
+            result = allowed.wait_for(|&allowed| index < allowed) => result.is_ok(),
+            _ = shutdown.wait_for(|stop| *stop) => false,
+        }
     }
 
     /// Queues claimed messages for this relay's lanes, all at once (so a lane sees them as one batch).
@@ -109,16 +179,38 @@ impl<T: Transport> RelayWorker<T> {
             std::mem::take(&mut queue.pending)
         };
         drop(dropped);
+        self.lanes_allowed.send_replace(usize::MAX);
         self.wake.notify_waiters();
     }
 
-    /// Pauses the relay for `pause` from now (a longer pause already set is kept).
-    pub fn pause(&self, pause: Duration) {
-        let until = tokio::time::Instant::now() + pause;
+    /// Pauses the relay after a relay-level failure, unless it is paused already (lanes whose batches were
+    /// under way when the first failed report the same failure: one pause, one log line). Returns the
+    /// pause when this call started it. Problems that need a person pause longer each time in a row (from
+    /// `base` doubling up to [`LONGEST_PAUSE`]), so a relay is not sent a refused password every few seconds;
+    /// an unreachable relay is tried again after `base` every time.
+    fn pause(&self, base: Duration, problem: RelayProblem) -> Option<Duration> {
+        let now = tokio::time::Instant::now();
         let mut paused = self.paused_until.lock().expect("pause lock");
-        if paused.is_none_or(|current| current < until) {
-            *paused = Some(until);
-            self.health.paused_for(pause);
+        if paused.is_some_and(|until| until > now) {
+            return None;
+        }
+        let pause = if problem.needs_attention() {
+            let in_a_row = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed);
+            let longest = LONGEST_PAUSE.max(base);
+            base.saturating_mul(1 << in_a_row.min(16)).min(longest)
+        } else {
+            base
+        };
+        *paused = Some(now + pause);
+        self.health.paused_for(pause, problem);
+        Some(pause)
+    }
+
+    /// A transaction ran on the relay: it is usable again.
+    fn works(&self) {
+        self.failures_in_a_row.store(0, Ordering::Relaxed);
+        if self.health.recovered() {
+            tracing::info!(relay = %self.name, "relay accepts transactions again; pause over");
         }
     }
 
@@ -145,11 +237,11 @@ impl<T: Transport> RelayWorker<T> {
                 if queue.closed {
                     return None;
                 }
-                let (jobs, domains) = pick(
-                    &mut queue,
-                    self.limits.batch.max(1),
-                    self.limits.domain_concurrency,
-                );
+                let domain_cap = self
+                    .limits
+                    .domain_concurrency
+                    .map(|_| self.domain_share.load(Ordering::Relaxed));
+                let (jobs, domains) = pick(&mut queue, self.limits.batch.max(1), domain_cap);
                 if !jobs.is_empty() {
                     return Some(Batch {
                         worker: self,
@@ -268,7 +360,19 @@ pub(super) async fn run_lane<T: Transport>(
     outcomes: Arc<Outcomes>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    while let Some(mut batch) = worker.take_batch().await {
+    let index = worker.next_lane.fetch_add(1, Ordering::Relaxed);
+    loop {
+        if !worker.lane_may_run(index, &mut shutdown).await {
+            return;
+        }
+        let Some(mut batch) = worker.take_batch().await else {
+            return;
+        };
+        if index >= *worker.lanes_allowed.borrow() {
+            // The share shrank while this lane waited for mail: the batch goes to a lane still allowed.
+            worker.put_back(&mut batch, 0);
+            continue;
+        }
         if let Some(rate) = &worker.rate {
             tokio::select! {
                 _ = rate.acquire() => {}
@@ -312,16 +416,29 @@ pub(super) async fn run_lane<T: Transport>(
             .set_open_sessions(worker.transport.open_sessions());
         debug_assert_eq!(deliveries.len(), batch.jobs.len(), "one result per message");
         // Pause first, so that no message is handed to this relay between the failure and the pause.
-        if let Some(reason) = deliveries.iter().find_map(|delivery| match delivery {
+        if let Some((problem, reason)) = deliveries.iter().find_map(|delivery| match delivery {
             Delivery::Failed {
-                relay_down: true,
+                problem: Some(problem),
                 reason,
                 ..
-            } => Some(reason),
+            } => Some((*problem, reason)),
             _ => None,
         }) {
-            tracing::warn!(relay = %worker.name, %reason, pause = ?outcomes.relay_pause, "relay is down; pausing it");
-            worker.pause(outcomes.relay_pause);
+            if let Some(pause) = worker.pause(outcomes.relay_pause, problem) {
+                // Once per pause; the reason is the relay's reply (credentials redacted by herald-smtp).
+                tracing::warn!(
+                    relay = %worker.name,
+                    %problem,
+                    %reason,
+                    ?pause,
+                    "relay cannot be used; pausing it (mail waits without spending attempts)"
+                );
+            }
+        } else if deliveries
+            .iter()
+            .any(|delivery| matches!(delivery, Delivery::Replies(_)))
+        {
+            worker.works();
         }
         for (job, delivery) in batch.jobs.drain(..).zip(deliveries) {
             let Job {
@@ -331,6 +448,41 @@ pub(super) async fn run_lane<T: Transport>(
             worker.health.record(&outcome);
             outcomes.send(outcome);
             drop(permit);
+        }
+    }
+}
+
+/// Gives every relay this node's share of its limits for the live-node count now, then follows the count
+/// until shutdown. The first share is taken before this returns, so no lane starts with the whole limits.
+pub(super) fn follow_live_nodes<T: Transport>(
+    workers: Vec<Arc<RelayWorker<T>>>,
+    mut live_nodes: watch::Receiver<u32>,
+    mut shutdown: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut nodes = *live_nodes.borrow_and_update();
+    if nodes != 1 {
+        for worker in &workers {
+            worker.take_share(nodes);
+        }
+    }
+    async move {
+        loop {
+            let changed = tokio::select! {
+                changed = live_nodes.changed() => changed.is_ok(),
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            if !changed {
+                // No one feeds the count any more (a node without a heartbeat): keep the share.
+                let _ = shutdown.wait_for(|stop| *stop).await;
+                return;
+            }
+            let now = *live_nodes.borrow_and_update();
+            if now != nodes {
+                nodes = now;
+                for worker in &workers {
+                    worker.take_share(nodes);
+                }
+            }
         }
     }
 }

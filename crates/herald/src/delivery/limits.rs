@@ -1,10 +1,17 @@
 //! Limits of one relay beyond the pool's hard connection cap: a message rate (GCRA, governor), a cap on
 //! transactions in flight per recipient domain, and how many messages one session pipelines in one go.
 //!
+//! `pool=`, `rate=` and `domain_concurrency=` are totals for the whole cluster: each node takes its share
+//! ([`Share`]) of the live nodes it is told about, and takes a new share when that count changes.
+//!
 //! The rate limiter runs on tokio's clock (not governor's default quanta clock), so tests drive it with
 //! `tokio::time::pause()` and the engine waits with `tokio::time::sleep`, which shutdown can interrupt.
 
-use std::{num::NonZeroU32, time::Duration};
+use std::{
+    num::NonZeroU32,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use governor::{
     Quota, RateLimiter,
@@ -54,6 +61,43 @@ impl RelayLimits {
     }
 }
 
+/// One node's share of a relay's cluster-wide limits, with `nodes` live nodes (counting this one).
+///
+/// A rate divides exactly: `rate / nodes` each, so the cluster sends `rate`. Sessions and per-domain
+/// sessions are whole numbers, and a node knows how many nodes are live but not its rank among them,
+/// so it cannot tell whether it is one of the nodes that should take the remainder: every node takes
+/// the floor (`pool=6` on 4 nodes: 1 session each, 4 in all; the remainder of 2 is left unused), which
+/// never sums past the total. A node never takes 0 — it could not deliver what it claims — so when
+/// there are more nodes than the total (`pool=2` on 3 nodes) each takes 1 and the cluster may open one
+/// session per node: give a relay at least as many sessions as there are nodes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Share {
+    pub sessions: usize,
+    pub rate: Option<f64>,
+    pub burst: Option<u32>,
+    pub domain_concurrency: Option<usize>,
+}
+
+impl Share {
+    /// This node's share of `sessions` (the pool) and of `limits`, among `nodes` live nodes (0 counts as 1).
+    pub fn of(sessions: usize, limits: &RelayLimits, nodes: u32) -> Share {
+        let nodes = nodes.max(1);
+        let whole = |total: usize| (total / nodes as usize).max(1);
+        let rate = limits.rate.map(|rate| rate / f64::from(nodes));
+        Share {
+            sessions: whole(sessions),
+            rate,
+            // An explicit burst is a cluster total too (rounded up: a burst of 0 is no burst);
+            // the default follows the share of the rate.
+            burst: rate.map(|share| match limits.burst {
+                Some(burst) => burst.div_ceil(nodes).max(1),
+                None => limits.burst_for(share),
+            }),
+            domain_concurrency: limits.domain_concurrency.map(whole),
+        }
+    }
+}
+
 /// A monotonic clock on `tokio::time::Instant`, counted from its creation.
 #[derive(Debug, Clone, Copy)]
 pub struct TokioClock {
@@ -82,36 +126,60 @@ impl Clock for TokioClock {
     }
 }
 
-/// A relay's message rate: GCRA with `rate` per second and a burst.
+type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
+
+/// A relay's message rate: GCRA with `rate` per second and a burst. The rate can change while lanes
+/// wait on it ([`RateLimit::set`]): a node's share changes as nodes join and leave.
 #[derive(Debug)]
 pub struct RateLimit {
-    limiter: RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>,
+    limiter: RwLock<Arc<Limiter>>,
     clock: TokioClock,
+}
+
+fn limiter(rate: f64, burst: u32, clock: TokioClock) -> Option<Limiter> {
+    if !(rate.is_finite() && rate > 0.0) {
+        return None;
+    }
+    let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+    let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst.max(1))?);
+    Some(RateLimiter::direct_with_clock(quota, clock))
 }
 
 impl RateLimit {
     /// `None` when `rate` is not a usable positive number.
     pub fn new(rate: f64, burst: u32) -> Option<Self> {
-        if !(rate.is_finite() && rate > 0.0) {
-            return None;
-        }
-        let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
-        let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst.max(1))?);
         let clock = TokioClock::new();
         Some(Self {
-            limiter: RateLimiter::direct_with_clock(quota, clock),
+            limiter: RwLock::new(Arc::new(limiter(rate, burst, clock)?)),
             clock,
         })
     }
 
+    /// Changes the rate and burst from now on (false, and no change, when `rate` is not usable). The new
+    /// quota starts with its burst available, as after a quiet spell; waiting lanes switch to it within
+    /// their current wait.
+    pub fn set(&self, rate: f64, burst: u32) -> bool {
+        let Some(next) = limiter(rate, burst, self.clock) else {
+            return false;
+        };
+        *self.limiter.write().expect("rate limiter lock") = Arc::new(next);
+        true
+    }
+
+    fn current(&self) -> Arc<Limiter> {
+        self.limiter.read().expect("rate limiter lock").clone()
+    }
+
     /// Takes one message's allowance, waiting until there is one.
     pub async fn acquire(&self) {
+        // Waits are short slices so that a changed rate applies without a lane sleeping through it.
+        const LONGEST_WAIT: Duration = Duration::from_millis(250);
         loop {
-            match self.limiter.check() {
+            match self.current().check() {
                 Ok(()) => return,
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(self.clock.now());
-                    tokio::time::sleep(wait.max(Duration::from_micros(50))).await;
+                    tokio::time::sleep(wait.clamp(Duration::from_micros(50), LONGEST_WAIT)).await;
                 }
             }
         }
@@ -119,7 +187,7 @@ impl RateLimit {
 
     /// Takes one message's allowance if there is one now.
     pub fn try_acquire(&self) -> bool {
-        self.limiter.check().is_ok()
+        self.current().check().is_ok()
     }
 }
 
@@ -153,6 +221,72 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         let ready = (0..50).take_while(|_| limit.try_acquire()).count();
         assert_eq!(ready, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_rate_applies_to_the_next_allowance() {
+        let limit = RateLimit::new(10.0, 1).unwrap();
+        limit.acquire().await;
+        // At 10/s the next allowance is 100 ms away; at 1/s a second.
+        assert!(limit.set(1.0, 1));
+        limit.acquire().await;
+        let start = tokio::time::Instant::now();
+        limit.acquire().await;
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(990) && waited <= Duration::from_millis(1_010),
+            "{waited:?}"
+        );
+        assert!(!limit.set(0.0, 1), "an unusable rate changes nothing");
+    }
+
+    #[test]
+    fn shares_never_sum_past_the_total_and_never_reach_zero() {
+        let limits = RelayLimits {
+            rate: Some(100.0),
+            burst: None,
+            domain_concurrency: Some(6),
+            batch: DEFAULT_BATCH,
+        };
+        let alone = Share::of(6, &limits, 1);
+        assert_eq!(
+            alone,
+            Share {
+                sessions: 6,
+                rate: Some(100.0),
+                burst: Some(10),
+                domain_concurrency: Some(6),
+            },
+            "one node keeps the whole limits"
+        );
+        assert_eq!(
+            Share::of(6, &limits, 0),
+            alone,
+            "no count yet counts as one"
+        );
+        let three = Share::of(6, &limits, 3);
+        assert_eq!(three.sessions, 2);
+        assert!((three.rate.unwrap() * 3.0 - 100.0).abs() < 1e-9);
+        assert_eq!(three.burst, Some(4));
+        let four = Share::of(6, &limits, 4);
+        assert_eq!((four.sessions, four.domain_concurrency), (1, Some(1)));
+        assert!(4 * four.sessions <= 6);
+        for nodes in 1..=12u32 {
+            for total in 1..=20usize {
+                let share = Share::of(total, &RelayLimits::default(), nodes).sessions;
+                assert!(share >= 1);
+                if total >= nodes as usize {
+                    assert!(share * nodes as usize <= total, "{total} over {nodes}");
+                }
+            }
+        }
+        let explicit = RelayLimits {
+            rate: Some(30.0),
+            burst: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(Share::of(1, &explicit, 2).burst, Some(3));
+        assert_eq!(Share::of(1, &RelayLimits::default(), 2).rate, None);
     }
 
     #[test]

@@ -9,12 +9,17 @@
 
 mod capture;
 mod health;
+mod heartbeat;
 mod lane;
 mod limits;
 mod route;
 mod smtp;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use rand::{SeedableRng, rngs::StdRng};
 use tokio::{
@@ -23,7 +28,8 @@ use tokio::{
 };
 
 pub use capture::CaptureTransport;
-pub use health::{RelayBoard, RelaySnapshot};
+pub use health::{RelayBoard, RelayProblem, RelaySnapshot, RelayState};
+pub use heartbeat::{host_name, run_heartbeat};
 pub use limits::{DEFAULT_BATCH, RateLimit, RelayLimits, TokioClock};
 pub use route::{Route, RouteError, Routes};
 pub use smtp::SmtpTransport;
@@ -64,11 +70,12 @@ pub enum Verdict {
 pub enum Delivery {
     /// The transaction ran: one reply per envelope recipient, in envelope order.
     Replies(Vec<RecipientReply>),
-    /// The relay itself could not be used (connection refused, 421, TLS failure …). Nothing was decided for any
-    /// recipient; `relay_down` asks the engine to pause the relay instead of burning the message's attempts.
+    /// The transaction failed as a whole. Nothing was decided for any recipient. With a `problem`, the relay
+    /// itself could not be used (connection refused, 421, credentials refused, certificate not trusted,
+    /// STARTTLS missing): the engine pauses the relay instead of spending the message's attempts.
     Failed {
         transient: bool,
-        relay_down: bool,
+        problem: Option<RelayProblem>,
         reason: String,
     },
 }
@@ -101,6 +108,10 @@ pub trait Transport: Send + Sync + 'static {
         1
     }
 
+    /// Lowers or raises the cap on sessions at once (an SMTP pool's hard connection cap) to this node's
+    /// share of [`Transport::sessions`]; sessions busy now finish first.
+    fn set_sessions(&self, _sessions: usize) {}
+
     /// Sessions open now (an SMTP pool's idle and busy connections); a transport without sessions has none.
     fn open_sessions(&self) -> usize {
         0
@@ -126,6 +137,10 @@ const CLAIM_RETRY: Duration = Duration::from_millis(200);
 /// Default of [`EngineOptions::concurrency`].
 pub const DEFAULT_CONCURRENCY: usize = 256;
 
+/// Default of [`EngineOptions::lease`]: short, because a live node renews its leases every third of it; a
+/// node that dies gives its messages back within this time.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -147,6 +162,16 @@ pub struct EngineOptions {
     pub maintenance: Duration,
     /// Where the engine shows each relay's state (the dashboard reads it).
     pub board: RelayBoard,
+    /// How many nodes are delivering from this database now, counting this one (from the nodes' heartbeat
+    /// rows; always 1 on SQLite). Each relay's `pool=`, `rate=` and `domain_concurrency=` are cluster totals
+    /// that live nodes split (`limits::Share`).
+    pub live_nodes: watch::Receiver<u32>,
+}
+
+/// A live-node count that always says 1: one process alone keeps its limits whole.
+pub fn single_node() -> watch::Receiver<u32> {
+    // A receiver whose sender is gone keeps its last value and never reports a change.
+    watch::channel(1).1
 }
 
 impl Default for EngineOptions {
@@ -154,13 +179,14 @@ impl Default for EngineOptions {
         Self {
             owner: format!("node-{}", uuid::Uuid::now_v7()),
             concurrency: DEFAULT_CONCURRENCY,
-            lease: Duration::from_secs(15 * 60),
+            lease: DEFAULT_LEASE,
             retry: RetryPolicy::default(),
             relay_pause: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
             idle_poll: Duration::from_secs(1),
             maintenance: Duration::from_secs(10),
             board: RelayBoard::default(),
+            live_nodes: single_node(),
         }
     }
 }
@@ -207,23 +233,35 @@ impl<T: Transport> Engine<T> {
         let slots = Arc::new(Semaphore::new(concurrency));
         let claim_at_least = (concurrency / 4).clamp(1, 256);
         let (outcomes_tx, mut outcomes_rx) = mpsc::unbounded_channel::<AttemptOutcome>();
+        let in_flight = InFlight::default();
         let recorder = {
             let store = store.clone();
             let owner = options.owner.clone();
+            let in_flight = in_flight.clone();
             tokio::spawn(async move {
-                // Outcomes that finish together are recorded in one commit.
+                // Outcomes that finish together are recorded in one commit, at once: every message whose relay
+                // said 250 but whose outcome is not committed yet would be sent again if this node died now.
                 while let Some(first) = outcomes_rx.recv().await {
                     let mut batch = vec![first];
                     while let Ok(more) = outcomes_rx.try_recv() {
                         batch.push(more);
                     }
+                    let ids: Vec<String> = batch.iter().map(|o| o.id.clone()).collect();
                     if let Err(error) = store.record(&owner, batch).await {
-                        // The leases expire and the messages are retried: at-least-once (invariant 3).
+                        // No longer renewed: the leases run out and the messages are retried, at-least-once
+                        // (invariant 3).
                         tracing::error!(%error, "could not record delivery outcomes");
                     }
+                    in_flight.remove(&ids);
                 }
             })
         };
+        let renewal = tokio::spawn(renew_leases(
+            store.clone(),
+            options.owner.clone(),
+            options.lease,
+            in_flight.clone(),
+        ));
         let outcomes = Arc::new(Outcomes {
             tx: outcomes_tx,
             clock: store.clock().clone(),
@@ -235,6 +273,11 @@ impl<T: Transport> Engine<T> {
             .into_iter()
             .map(|route| Arc::new(lane::RelayWorker::new(route, &options.board)))
             .collect();
+        let cluster = tokio::spawn(lane::follow_live_nodes(
+            workers.clone(),
+            options.live_nodes.clone(),
+            shutdown.clone(),
+        ));
         let mut lanes = JoinSet::new();
         for worker in &workers {
             for _ in 0..worker.lanes() {
@@ -316,6 +359,7 @@ impl<T: Transport> Engine<T> {
                 }
                 continue;
             }
+            in_flight.insert(claimed.iter().map(|m| m.id.clone()));
             let mut per_relay: Vec<Vec<_>> = workers.iter().map(|_| Vec::new()).collect();
             for message in claimed {
                 let permit = slots
@@ -358,15 +402,72 @@ impl<T: Transport> Engine<T> {
         }
         maintenance.abort();
         let _ = maintenance.await;
+        cluster.abort();
+        let _ = cluster.await;
         for worker in &workers {
             worker.transport.close().await;
         }
         drop(workers);
         drop(outcomes);
         let _ = recorder.await;
+        // Renewed until now: a transaction still finishing in the grace period keeps its lease.
+        renewal.abort();
+        let _ = renewal.await;
         let released = store.release_leases(&options.owner).await?;
         tracing::info!(released, "delivery engine stopped");
         Ok(())
+    }
+}
+
+/// The messages this node claimed and has not recorded yet: the leases its renewals extend. A message leaves
+/// when its outcome was recorded, or when recording failed (then its lease runs out and it is retried).
+#[derive(Debug, Clone, Default)]
+struct InFlight(Arc<Mutex<HashSet<String>>>);
+
+impl InFlight {
+    fn insert(&self, ids: impl IntoIterator<Item = String>) {
+        self.0.lock().expect("in-flight lock").extend(ids);
+    }
+
+    fn remove(&self, ids: &[String]) {
+        let mut held = self.0.lock().expect("in-flight lock");
+        for id in ids {
+            held.remove(id);
+        }
+    }
+
+    fn snapshot(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .expect("in-flight lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Every third of a lease, extends the leases of every message still in flight, in one commit per renewal: a
+/// live node never loses a message however slow its relay is, while a node that stops (crash, partition) loses
+/// them within one lease. Two renewals in a row may fail before a lease runs out.
+async fn renew_leases(store: Store, owner: String, lease: Duration, in_flight: InFlight) {
+    let every = (lease / 3).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ids = in_flight.snapshot();
+        if ids.is_empty() {
+            continue;
+        }
+        match store.renew_leases(&owner, lease, &ids).await {
+            Ok(renewed) => {
+                metrics::counter!("herald_lease_renewals_total").increment(renewed);
+                tracing::debug!(renewed, held = ids.len(), "leases renewed");
+            }
+            Err(error) => {
+                tracing::warn!(%error, held = ids.len(), "renewing leases failed; retrying at the next renewal")
+            }
+        }
     }
 }
 
@@ -395,7 +496,7 @@ impl Outcomes {
     /// A message for a paused relay goes back to the queue until the pause ends, without counting an attempt.
     fn relay_paused(&self, relay: &str, message: ClaimedMessage, left: Duration) -> AttemptOutcome {
         let retry_at = self.wait_for_relay(message.created_at, left);
-        let reason = format!("relay {relay} is paused after a connection failure");
+        let reason = format!("relay {relay} is paused after a relay-level failure");
         let recipients = message
             .recipients
             .iter()
@@ -452,7 +553,7 @@ fn outcome_of(
         ),
         Delivery::Failed {
             transient,
-            relay_down,
+            problem,
             reason,
         } => (
             message
@@ -471,7 +572,7 @@ fn outcome_of(
                     reply: Some(reason.clone()),
                 })
                 .collect(),
-            Some((relay_down, reason)),
+            Some((problem.is_some(), reason)),
         ),
     };
     // A transport that answered for fewer recipients than it was given decided nothing for the rest.

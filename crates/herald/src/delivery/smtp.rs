@@ -2,7 +2,7 @@
 
 use herald_smtp::{BodySegment, Delivery as SmtpDelivery, Error, Pool, Stage, Status};
 
-use super::{Delivery, Envelope, RecipientReply, Transport, Verdict};
+use super::{Delivery, Envelope, RecipientReply, RelayProblem, Transport, Verdict};
 use crate::store::RawSegment;
 
 /// One relay: a pool with a hard connection cap, reused across messages.
@@ -75,11 +75,16 @@ fn delivery_of(result: Result<SmtpDelivery, Error>) -> Delivery {
                 })
                 .collect(),
         ),
-        Err(error) => Delivery::Failed {
-            transient: error.is_transient(),
-            relay_down: relay_is_down(&error),
-            reason: error.to_string(),
-        },
+        Err(error) => {
+            let problem = relay_problem(&error);
+            Delivery::Failed {
+                // A relay-level failure says nothing about the message: it waits for the relay, whatever
+                // the reply code (a 535 is permanent for the credentials, not for the mail).
+                transient: problem.is_some() || error.is_transient(),
+                problem,
+                reason: error.to_string(),
+            }
+        }
     }
 }
 
@@ -116,6 +121,10 @@ impl Transport for SmtpTransport {
         self.pool.config().max_connections
     }
 
+    fn set_sessions(&self, sessions: usize) {
+        self.pool.set_max_connections(sessions);
+    }
+
     fn open_sessions(&self) -> usize {
         self.pool.stats().open
     }
@@ -133,23 +142,36 @@ impl Transport for SmtpTransport {
     }
 }
 
-/// Failures that say the relay (not this message) is unusable right now: the engine pauses the relay
-/// instead of spending the message's attempts (issue: "a 421 or connection failure defers the whole relay").
-fn relay_is_down(error: &Error) -> bool {
+/// Failures that say the relay (not this message) is unusable right now, and why: the engine pauses the relay
+/// instead of spending the message's attempts. Refused credentials, an untrusted certificate and a missing
+/// STARTTLS would fail every message the same way; failing them all permanently after one try (as a
+/// per-message 5xx would) loses the queue to one configuration mistake.
+fn relay_problem(error: &Error) -> Option<RelayProblem> {
     match error {
-        Error::Connect { .. } | Error::Tls { .. } => true,
-        Error::Rejected { reply, .. } if reply.code == 421 => true,
+        Error::AuthFailed { .. } | Error::AuthUnsupported { .. } | Error::AuthWithoutTls { .. } => {
+            Some(RelayProblem::Authentication)
+        }
+        Error::CertificateVerification { .. } | Error::TlsConfig(_) => {
+            Some(RelayProblem::Certificate)
+        }
+        Error::StartTlsUnavailable { .. }
+        | Error::Rejected {
+            stage: Stage::StartTls,
+            ..
+        } => Some(RelayProblem::StartTls),
+        Error::Connect { .. } | Error::Tls { .. } => Some(RelayProblem::Unreachable),
+        Error::Rejected { reply, .. } if reply.code == 421 => Some(RelayProblem::Unreachable),
         Error::Rejected {
             stage: Stage::Greeting | Stage::Ehlo,
             reply,
-        } => !reply.is_permanent(),
+        } if !reply.is_permanent() => Some(RelayProblem::Unreachable),
         Error::Timeout {
-            stage: Stage::Connect | Stage::Greeting | Stage::Ehlo,
-        } => true,
-        Error::ConnectionLost {
-            stage: Stage::Greeting | Stage::Ehlo,
+            stage: Stage::Connect | Stage::Greeting | Stage::Ehlo | Stage::TlsHandshake,
+        }
+        | Error::ConnectionLost {
+            stage: Stage::Greeting | Stage::Ehlo | Stage::StartTls | Stage::TlsHandshake,
             ..
-        } => true,
-        _ => false,
+        } => Some(RelayProblem::Unreachable),
+        _ => None,
     }
 }

@@ -78,6 +78,10 @@ impl Store {
         pub async fn claim(&self, owner: &str, lease: Duration, limit: u32) -> Result<Vec<ClaimedMessage>, StoreError>;
         pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, StoreError>;
         pub async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
+        pub async fn renew_leases(&self, owner: &str, lease: Duration, ids: &[String]) -> Result<u64, StoreError>;
+        pub async fn join(&self, node: &NodeInfo) -> Result<Membership, StoreError>;
+        pub async fn heartbeat(&self, node: &NodeInfo, lease: Duration) -> Result<HeartbeatReport, StoreError>;
+        pub async fn leave(&self, node: &NodeInfo) -> Result<(), StoreError>;
         pub async fn prune_raw(&self, finished_before: Millis) -> Result<u64, StoreError>;
         pub async fn raw(&self, id: &str) -> Result<Option<Vec<RawSegment>>, StoreError>;
         pub async fn message(&self, id: &str) -> Result<Option<MessageView>, StoreError>;
@@ -164,6 +168,21 @@ impl Store {
     }
 }
 
+/// A node's place among the nodes serving a database, from [`Store::join`] until it is dropped.
+///
+/// On SQLite it holds the exclusive lock on `<database>.lock`: one serving process per file, so a second
+/// `herald serve` on the same file refuses to start instead of racing the first one's leases. (Other commands,
+/// such as `herald token`, open the database without it.) On PostgreSQL nodes share the database and the
+/// membership is the node's heartbeat row.
+#[derive(Debug)]
+pub struct Membership {
+    /// Held for the node's life; the OS releases it when the process dies, however it dies.
+    _lock: Option<std::fs::File>,
+    /// Messages found `sending` at start on SQLite: the previous process died delivering them. They are due
+    /// again now, their attempt recorded as interrupted.
+    pub recovered: u64,
+}
+
 /// What went wrong in the store, in the caller's terms.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -185,4 +204,15 @@ pub enum StoreError {
     InvalidQuery(String),
     #[error("{0}")]
     InvalidUrl(String),
+    #[error(
+        "another herald serve ({holder}) is serving the SQLite database {path}: one process per SQLite file \
+         (stop it first, or use PostgreSQL for several nodes)"
+    )]
+    Locked { path: String, holder: String },
+    #[error("cannot use the lock file {path}: {source}")]
+    LockFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Accepted, ActivityBucket, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient,
-    MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus,
+    EVENT_INTERRUPTED, EVENT_STALE_OUTCOME, HeartbeatReport, Membership, MessageStatus,
+    MessageSummary, MessageView, Millis, NewMessage, NodeInfo, RecipientResult, RecipientStatus,
     SUMMARY_RECIPIENTS, SearchPage, SearchQuery, SessionInfo, StoreError, StoredTemplate,
     TemplateSource, TokenInfo, WorkSignal,
     raw::{self, RawSegment, SharedBlob},
@@ -73,7 +74,22 @@ fn migrator() -> Migrator {
             "dashboard sessions",
             include_str!("../../migrations/postgres/0003_dashboard_sessions.sql"),
         ),
+        migration(
+            4,
+            "nodes",
+            include_str!("../../migrations/postgres/0004_nodes.sql"),
+        ),
     ])
+}
+
+/// What recording an outcome does to its message row.
+struct MessageUpdate<'a> {
+    id: &'a str,
+    status: MessageStatus,
+    /// 1 when the outcome counts as an attempt.
+    counts: i32,
+    next_attempt_at: Option<Millis>,
+    finished_at: Option<Millis>,
 }
 
 /// The PostgreSQL store. Cheap to clone.
@@ -162,11 +178,15 @@ impl PgStore {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
         // SKIP LOCKED: rows another node is claiming right now are passed over, not waited for.
+        // A due message still `sending` is one whose node stopped renewing its lease (it died before the
+        // others saw its heartbeat age): its attempt is recorded as interrupted, like a released one.
         let rows = sqlx::query(
-            "UPDATE messages SET status = 'sending', lease_owner = $1, next_attempt_at = $2
-             WHERE id IN (SELECT id FROM messages WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $3
-                          ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED)
-             RETURNING id, sender, created_at, attempts, raw",
+            "UPDATE messages m SET status = 'sending', lease_owner = $1, next_attempt_at = $2
+             FROM (SELECT id, status, lease_owner FROM messages
+                   WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $3
+                   ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) due
+             WHERE m.id = due.id
+             RETURNING m.id, m.sender, m.created_at, m.attempts, m.raw, due.status = 'sending', due.lease_owner",
         )
         .bind(owner)
         .bind(now + lease.as_millis() as Millis)
@@ -193,10 +213,29 @@ impl PgStore {
                 .or_default()
                 .push(ClaimedRecipient { position: row.get::<i32, _>(1) as u32, address: row.get(2) });
         }
+        let taken_over: Vec<(&str, String)> = rows
+            .iter()
+            .filter(|row| row.get::<Option<bool>, _>(5) == Some(true))
+            .map(|row| {
+                let owner: Option<String> = row.get(6);
+                (
+                    row.get::<&str, _>(0),
+                    format!(
+                        "interrupted: the lease of node {} ran out; not counted as an attempt",
+                        owner.as_deref().unwrap_or("unknown")
+                    ),
+                )
+            })
+            .collect();
         insert_events(
             &mut tx,
-            ids.iter()
-                .map(|id| (id.as_str(), now, "sending", None, None)),
+            taken_over
+                .iter()
+                .map(|(id, detail)| (*id, now, EVENT_INTERRUPTED, None, Some(detail.as_str())))
+                .chain(
+                    ids.iter()
+                        .map(|id| (id.as_str(), now, "sending", None, None)),
+                ),
         )
         .await?;
         tx.commit().await?;
@@ -267,6 +306,11 @@ impl PgStore {
         Ok(found)
     }
 
+    /// Records attempt outcomes in one transaction of a fixed number of statements, however many outcomes
+    /// there are: the time between the relay's final 250 and this commit is the only window in which a node
+    /// dying makes a message go out twice, so it is kept short (a statement per message made it grow with the
+    /// batch). Only the lease holder records (see the SQLite store); a node that lost the lease gets a
+    /// `stale_outcome` event instead.
     pub async fn record(
         &self,
         owner: &str,
@@ -277,54 +321,103 @@ impl PgStore {
         }
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
-        for outcome in &outcomes {
-            let id = outcome.id.as_str();
-            for r in &outcome.recipients {
-                sqlx::query(
-                    "UPDATE recipients SET status = $1, smtp_code = $2, enhanced_status = $3, reply = $4
-                     WHERE message_id = $5 AND position = $6 AND status NOT IN ('delivered', 'failed', 'cancelled')",
+        let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
+        // FOR UPDATE, in id order: a heartbeat releasing this node's leases cannot slip in between the check
+        // and the update, and two recorders lock in the same order.
+        let held: HashSet<String> = sqlx::query(
+            "SELECT id FROM messages WHERE id = ANY($1) AND lease_owner = $2 AND status = 'sending'
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect();
+        let (owned, stale): (Vec<&AttemptOutcome>, Vec<&AttemptOutcome>) =
+            outcomes.iter().partition(|o| held.contains(&o.id));
+        let stale_details: Vec<(&str, String)> = stale
+            .iter()
+            .map(|o| {
+                (
+                    o.id.as_str(),
+                    format!(
+                        "from {owner}, which no longer held the lease (not applied): {}",
+                        o.detail
+                    ),
                 )
-                .bind(r.status.as_str())
-                .bind(r.smtp_code.map(i32::from))
-                .bind(r.enhanced_status.as_deref())
-                .bind(r.reply.as_deref())
-                .bind(id)
-                .bind(r.position as i32)
-                .execute(&mut *tx)
-                .await?;
+            })
+            .collect();
+        insert_events(
+            &mut tx,
+            stale_details
+                .iter()
+                .map(|(id, detail)| (*id, now, EVENT_STALE_OUTCOME, None, Some(detail.as_str()))),
+        )
+        .await?;
+        if owned.is_empty() {
+            tx.commit().await?;
+            return Ok(());
+        }
+
+        let results: Vec<(&str, &RecipientResult)> = owned
+            .iter()
+            .flat_map(|o| o.recipients.iter().map(move |r| (o.id.as_str(), r)))
+            .collect();
+        sqlx::query(
+            "UPDATE recipients r SET status = u.status, smtp_code = u.code, enhanced_status = u.enhanced,
+             reply = u.reply
+             FROM UNNEST($1::text[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[])
+                  AS u(id, position, status, code, enhanced, reply)
+             WHERE r.message_id = u.id AND r.position = u.position
+               AND r.status NOT IN ('delivered', 'failed', 'cancelled')",
+        )
+        .bind(results.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(results.iter().map(|(_, r)| r.position as i32).collect::<Vec<_>>())
+        .bind(results.iter().map(|(_, r)| r.status.as_str()).collect::<Vec<_>>())
+        .bind(results.iter().map(|(_, r)| r.smtp_code.map(i32::from)).collect::<Vec<_>>())
+        .bind(results.iter().map(|(_, r)| r.enhanced_status.as_deref()).collect::<Vec<_>>())
+        .bind(results.iter().map(|(_, r)| r.reply.as_deref()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        insert_events(
+            &mut tx,
+            results.iter().map(|(id, r)| {
+                (
+                    *id,
+                    now,
+                    r.status.as_str(),
+                    Some(r.address.as_str()),
+                    r.reply.as_deref(),
+                )
+            }),
+        )
+        .await?;
+
+        let owned_ids: Vec<&str> = owned.iter().map(|o| o.id.as_str()).collect();
+        let mut statuses: HashMap<String, Vec<RecipientStatus>> = HashMap::new();
+        for row in
+            sqlx::query("SELECT message_id, status FROM recipients WHERE message_id = ANY($1)")
+                .bind(&owned_ids)
+                .fetch_all(&mut *tx)
+                .await?
+        {
+            if let Ok(status) = RecipientStatus::from_str(row.get::<&str, _>(1)) {
+                statuses.entry(row.get(0)).or_default().push(status);
             }
-            insert_events(
-                &mut tx,
-                outcome.recipients.iter().map(|r| {
-                    (
-                        id,
-                        now,
-                        r.status.as_str(),
-                        Some(r.address.as_str()),
-                        r.reply.as_deref(),
-                    )
-                }),
-            )
-            .await?;
-            let statuses: Vec<RecipientStatus> =
-                sqlx::query("SELECT status FROM recipients WHERE message_id = $1")
-                    .bind(id)
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .into_iter()
-                    .filter_map(|r| RecipientStatus::from_str(r.get::<&str, _>(0)).ok())
-                    .collect();
-            let mut status = message_status_from(&statuses);
+        }
+        let mut gave_up: Vec<&str> = Vec::new();
+        let mut updates: Vec<MessageUpdate<'_>> = Vec::with_capacity(owned.len());
+        for outcome in &owned {
+            let recipients = statuses.get(&outcome.id).map_or(&[][..], Vec::as_slice);
+            let mut status = message_status_from(recipients);
+            // Deferred recipients with no retry time left: the message gave up on them.
             if matches!(status, MessageStatus::Deferred | MessageStatus::Queued)
                 && outcome.retry_at.is_none()
             {
-                sqlx::query(
-                    "UPDATE recipients SET status = 'failed' WHERE message_id = $1 AND status IN ('pending', 'deferred')",
-                )
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                status = if statuses.contains(&RecipientStatus::Delivered) {
+                gave_up.push(outcome.id.as_str());
+                status = if recipients.contains(&RecipientStatus::Delivered) {
                     MessageStatus::Delivered
                 } else {
                     MessageStatus::Failed
@@ -335,25 +428,65 @@ impl PgStore {
             } else {
                 outcome.retry_at.or(Some(now))
             };
+            updates.push(MessageUpdate {
+                id: outcome.id.as_str(),
+                status,
+                counts: i32::from(outcome.counts_attempt),
+                next_attempt_at,
+                finished_at: status.is_final().then_some(now),
+            });
+        }
+        if !gave_up.is_empty() {
             sqlx::query(
-                "UPDATE messages SET status = $1, attempts = attempts + $6, next_attempt_at = $2, lease_owner = NULL,
-                 finished_at = $3 WHERE id = $4 AND lease_owner = $5",
+                "UPDATE recipients SET status = 'failed'
+                 WHERE message_id = ANY($1) AND status IN ('pending', 'deferred')",
             )
-            .bind(status.as_str())
-            .bind(next_attempt_at)
-            .bind(status.is_final().then_some(now))
-            .bind(id)
-            .bind(owner)
-            .bind(i32::from(outcome.counts_attempt))
+            .bind(&gave_up)
             .execute(&mut *tx)
             .await?;
-            let kind = format!("attempt_{status}");
-            insert_events(
-                &mut tx,
-                [(id, now, kind.as_str(), None, Some(outcome.detail.as_str()))],
-            )
-            .await?;
         }
+        sqlx::query(
+            "UPDATE messages m SET status = u.status, attempts = m.attempts + u.counts,
+             next_attempt_at = u.next_attempt_at, lease_owner = NULL, finished_at = u.finished_at
+             FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bigint[], $5::bigint[])
+                  AS u(id, status, counts, next_attempt_at, finished_at)
+             WHERE m.id = u.id AND m.lease_owner = $6",
+        )
+        .bind(updates.iter().map(|u| u.id).collect::<Vec<_>>())
+        .bind(
+            updates
+                .iter()
+                .map(|u| u.status.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(updates.iter().map(|u| u.counts).collect::<Vec<_>>())
+        .bind(
+            updates
+                .iter()
+                .map(|u| u.next_attempt_at)
+                .collect::<Vec<_>>(),
+        )
+        .bind(updates.iter().map(|u| u.finished_at).collect::<Vec<_>>())
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        let kinds: Vec<String> = updates
+            .iter()
+            .map(|u| format!("attempt_{}", u.status))
+            .collect();
+        insert_events(
+            &mut tx,
+            owned.iter().zip(&kinds).map(|(outcome, kind)| {
+                (
+                    outcome.id.as_str(),
+                    now,
+                    kind.as_str(),
+                    None,
+                    Some(outcome.detail.as_str()),
+                )
+            }),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -413,6 +546,149 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(released)
+    }
+
+    /// Extends the leases `owner` still holds on `ids` to `lease` from now, in one statement (see the SQLite
+    /// store).
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        lease: Duration,
+        ids: &[String],
+    ) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let until = self.clock.now() + lease.as_millis() as Millis;
+        Ok(sqlx::query(
+            "UPDATE messages SET next_attempt_at = $1
+             WHERE id = ANY($3) AND lease_owner = $2 AND status = 'sending'",
+        )
+        .bind(until)
+        .bind(owner)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Registers the node: its heartbeat row, renewed by [`PgStore::heartbeat`].
+    pub async fn join(&self, node: &NodeInfo) -> Result<Membership, StoreError> {
+        let now = self.clock.now();
+        sqlx::query(
+            "INSERT INTO nodes (id, host, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at",
+        )
+        .bind(&node.id)
+        .bind(&node.host)
+        .bind(i64::from(node.pid))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(Membership {
+            _lock: None,
+            recovered: 0,
+        })
+    }
+
+    /// Renews this node's row, then looks for dead nodes: a row older than one lease is a node that stopped
+    /// renewing (its leases have run out too, or are about to). Its `sending` messages become due now with an
+    /// interrupted attempt (not counted), its row goes, and idle nodes are woken. Answers how many are live.
+    pub async fn heartbeat(
+        &self,
+        node: &NodeInfo,
+        lease: Duration,
+    ) -> Result<HeartbeatReport, StoreError> {
+        let now = self.clock.now();
+        // Its own statement, committed before the sweep: two nodes sweeping at once never wait on each other's
+        // fresh rows (which could deadlock two nodes that were both late).
+        sqlx::query(
+            "INSERT INTO nodes (id, host, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at",
+        )
+        .bind(&node.id)
+        .bind(&node.host)
+        .bind(i64::from(node.pid))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let cutoff = now - lease.as_millis() as Millis;
+        let mut tx = self.pool.begin().await?;
+        let dead_nodes: Vec<String> =
+            sqlx::query("DELETE FROM nodes WHERE heartbeat_at < $1 AND id <> $2 RETURNING id")
+                .bind(cutoff)
+                .bind(&node.id)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|row| row.get(0))
+                .collect();
+        let mut released = 0;
+        if !dead_nodes.is_empty() {
+            let rows = sqlx::query(
+                "UPDATE messages m SET status = CASE WHEN m.attempts > 0 THEN 'deferred' ELSE 'queued' END,
+                 lease_owner = NULL, next_attempt_at = $1
+                 FROM (SELECT id, lease_owner FROM messages WHERE lease_owner = ANY($2) AND status = 'sending'
+                       FOR UPDATE) old
+                 WHERE m.id = old.id
+                 RETURNING m.id, old.lease_owner",
+            )
+            .bind(now)
+            .bind(&dead_nodes)
+            .fetch_all(&mut *tx)
+            .await?;
+            released = rows.len() as u64;
+            let interrupted: Vec<(String, String)> = rows
+                .into_iter()
+                .map(|row| {
+                    let owner: String = row.get(1);
+                    (
+                        row.get(0),
+                        format!(
+                            "interrupted: node {owner} stopped renewing its leases; due again now, not counted \
+                             as an attempt"
+                        ),
+                    )
+                })
+                .collect();
+            insert_events(
+                &mut tx,
+                interrupted.iter().map(|(id, detail)| {
+                    (
+                        id.as_str(),
+                        now,
+                        EVENT_INTERRUPTED,
+                        None,
+                        Some(detail.as_str()),
+                    )
+                }),
+            )
+            .await?;
+            if released > 0 {
+                tx.execute(sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL))
+                    .await?;
+            }
+        }
+        let live: i64 = sqlx::query("SELECT count(*) FROM nodes WHERE heartbeat_at >= $1")
+            .bind(cutoff)
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        tx.commit().await?;
+        Ok(HeartbeatReport {
+            live_nodes: live.clamp(1, i64::from(u32::MAX)) as u32,
+            dead_nodes,
+            released,
+        })
+    }
+
+    /// Removes the node's row (graceful shutdown, after its leases were given back).
+    pub async fn leave(&self, node: &NodeInfo) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(&node.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn prune_raw(&self, finished_before: Millis) -> Result<u64, StoreError> {

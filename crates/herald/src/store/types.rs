@@ -346,3 +346,31 @@ pub struct SessionInfo {
     pub token_hash: [u8; 32],
     pub expires_at: Millis,
 }
+
+/// A `herald serve` process delivering from the database, as its heartbeat row names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's name in leases (`lease_owner`).
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+}
+
+/// What one heartbeat saw (see [`super::Store::heartbeat`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeartbeatReport {
+    /// Nodes whose heartbeat is younger than one lease, this one included.
+    pub live_nodes: u32,
+    /// Nodes found dead (heartbeat older than one lease) and removed by this heartbeat.
+    pub dead_nodes: Vec<String>,
+    /// Messages those nodes were delivering, due again now (their attempt recorded as interrupted).
+    pub released: u64,
+}
+
+/// The timeline event of an attempt cut short by its node stopping (crash, kill, partition). It does not count
+/// as an attempt: the message is due again at once with its attempts unspent.
+pub const EVENT_INTERRUPTED: &str = "attempt_interrupted";
+
+/// The timeline event of an outcome reported by a node that had lost the message's lease: it is not applied
+/// (the message is someone else's now, or due again), only shown.
+pub const EVENT_STALE_OUTCOME: &str = "stale_outcome";

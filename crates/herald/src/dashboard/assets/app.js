@@ -83,8 +83,10 @@ function renderRelays(relays) {
       cell(fmt(r.delivered)), cell(fmt(r.deferred)), cell(fmt(r.failed)));
     const state = document.createElement("td");
     const badge = document.createElement("span");
-    badge.className = `badge status-${r.paused_until ? "deferred" : "delivered"}`;
-    badge.textContent = r.paused_until ? "paused" : "ok";
+    // A problem that needs a person (credentials, certificate, STARTTLS) shows red; an unreachable relay amber.
+    const tone = r.state === "ok" ? "delivered" : r.problem === "unreachable" ? "deferred" : "failed";
+    badge.className = `badge status-${tone}`;
+    badge.textContent = r.state === "ok" ? "ok" : `${r.state}: ${String(r.problem).replace("_", " ")}`;
     state.append(badge);
     tr.append(state, cell(r.last_error
       ? `${new Date(r.last_error_at).toISOString().slice(0, 19).replace("T", " ")} ${r.last_error}` : "–"));

@@ -30,9 +30,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Accepted, ActivityBucket, AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient,
-    MessageStatus, MessageSummary, MessageView, Millis, NewMessage, RecipientStatus,
-    SUMMARY_RECIPIENTS, SearchPage, SearchQuery, SessionInfo, StoreError, StoredTemplate,
-    TemplateSource, TokenInfo, WorkSignal,
+    EVENT_INTERRUPTED, EVENT_STALE_OUTCOME, HeartbeatReport, Membership, MessageStatus,
+    MessageSummary, MessageView, Millis, NewMessage, NodeInfo, RecipientStatus, SUMMARY_RECIPIENTS,
+    SearchPage, SearchQuery, SessionInfo, StoreError, StoredTemplate, TemplateSource, TokenInfo,
+    WorkSignal,
     raw::{self, RawSegment, SharedBlob},
     rows::{self, counts_from},
     search::{activity_start, fts5_query, parse_cursor},
@@ -80,6 +81,7 @@ impl SqliteOptions {
 /// The SQLite store. Cheap to clone; all clones share the writer task and the read pool.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    path: PathBuf,
     reader: SqlitePool,
     writer: mpsc::Sender<WriteOp>,
     clock: Arc<dyn Clock>,
@@ -118,6 +120,16 @@ enum WriteOp {
     },
     Release {
         owner: String,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    Renew {
+        owner: String,
+        lease: Duration,
+        ids: Vec<String>,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    /// Takes back every `sending` message (the previous owner of the file died).
+    Recover {
         reply: oneshot::Sender<Result<u64, String>>,
     },
     Prune {
@@ -214,6 +226,11 @@ fn migrator() -> Migrator {
             "dashboard sessions",
             include_str!("../../../migrations/sqlite/0003_dashboard_sessions.sql"),
         ),
+        migration(
+            4,
+            "nodes",
+            include_str!("../../../migrations/sqlite/0004_nodes.sql"),
+        ),
     ])
 }
 
@@ -302,6 +319,7 @@ impl SqliteStore {
             .spawn(move || checkpoint_loop(checkpointer, written_rx))
             .map_err(spawn_error)?;
         Ok(Self {
+            path: options.path.clone(),
             reader,
             writer,
             clock,
@@ -460,6 +478,56 @@ impl SqliteStore {
             reply,
         })
         .await
+    }
+
+    /// Extends the leases `owner` still holds on `ids` to `lease` from now, in one commit; answers how many it
+    /// still held (a message recorded meanwhile, or taken over after a lost lease, is left alone).
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        lease: Duration,
+        ids: &[String],
+    ) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.call(|reply| WriteOp::Renew {
+            owner: owner.to_owned(),
+            lease,
+            ids: ids.to_vec(),
+            reply,
+        })
+        .await
+    }
+
+    /// Makes this process the one serving the file: takes the exclusive lock on `<database>.lock` (refusing if
+    /// another process holds it), then takes back every message left `sending`. Holding the lock proves their
+    /// owner is gone, so there is no reason to wait for their leases to run out.
+    pub async fn join(&self, node: &NodeInfo) -> Result<Membership, StoreError> {
+        let lock = lock_database(&self.path, node)?;
+        let recovered = self.call(|reply| WriteOp::Recover { reply }).await?;
+        Ok(Membership {
+            _lock: Some(lock),
+            recovered,
+        })
+    }
+
+    /// One process serves a SQLite file: it is the only live node, and no other node's leases need
+    /// releasing.
+    pub async fn heartbeat(
+        &self,
+        _node: &NodeInfo,
+        _lease: Duration,
+    ) -> Result<HeartbeatReport, StoreError> {
+        Ok(HeartbeatReport {
+            live_nodes: 1,
+            ..HeartbeatReport::default()
+        })
+    }
+
+    /// Nothing to do: the lock goes with the [`Membership`].
+    pub async fn leave(&self, _node: &NodeInfo) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Drops the raw bodies of messages finished before `finished_before` (status and events are kept), and
@@ -1130,16 +1198,23 @@ impl WriteOp {
             (WriteOp::Record { reply, .. }, Ok(Answer::Unit)) => drop(reply.send(Ok(()))),
             (WriteOp::Cancel { reply, .. }, Ok(Answer::Cancel(v))) => drop(reply.send(Ok(v))),
             (
-                WriteOp::Release { reply, .. } | WriteOp::Prune { reply, .. },
+                WriteOp::Release { reply, .. }
+                | WriteOp::Prune { reply, .. }
+                | WriteOp::Renew { reply, .. }
+                | WriteOp::Recover { reply },
                 Ok(Answer::Count(n)),
             ) => drop(reply.send(Ok(n))),
             (WriteOp::Accept { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (WriteOp::Claim { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (WriteOp::Record { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (WriteOp::Cancel { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
-            (WriteOp::Release { reply, .. } | WriteOp::Prune { reply, .. }, Err(e)) => {
-                drop(reply.send(Err(e)))
-            }
+            (
+                WriteOp::Release { reply, .. }
+                | WriteOp::Prune { reply, .. }
+                | WriteOp::Renew { reply, .. }
+                | WriteOp::Recover { reply },
+                Err(e),
+            ) => drop(reply.send(Err(e))),
             (_, Ok(_)) => unreachable!("each op yields its own answer kind"),
         }
     }
@@ -1173,6 +1248,22 @@ fn apply_one(
             .execute()?,
         ),
         WriteOp::Prune { finished_before, .. } => Answer::Count(prune(db, *finished_before)?),
+        WriteOp::Renew { owner, lease, ids, .. } => {
+            let ids = serde_json::to_string(ids).expect("a list of strings is JSON");
+            Answer::Count(
+                db.stmt(
+                    "UPDATE messages SET next_attempt_at = ?1
+                     WHERE id IN (SELECT value FROM json_each(?3)) AND lease_owner = ?2 AND status = 'sending'",
+                )?
+                .bind([
+                    (now + lease.as_millis() as Millis).into(),
+                    owner.into(),
+                    Value::Text(&ids),
+                ])?
+                .execute()?,
+            )
+        }
+        WriteOp::Recover { .. } => Answer::Count(recover(db, now)?),
     })
 }
 
@@ -1348,6 +1439,75 @@ fn accept(
     Ok(results)
 }
 
+/// Takes the exclusive lock beside the database and writes who holds it (for the next one's error message).
+fn lock_database(path: &Path, node: &NodeInfo) -> Result<std::fs::File, StoreError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let lock_error = |source| StoreError::LockFile {
+        path: lock_path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(lock_error)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(StoreError::Locked {
+                path: path.display().to_string(),
+                holder: if holder.is_empty() {
+                    "unknown process".into()
+                } else {
+                    holder.to_owned()
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(error)) => return Err(lock_error(error)),
+    }
+    let holder = format!("pid {} on {}, node {}", node.pid, node.host, node.id);
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(holder.as_bytes()))
+        .map_err(lock_error)?;
+    Ok(file)
+}
+
+/// Every `sending` message becomes due now, with an interrupted attempt on its timeline that does not count
+/// (attempts unchanged). Only called by the process holding the database's lock, so their owners are dead.
+fn recover(db: &mut RawDb, now: Millis) -> DbResult<u64> {
+    let mut interrupted = Vec::new();
+    {
+        let mut q = db.stmt(
+            "SELECT id, lease_owner FROM messages WHERE lease_owner IS NOT NULL AND status = 'sending'",
+        )?;
+        while q.step()? {
+            interrupted.push((q.text(0), q.text(1)));
+        }
+    }
+    for (id, owner) in &interrupted {
+        db.stmt(
+            "UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
+             lease_owner = NULL, next_attempt_at = ?1 WHERE id = ?2",
+        )?
+        .bind([now.into(), Value::Text(id)])?
+        .execute()?;
+        let detail = format!(
+            "interrupted: node {owner} stopped while delivering it; due again now, not counted as an attempt"
+        );
+        event(db, id, now, EVENT_INTERRUPTED, None, Some(&detail))?;
+    }
+    Ok(interrupted.len() as u64)
+}
+
 fn claim(
     db: &mut RawDb,
     owner: &str,
@@ -1404,6 +1564,22 @@ fn claim(
 fn record(db: &mut RawDb, owner: &str, outcomes: &[AttemptOutcome], now: Millis) -> DbResult<()> {
     for outcome in outcomes {
         let id = outcome.id.as_str();
+        // Only the lease holder records: a node that lost the lease (taken over, or released as dead) would
+        // otherwise overwrite what the new owner is doing. Its report stays visible on the timeline.
+        let holds_lease = db
+            .stmt(
+                "SELECT 1 FROM messages WHERE id = ?1 AND lease_owner = ?2 AND status = 'sending'",
+            )?
+            .bind([id.into(), owner.into()])?
+            .step()?;
+        if !holds_lease {
+            let detail = format!(
+                "from {owner}, which no longer held the lease (not applied): {}",
+                outcome.detail
+            );
+            event(db, id, now, EVENT_STALE_OUTCOME, None, Some(&detail))?;
+            continue;
+        }
         for r in &outcome.recipients {
             db.stmt(
                 "UPDATE recipients SET status = ?1, smtp_code = ?2, enhanced_status = ?3, reply = ?4
@@ -1460,8 +1636,6 @@ fn record(db: &mut RawDb, owner: &str, outcomes: &[AttemptOutcome], now: Millis)
             outcome.retry_at.or(Some(now))
         };
         let finished_at = status.is_final().then_some(now);
-        // Only the lease holder moves the message on; a worker whose lease expired (and whose message another
-        // worker took over) still records what the server said for each recipient above.
         db.stmt(
             "UPDATE messages SET status = ?1, attempts = attempts + ?6, next_attempt_at = ?2, lease_owner = NULL,
              finished_at = ?3 WHERE id = ?4 AND lease_owner = ?5",
