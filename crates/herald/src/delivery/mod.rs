@@ -170,7 +170,8 @@ pub struct EngineOptions {
 
 /// A live-node count that always says 1: one process alone keeps its limits whole.
 pub fn single_node() -> watch::Receiver<u32> {
-    // A receiver whose sender is gone keeps its last value and never reports a change.
+    // A receiver whose sender is gone keeps its last value; its `changed()` answers `Err` at once, which a
+    // reader takes as "no change will ever come".
     watch::channel(1).1
 }
 
