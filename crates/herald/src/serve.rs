@@ -218,7 +218,7 @@ async fn prune_periodically(
         for _ in 0..60 {
             match store.maintain().await {
                 Ok(done) if done != Default::default() => {
-                    tracing::info!(analyzed = ?done.analyzed, vacuumed = ?done.vacuumed, "store upkeep")
+                    tracing::info!(analyzed = ?done.analyzed, "store upkeep refreshed statistics")
                 }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "store upkeep failed; will retry"),

@@ -140,8 +140,8 @@ impl Store {
         Ok(())
     }
 
-    /// Store upkeep `herald serve` runs every minute: on PostgreSQL, what autovacuum would do for Herald's
-    /// tables (the counters vacuumed, statistics refreshed as tables grow: see [`PgStore::upkeep`]); SQLite
+    /// Store upkeep `herald serve` runs every minute: on PostgreSQL, the counters vacuumed and the tables'
+    /// planner statistics refreshed as they grow, where autovacuum may be off (see [`PgStore::upkeep`]); SQLite
     /// needs none.
     pub async fn maintain(&self) -> Result<Upkeep, StoreError> {
         match self {

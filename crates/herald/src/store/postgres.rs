@@ -47,7 +47,7 @@ enum Filter<'a> {
     Address(&'a str),
 }
 
-/// Herald's tables whose statistics and dead rows the upkeep looks after (the counters apart: see `upkeep`).
+/// Herald's tables whose statistics the upkeep keeps fresh (the counters apart: see `upkeep`).
 const UPKEPT: &[&str] = &[
     "messages",
     "recipients",
@@ -61,53 +61,43 @@ const UPKEPT: &[&str] = &[
 ];
 /// Changed rows, as a fraction of the table, after which the upkeep analyzes it (autovacuum's default).
 pub const ANALYZE_FRACTION: f64 = 0.1;
-/// Dead rows, as a fraction of the table, after which the upkeep vacuums it (autovacuum's default).
-pub const VACUUM_FRACTION: f64 = 0.2;
+/// Tables smaller than this (in 8 KB pages) are not analyzed: see `PgStore::upkeep`.
+pub const ANALYZE_MIN_PAGES: i64 = 10;
 /// Session advisory lock key of the upkeep, so that one node at a time does it ("herald-upkeep").
 const UPKEEP_LOCK: i64 = 0x6865_7261_6c64_7570;
 
 /// What one upkeep run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Upkeep {
-    /// Tables analyzed (without vacuum).
+    /// Tables analyzed.
     pub analyzed: Vec<String>,
-    /// Tables vacuumed and analyzed.
-    pub vacuumed: Vec<String>,
 }
 
-/// Analyzes (or vacuums) each of Herald's tables past its threshold, by the activity statistics PostgreSQL
-/// keeps whether or not autovacuum runs (`track_counts`, on by default).
+/// Analyzes each of Herald's tables past its threshold, by the activity statistics PostgreSQL keeps whether
+/// or not autovacuum runs (`track_counts`, on by default).
 async fn refresh_statistics(conn: &mut sqlx::PgConnection) -> Result<Upkeep, StoreError> {
-    let due = sqlx::query(
-        "SELECT s.relname::text,
-                s.n_dead_tup > 50 + $3 * GREATEST(c.reltuples, 0),
-                s.n_mod_since_analyze > 50 + $2 * GREATEST(c.reltuples, 0)
+    let due: Vec<String> = sqlx::query_scalar(
+        "SELECT s.relname::text
          FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
-         WHERE s.schemaname = current_schema() AND s.relname = ANY($1)",
+         WHERE s.schemaname = current_schema() AND s.relname = ANY($1)
+           AND s.n_mod_since_analyze > 50 + $2 * GREATEST(c.reltuples, 0)
+           AND pg_relation_size(s.relid) >= $3 * current_setting('block_size')::bigint",
     )
     .bind(UPKEPT)
     .bind(ANALYZE_FRACTION)
-    .bind(VACUUM_FRACTION)
+    .bind(ANALYZE_MIN_PAGES)
     .fetch_all(&mut *conn)
     .await?;
     let mut done = Upkeep::default();
-    for row in due {
-        let table: String = row.get(0);
+    for table in due {
         // Only names from UPKEPT reach the statement (they cannot be bound as parameters).
         let Some(table) = UPKEPT.iter().find(|t| **t == table) else {
             continue;
         };
-        if row.get::<bool, _>(1) {
-            sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM (ANALYZE) {table}")))
-                .execute(&mut *conn)
-                .await?;
-            done.vacuumed.push((*table).to_owned());
-        } else if row.get::<bool, _>(2) {
-            sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}")))
-                .execute(&mut *conn)
-                .await?;
-            done.analyzed.push((*table).to_owned());
-        }
+        sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}")))
+            .execute(&mut *conn)
+            .await?;
+        done.analyzed.push((*table).to_owned());
     }
     Ok(done)
 }
@@ -679,19 +669,27 @@ impl PgStore {
         Ok(n > SELECTIVE)
     }
 
-    /// Store upkeep, every minute: what autovacuum would do for Herald's tables, for installations where it
-    /// is off (as on this project's test machine, and some managed setups) or lags behind a busy queue.
+    /// Store upkeep, every minute, for installations where autovacuum is off (as on this project's test
+    /// machine, and some managed setups) or lags behind a busy queue.
     ///
     /// - The counters (`status_counts`, `activity`) are vacuumed every time: every accept, claim and record
     ///   updates them, and unvacuumed, their 16 rows grew to 78 MB after a million messages (24 ms to read).
     /// - Every other table is analyzed once it has changed by [`ANALYZE_FRACTION`] of its rows (plus 50)
-    ///   since its last ANALYZE, and vacuumed (with ANALYZE) once [`VACUUM_FRACTION`] of it is dead rows:
-    ///   autovacuum's own default thresholds. Without statistics an archive page took 275 ms instead of
-    ///   1.5 ms. Statistics taken on a young table are fine for every statement Herald runs: the one plan they
-    ///   misled (recording an outcome through the lease index) cannot happen since migration 0005.
+    ///   since its last ANALYZE (autovacuum's default threshold), but never while it is smaller than
+    ///   [`ANALYZE_MIN_PAGES`]. Without statistics an archive page took 275 ms instead of 1.5 ms.
     ///
-    /// ANALYZE and VACUUM take a lock that does not block reads or writes, so delivery goes on meanwhile. One
-    /// node at a time does the work (a session advisory lock); the others skip it that minute.
+    /// Why not smaller: statistics saying a table is tiny make PostgreSQL plan sequential scans, and a
+    /// connection keeps the generic plan of a prepared statement until the table's statistics change. That
+    /// is what stalled delivery when Herald analyzed its empty tables at start (3a7de8c): captured with
+    /// EXPLAIN (ANALYZE, BUFFERS), the record statements of a connection prepared on 10 rows still ran
+    /// `Seq Scan on recipients ... Rows Removed by Filter: 20009` once the table held 20,000. A table never
+    /// analyzed is planned as at least 10 pages, where index scans win; from 10 pages on, the planner picks
+    /// the index for a key lookup, and each ANALYZE as the table grows replaces the connections' plans.
+    ///
+    /// ANALYZE takes a lock that does not block reads or writes, and samples a bounded number of rows, so
+    /// delivery goes on meanwhile. One node at a time does it (a session advisory lock); the others skip it
+    /// that minute. Dead rows of the archive are left to VACUUM run by the operator or autovacuum: vacuuming
+    /// a million-row table is heavy I/O that Herald does not start on its own.
     pub async fn upkeep(&self) -> Result<Upkeep, StoreError> {
         sqlx::query("VACUUM status_counts, activity")
             .execute(&self.pool)
