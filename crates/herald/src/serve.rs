@@ -374,8 +374,12 @@ async fn prune_periodically(
         }
         // Hourly pruning; the store's own upkeep every minute.
         for _ in 0..60 {
-            if let Err(error) = store.maintain().await {
-                tracing::warn!(%error, "store upkeep failed; will retry");
+            match store.maintain().await {
+                Ok(done) if done != Default::default() => {
+                    tracing::info!(analyzed = ?done.analyzed, "store upkeep refreshed statistics")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "store upkeep failed; will retry"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(60)) => {}

@@ -47,7 +47,7 @@ pub fn document() -> Value {
                     "parameters": [
                         {"name": "status", "in": "query", "schema": {"$ref": "#/components/schemas/Status"}},
                         {"name": "to", "in": "query", "schema": {"type": "string"}},
-                        {"name": "q", "in": "query", "description": "Full text over subject, addresses and text body", "schema": {"type": "string"}},
+                        {"name": "q", "in": "query", "description": "Full text over subject, addresses and text body, in any language: every word must match (whole words, folded; a word inside Chinese, Japanese, Korean or Thai text, even one character; Russian words by stem; the head or tail of a long compound word)", "schema": {"type": "string"}},
                         {"name": "tag", "in": "query", "description": "Exact tag: messages whose tags include it", "schema": {"type": "string"}},
                         {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
                         {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},

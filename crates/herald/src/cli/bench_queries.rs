@@ -1,8 +1,11 @@
 //! `herald bench queries`: the dashboard's reads on a large archive.
 //!
 //! Fills a store with `--messages` varied messages (several recipients, tags, common and rare words, created
-//! over 30 days, most delivered, some failed, deferred or still queued), fills per-minute activity for all 8
-//! days it is kept, then times each read the dashboard makes, `--runs` times: median and p99.
+//! over 30 days, most delivered, some failed, deferred or still queued; 17% written in Chinese, Japanese,
+//! Korean, Thai, Russian or German), fills per-minute activity for all 8 days it is kept, then times each
+//! read the dashboard makes, `--runs` times: median, p95 and p99. Then it measures the full-text index's
+//! size, and what the tokenizer before Herald's own (FTS5 `unicode61` / PostgreSQL's `simple` parser over
+//! the raw text) would take for the same first 100,000 messages.
 
 use std::{
     future::Future,
@@ -17,7 +20,7 @@ use herald::{
     clock::{Clock, ManualClock, SystemClock},
     store::{
         AttemptOutcome, MessageStatus, NewMessage, NewRecipient, RecipientKind, RecipientResult,
-        RecipientStatus, SearchQuery, Store,
+        RecipientStatus, SearchQuery, Store, fold, index_terms,
     },
 };
 
@@ -94,6 +97,10 @@ fn varied(i: usize) -> NewMessage {
             ""
         }
     );
+    if let Some((subject, body)) = localized(i) {
+        m.subject = subject;
+        m.search_text = format!("{} {body}", m.recipients[0].address);
+    }
     let t = mix(i, 3) % 1_000;
     m.tags = match t {
         0 => vec!["vip".into(), "receipt".into()],
@@ -104,6 +111,47 @@ fn varied(i: usize) -> NewMessage {
         _ => vec![],
     };
     m
+}
+
+/// Message `i` in another language, for 17% of messages: Chinese 5%, Japanese 3%, Korean 2%, Thai 1%,
+/// Russian 3%, German 3%. "熊猫" (and "zebra" with it) is in one Chinese message of 10,000.
+fn localized(i: usize) -> Option<(String, String)> {
+    let n = 100_000 + i;
+    let rare = mix(i, 2).is_multiple_of(10_000);
+    Some(match mix(i, 7) % 100 {
+        0..=4 => (
+            format!("您的订单 {n} 已发货 📦"),
+            format!(
+                "感谢您的购买，包裹正在路上，预计三天内送达。{}",
+                if rare {
+                    "您的熊猫玩偶 zebra 已经出发。"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        5..=7 => (
+            format!("ご注文 {n} の商品を発送しました"),
+            "お届けまで2〜3日かかります。ご利用ありがとうございます。".into(),
+        ),
+        8 | 9 => (
+            format!("주문 {n} 상품이 배송되었습니다"),
+            "배송 조회는 아래 링크에서 확인하실 수 있습니다.".into(),
+        ),
+        10 => (
+            format!("คำสั่งซื้อ {n} ของคุณถูกจัดส่งแล้ว"),
+            "ขอบคุณที่สั่งซื้อสินค้ากับเรา".into(),
+        ),
+        11..=13 => (
+            format!("Ваш заказ {n} отправлен"),
+            "Спасибо за заказ в нашем магазине. Посылка уже в пути.".into(),
+        ),
+        14..=16 => (
+            format!("Versandbestätigung für Ihre Bestellung {n}"),
+            "Ihre Sendungsnummer folgt in Kürze. Vielen Dank für Ihren Einkauf.".into(),
+        ),
+        _ => return None,
+    })
 }
 
 /// One timed read: runs against the store, answers how many rows it got.
@@ -126,6 +174,7 @@ pub fn run(args: BenchQueriesArgs) -> anyhow::Result<ExitCode> {
         bail!("--messages must be at least {PER_ACCEPT} and --runs at least 1");
     }
     let dir = tempfile::tempdir()?;
+    let started = Instant::now();
     runtime()?.block_on(async {
         let url = args
             .database_url
@@ -224,8 +273,48 @@ pub fn run(args: BenchQueriesArgs) -> anyhow::Result<ExitCode> {
                 search(page(SearchQuery { tag: Some("vip".into()), ..Default::default() })),
             ),
             (
-                "search text=order (50%)".into(),
+                "search text=order (42%)".into(),
                 search(page(SearchQuery { text: Some("order".into()), ..Default::default() })),
+            ),
+            (
+                "search text=发货 (CJK pair, 5%)".into(),
+                search(page(SearchQuery { text: Some("发货".into()), ..Default::default() })),
+            ),
+            (
+                "search text=货 (one CJK character, 5%)".into(),
+                search(page(SearchQuery { text: Some("货".into()), ..Default::default() })),
+            ),
+            (
+                "search text=熊猫 (CJK, 0.0005%)".into(),
+                search(page(SearchQuery { text: Some("熊猫".into()), ..Default::default() })),
+            ),
+            (
+                "search text=发货 zebra (mixed, rare)".into(),
+                search(page(SearchQuery { text: Some("发货 zebra".into()), ..Default::default() })),
+            ),
+            (
+                "search text=您的订单已发货 (6 common pairs, none: a number splits the run)".into(),
+                search(page(SearchQuery { text: Some("您的订单已发货".into()), ..Default::default() })),
+            ),
+            (
+                "search text=発送 (Japanese, 3%)".into(),
+                search(page(SearchQuery { text: Some("発送".into()), ..Default::default() })),
+            ),
+            (
+                "search text=배송 (Korean, 2%)".into(),
+                search(page(SearchQuery { text: Some("배송".into()), ..Default::default() })),
+            ),
+            (
+                "search text=จัดส่ง (Thai, 1%)".into(),
+                search(page(SearchQuery { text: Some("จัดส่ง".into()), ..Default::default() })),
+            ),
+            (
+                "search text=заказа (Russian stem, 3%)".into(),
+                search(page(SearchQuery { text: Some("заказа".into()), ..Default::default() })),
+            ),
+            (
+                "search text=bestätigung (German tail, 3%)".into(),
+                search(page(SearchQuery { text: Some("bestätigung".into()), ..Default::default() })),
             ),
             (
                 "search text=zebra (0.01%)".into(),
@@ -251,7 +340,8 @@ pub fn run(args: BenchQueriesArgs) -> anyhow::Result<ExitCode> {
                 }),
             ),
         ];
-        println!("{:<52} {:>9} {:>9} {:>6}", "query", "p50 ms", "p99 ms", "rows");
+        println!("{:<52} {:>9} {:>9} {:>9} {:>6}", "query", "p50 ms", "p95 ms", "p99 ms", "rows");
+        let timing = Instant::now();
         for (name, query) in &queries {
             let rows = query(store.clone()).await?; // warm-up
             let mut times = Vec::with_capacity(args.runs);
@@ -261,9 +351,28 @@ pub fn run(args: BenchQueriesArgs) -> anyhow::Result<ExitCode> {
                 times.push(t.elapsed());
             }
             times.sort();
-            let p99 = times[((times.len() - 1) as f64 * 0.99).round() as usize];
-            println!("{name:<52} {:>9.2} {:>9.2} {rows:>6}", ms(times[times.len() / 2]), ms(p99));
+            let at = |q: f64| ms(times[((times.len() - 1) as f64 * q).round() as usize]);
+            println!(
+                "{name:<52} {:>9.2} {:>9.2} {:>9.2} {rows:>6}",
+                ms(times[times.len() / 2]),
+                at(0.95),
+                at(0.99)
+            );
         }
+        println!(
+            "timed {} queries x {} runs = {} reads in {:.1} s",
+            queries.len(),
+            args.runs,
+            queries.len() * args.runs,
+            timing.elapsed().as_secs_f64()
+        );
+        index_sizes(&url, args.messages.min(SIZE_SAMPLE)).await?;
+        println!(
+            "whole run: {} messages, {:.0} s (fill {:.0} s)",
+            args.messages,
+            started.elapsed().as_secs_f64(),
+            filled.as_secs_f64()
+        );
         if args.keep && args.database_url.is_none() {
             let kept = dir.keep();
             println!("kept {url} (in {})", kept.display());
@@ -351,4 +460,146 @@ async fn fill_activity(url: &str, now: i64) -> anyhow::Result<u64> {
         .await?;
     }
     Ok(minutes as u64 * if url.starts_with("sqlite") { 1 } else { 16 })
+}
+
+/// Messages over which the index with and without Herald's tokenizer is compared.
+const SIZE_SAMPLE: usize = 100_000;
+
+/// The three texts each store indexes for message `i`, as the bench built it: subject, addresses, body.
+fn indexed_texts(i: usize) -> (String, String, String) {
+    let mut m = varied(i);
+    if let Some((subject, body)) = localized(i) {
+        m.subject = subject;
+        m.search_text = format!("{} {body}", m.recipients[0].address);
+    }
+    let mut addresses = m.sender.clone();
+    for r in &m.recipients {
+        addresses.push(' ');
+        addresses.push_str(&r.address);
+    }
+    (m.subject, addresses, m.search_text)
+}
+
+/// Prints the full-text index's size in the store, and for the first `sample` messages what the index takes
+/// with Herald's terms against the tokenizer used before (unicode61 / PostgreSQL `simple` over the text).
+async fn index_sizes(url: &str, sample: usize) -> anyhow::Result<()> {
+    use sqlx::{Connection as _, Row as _};
+    let mb = |bytes: i64| bytes as f64 / 1e6;
+    if url.starts_with("sqlite") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await?;
+        let whole: i64 =
+            sqlx::query_scalar("SELECT COALESCE(SUM(length(block)), 0) FROM messages_fts_data")
+                .fetch_one(&mut conn)
+                .await?;
+        let mut sizes = Vec::new();
+        for (table, ours) in [("size_before", false), ("size_now", true)] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE VIRTUAL TABLE temp.{table} USING fts5 (subject, addresses, body, content = '',
+                 tokenize = 'unicode61 remove_diacritics 2')"
+            )))
+            .execute(&mut conn)
+            .await?;
+            let mut tx = conn.begin().await?;
+            for i in 0..sample {
+                let (subject, addresses, body) = indexed_texts(i);
+                let (subject, addresses, body) = if ours {
+                    (
+                        index_terms(&subject),
+                        index_terms(&addresses),
+                        index_terms(&body),
+                    )
+                } else {
+                    (subject, addresses, body)
+                };
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO temp.{table} (rowid, subject, addresses, body) VALUES (?, ?, ?, ?)"
+                )))
+                .bind(i as i64 + 1)
+                .bind(subject)
+                .bind(addresses)
+                .bind(body)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO temp.{table} ({table}) VALUES ('optimize')"
+            )))
+            .execute(&mut conn)
+            .await?;
+            let size: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT SUM(length(block)) FROM temp.{table}_data"
+            )))
+            .fetch_one(&mut conn)
+            .await?;
+            sizes.push(size);
+        }
+        println!(
+            "full-text index (FTS5): {:.1} MB for the whole archive; first {sample} messages, optimized: {:.1} MB with Herald's terms against {:.1} MB with unicode61 over the text (x{:.2})",
+            mb(whole),
+            mb(sizes[1]),
+            mb(sizes[0]),
+            sizes[1] as f64 / sizes[0] as f64
+        );
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await?;
+        let row = sqlx::query(
+            "SELECT pg_relation_size('messages_search'), (SELECT SUM(pg_column_size(search)) FROM messages)::bigint",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        let (gin, vectors): (i64, i64) = (row.get(0), row.get(1));
+        let mut sizes = Vec::new();
+        for (table, make) in [
+            ("size_before", "to_tsvector('simple', d)"),
+            ("size_now", "array_to_tsvector(string_to_array(d, ' '))"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE TEMP TABLE {table} (v tsvector NOT NULL)"
+            )))
+            .execute(&mut conn)
+            .await?;
+            for start in (0..sample).step_by(10_000) {
+                let docs: Vec<String> = (start..(start + 10_000).min(sample))
+                    .map(|i| {
+                        let (subject, addresses, body) = indexed_texts(i);
+                        let document = format!("{subject} {addresses} {body}");
+                        if table == "size_now" {
+                            index_terms(&document)
+                        } else {
+                            fold(&document)
+                        }
+                    })
+                    .collect();
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {table} (v) SELECT {make} FROM UNNEST($1::text[]) AS t (d)"
+                )))
+                .bind(&docs)
+                .execute(&mut conn)
+                .await?;
+            }
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE INDEX {table}_gin ON {table} USING GIN (v)"
+            )))
+            .execute(&mut conn)
+            .await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_relation_size('{table}_gin'), (SELECT SUM(pg_column_size(v)) FROM {table})::bigint"
+            )))
+            .fetch_one(&mut conn)
+            .await?;
+            sizes.push((row.get::<i64, _>(0), row.get::<i64, _>(1)));
+        }
+        println!(
+            "full-text index (GIN): {:.1} MB, tsvectors {:.1} MB for the whole archive; first {sample} messages: GIN {:.1} MB + tsvectors {:.1} MB with Herald's terms against GIN {:.1} MB + tsvectors {:.1} MB with the simple parser over the text (x{:.2} in all)",
+            mb(gin),
+            mb(vectors),
+            mb(sizes[1].0),
+            mb(sizes[1].1),
+            mb(sizes[0].0),
+            mb(sizes[0].1),
+            (sizes[1].0 + sizes[1].1) as f64 / (sizes[0].0 + sizes[0].1) as f64
+        );
+    }
+    Ok(())
 }

@@ -13,9 +13,9 @@ mod types;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-pub use postgres::PgStore;
+pub use postgres::{PgStore, Upkeep};
 pub use raw::{RawSegment, SharedBlob};
-pub use search::fold;
+pub use search::{fold, index_terms, query_terms};
 pub use sqlite::{SqliteOptions, SqliteStore};
 use tokio::sync::Notify;
 pub use types::*;
@@ -144,12 +144,13 @@ impl Store {
         Ok(())
     }
 
-    /// Store upkeep `herald serve` runs every minute: on PostgreSQL, reclaims the counters' dead rows (see
-    /// [`PgStore::vacuum_counters`]); SQLite needs none.
-    pub async fn maintain(&self) -> Result<(), StoreError> {
+    /// Store upkeep `herald serve` runs every minute: on PostgreSQL, the counters vacuumed and the tables'
+    /// planner statistics refreshed as they grow, where autovacuum may be off (see [`PgStore::upkeep`]); SQLite
+    /// needs none.
+    pub async fn maintain(&self) -> Result<Upkeep, StoreError> {
         match self {
-            Store::Sqlite(_) => Ok(()),
-            Store::Postgres(store) => store.vacuum_counters().await,
+            Store::Sqlite(_) => Ok(Upkeep::default()),
+            Store::Postgres(store) => store.upkeep().await,
         }
     }
 

@@ -36,7 +36,7 @@ use super::{
     WorkSignal,
     raw::{self, RawSegment, SharedBlob},
     rows::{self, counts_from},
-    search::{activity_start, fts5_query, parse_cursor},
+    search::{activity_start, fts5_query, index_terms, parse_cursor, query_terms},
     types::message_status_from,
 };
 use crate::clock::Clock;
@@ -602,8 +602,9 @@ impl SqliteStore {
         let text = query
             .text
             .as_deref()
-            .map(fts5_query)
-            .filter(|q| !q.is_empty());
+            .map(query_terms)
+            .filter(|terms| !terms.is_empty())
+            .map(|terms| fts5_query(&terms));
         let busy = match &query.to {
             Some(to) => self.is_busy_address(to).await?,
             None => false,
@@ -1372,11 +1373,12 @@ fn accept(
         db.stmt(
             "INSERT INTO messages_fts (rowid, subject, addresses, body) VALUES (?1, ?2, ?3, ?4)",
         )?
+        // Herald's own terms (see store::search), which unicode61 then only splits at the spaces.
         .bind([
             rowid.into(),
-            Value::Text(&message.subject),
-            Value::Text(&addresses),
-            Value::Text(&message.search_text),
+            Value::Text(&index_terms(&message.subject)),
+            Value::Text(&index_terms(&addresses)),
+            Value::Text(&index_terms(&message.search_text)),
         ])?
         .execute()?;
         for (position, recipient) in message.recipients.iter().enumerate() {
