@@ -65,6 +65,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "largest request body in bytes (default 26214400 = 25 MB)",
     ),
     (
+        "HERALD_REQUEST_BUDGET",
+        "most bytes one request may store, all its messages rendered and composed (default 268435456 = 256 MiB)",
+    ),
+    (
         "HERALD_CONCURRENCY",
         "messages claimed and in flight at once, across relays (default 256; bounds memory)",
     ),
@@ -123,6 +127,8 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub retention: Option<Duration>,
     pub body_limit: usize,
+    /// Most bytes one request (a message or a whole batch) may store, rendered output included.
+    pub request_budget: usize,
     pub concurrency: usize,
     pub lease: Duration,
 }
@@ -145,6 +151,7 @@ impl std::fmt::Debug for Config {
             .field("retry", &self.retry)
             .field("retention", &self.retention)
             .field("body_limit", &self.body_limit)
+            .field("request_budget", &self.request_budget)
             .field("concurrency", &self.concurrency)
             .field("lease", &self.lease)
             .finish()
@@ -334,6 +341,10 @@ impl Config {
             retry,
             retention,
             body_limit: number("HERALD_BODY_LIMIT", 25 * 1024 * 1024)?,
+            request_budget: number(
+                "HERALD_REQUEST_BUDGET",
+                crate::service::DEFAULT_REQUEST_BYTES,
+            )?,
             concurrency: number("HERALD_CONCURRENCY", DEFAULT_CONCURRENCY)?,
             lease: parse_duration(get("HERALD_LEASE").unwrap_or("15m"))
                 .map_err(|e| invalid("HERALD_LEASE", e))?,
@@ -498,6 +509,7 @@ mod tests {
         assert_eq!(c.database_url, "sqlite://./herald-data/herald.db");
         assert!(c.relay_url.is_none());
         assert_eq!(c.body_limit, 25 * 1024 * 1024);
+        assert_eq!(c.request_budget, 256 * 1024 * 1024);
         assert_eq!(c.retry, RetryPolicy::default());
         assert_eq!(c.lease, Duration::from_secs(900));
         c.check_exposure(false).unwrap();
