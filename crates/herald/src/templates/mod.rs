@@ -253,15 +253,45 @@ pub async fn render_loading(
     let data = Arc::new(data.clone());
     loop {
         let (job_set, job_data) = (set.clone(), data.clone());
+        let stage = Arc::new(Stage::default());
+        let job_stage = stage.clone();
         let outcome = renderer
-            .run(set.limits.render_time, move || job_set.render(&job_data))
+            .run(set.limits.render_time, move || {
+                job_set.render_staged(&job_data, &job_stage)
+            })
             .await
-            .map_err(|e| LoadError::from_pool(e, &set.root))?;
+            .map_err(|e| match e {
+                // The render is still running: say which part it is stuck in.
+                PoolError::TimedOut(limit) => LoadError::Template(TemplateError::TimedOut {
+                    template: set.root.clone(),
+                    part: stage.part(),
+                    limit_ms: limit.as_millis() as u64,
+                }),
+                e => LoadError::from_pool(e, &set.root),
+            })?;
         match outcome {
             Ok(rendered) => return Ok(rendered),
             Err(RenderError::Template(e)) => return Err(e.into()),
             Err(RenderError::Missing(names)) => *set = Arc::new(set.extended(store, &names).await?),
         }
+    }
+}
+
+/// The part a render is working on, shared with the caller waiting for it.
+#[derive(Debug, Default)]
+struct Stage(std::sync::atomic::AtomicU8);
+
+impl Stage {
+    fn set(&self, part: PartKind) {
+        let code = PartKind::ALL.iter().position(|p| *p == part).unwrap_or(0) as u8 + 1;
+        self.0.store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn part(&self) -> Option<PartKind> {
+        let code = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        PartKind::ALL
+            .get(usize::from(code).checked_sub(1)?)
+            .copied()
     }
 }
 
@@ -582,16 +612,27 @@ impl TemplateSet {
     /// the template has none. Runs on the calling thread: call it on a render thread ([`Renderer`]), whose
     /// stack is sized for what [`validate`] lets through. The wall-time budget starts now.
     pub fn render(&self, data: &Json) -> Result<Rendered, RenderError> {
+        self.render_staged(data, &Stage::default())
+    }
+
+    /// [`Self::render`], recording in `stage` the part it is working on (read by a caller that stopped
+    /// waiting, to name the part in its error).
+    fn render_staged(&self, data: &Json, stage: &Stage) -> Result<Rendered, RenderError> {
         let deadline = Instant::now() + self.limits.render_time;
         let context = Value::from(minijinja::value::Serde(data));
         let source = self.source();
+        stage.set(PartKind::Subject);
         let subject = self.render_part(PartKind::Subject, &context, deadline)?;
         let text = match source.text {
-            Some(_) => Some(self.render_part(PartKind::Text, &context, deadline)?),
+            Some(_) => {
+                stage.set(PartKind::Text);
+                Some(self.render_part(PartKind::Text, &context, deadline)?)
+            }
             None => None,
         };
         let html = match source.html {
             Some(_) => {
+                stage.set(PartKind::Html);
                 let raw = self.render_part(PartKind::Html, &context, deadline)?;
                 Some(self.inline(&raw, deadline)?)
             }
@@ -600,6 +641,7 @@ impl TemplateSet {
         let text = match (text, &html) {
             (Some(text), _) => text,
             (None, Some(html)) => {
+                stage.set(PartKind::Text);
                 if Instant::now() > deadline {
                     return Err(self.timed_out(Some(PartKind::Text)));
                 }
