@@ -36,6 +36,9 @@ pub struct PoolConfig {
     pub stack_bytes: usize,
     /// Jobs that may wait for a thread; beyond that a job is refused as busy.
     pub queue: usize,
+    /// Nice value of the render threads (Linux): above the async workers' 0, so that a long render yields
+    /// the CPU to the threads answering HTTP (`/healthz` stays fast while renders use every core).
+    pub nice: i32,
 }
 
 impl Default for PoolConfig {
@@ -45,6 +48,7 @@ impl Default for PoolConfig {
             threads: cores.clamp(2, 8),
             stack_bytes: 64 * 1024 * 1024,
             queue: 1024,
+            nice: 10,
         }
     }
 }
@@ -100,10 +104,12 @@ impl Renderer {
         let threads = config.threads.max(1);
         for i in 0..threads {
             let jobs = jobs.clone();
+            let nice = config.nice;
             std::thread::Builder::new()
                 .name(format!("herald-render-{i}"))
                 .stack_size(config.stack_bytes)
                 .spawn(move || {
+                    lower_priority(nice);
                     loop {
                         // The lock is held only while waiting for the next job, never while running one.
                         let job = match jobs.lock() {
@@ -195,6 +201,24 @@ impl Renderer {
     }
 }
 
+/// Sets the calling thread's nice value (on Linux the nice value is per thread). Failing is harmless: the
+/// thread keeps the process's priority.
+fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id; no memory is shared with them.
+        let failed = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) != 0
+        };
+        if failed {
+            tracing::debug!(nice, "could not lower the render thread's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -206,7 +230,22 @@ mod tests {
             threads,
             stack_bytes: 8 * 1024 * 1024,
             queue,
+            nice: 10,
         })
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn render_threads_yield_the_cpu_to_the_async_workers() {
+        let pool = small(1, 4);
+        // SAFETY: a plain system call about the calling thread.
+        let nice = pool
+            .run(Duration::from_secs(5), || unsafe {
+                libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
+            })
+            .await
+            .unwrap();
+        assert_eq!(nice, 10);
     }
 
     #[tokio::test]

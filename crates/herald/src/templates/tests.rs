@@ -381,6 +381,8 @@ fn css_inlining_stops_at_the_output_limit() {
     // Within the work bound but over the output limit: the writer stops it.
     let limits = Limits {
         output_bytes: 100_000,
+        // What is tested is the output cap, not the clock (a debug build on a loaded machine is slow).
+        render_time: std::time::Duration::from_secs(120),
         ..Limits::default()
     };
     let html = format!("<style>p{{{declarations}}}</style>{{{{ (\"<p>x</p>\" * 1000)|safe }}}}");
@@ -490,4 +492,29 @@ fn worst_html_costs() {
             text.len()
         );
     }
+}
+
+/// Not a test of behaviour: compiles and renders the chain named by `HERALD_PROBE_CHAIN` at the operator
+/// limit on a thread with `HERALD_PROBE_STACK` bytes, to find the stack the limit needs (a stack overflow
+/// aborts the process, so each size runs in its own process):
+/// `HERALD_PROBE_CHAIN=not HERALD_PROBE_STACK=1048576 cargo test -p herald --lib stack_probe -- --ignored`
+#[test]
+#[ignore]
+fn stack_probe() {
+    let (Ok(which), Ok(stack)) = (
+        std::env::var("HERALD_PROBE_CHAIN"),
+        std::env::var("HERALD_PROBE_STACK"),
+    ) else {
+        return;
+    };
+    let (_, text) = chains(Limits::default().tag_operators)
+        .into_iter()
+        .find(|(name, _)| *name == which)
+        .expect("a chain name");
+    let source = source("t", "s", Some(&text), None);
+    on_stack(stack.parse().unwrap(), || {
+        validate(&source, &Limits::default()).unwrap();
+        let set = TemplateSet::from_sources("t", [source.clone()], Limits::default()).unwrap();
+        let _ = set.render(&json!({"x": {"y": 1}}));
+    });
 }
