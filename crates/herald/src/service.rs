@@ -802,12 +802,27 @@ impl Service {
                     async move {
                         renderer
                             .run(chunk_budget, move || {
-                                range
+                                let composed = range
                                     .map(|i| {
                                         compose_one(&set, &shared, i, &recipients[i])
                                             .map_err(|e| (i, e))
                                     })
-                                    .collect::<Result<Vec<_>, _>>()
+                                    .collect::<Result<Vec<_>, _>>();
+                                // Over budget in another chunk: these messages will not be stored, and
+                                // freeing hundreds of megabytes belongs on this thread, not on an async
+                                // worker.
+                                if composed.is_ok()
+                                    && shared.spent.load(Ordering::Relaxed) > shared.budget
+                                {
+                                    drop(composed);
+                                    return Err((
+                                        first,
+                                        BatchFailure::Invalid(Box::new(SubmitError::OverBudget {
+                                            limit: shared.budget,
+                                        })),
+                                    ));
+                                }
+                                composed
                             })
                             .await
                             .unwrap_or_else(|e| {

@@ -135,7 +135,7 @@ impl Drop for Node {
 /// slowest answer and how many there were.
 struct HealthWatch {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(Duration, usize)>,
+    task: tokio::task::JoinHandle<Vec<Duration>>,
 }
 
 impl HealthWatch {
@@ -147,7 +147,7 @@ impl HealthWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
-            let (mut slowest, mut count) = (Duration::ZERO, 0);
+            let mut answers = Vec::new();
             while !flag.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let answered = client.get(&url).send().await;
@@ -155,24 +155,43 @@ impl HealthWatch {
                     answered.is_ok_and(|r| r.status().is_success()),
                     "/healthz failed during the attack"
                 );
-                slowest = slowest.max(started.elapsed());
-                count += 1;
+                answers.push(started.elapsed());
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            (slowest, count)
+            answers
         });
         HealthWatch { stop, task }
     }
 
+    /// Every answer within 100 ms, but for at most one in a hundred (at least one) that may take up to 1 s:
+    /// this shared two-core machine runs at a load of 12-18, and there a single `/healthz` answer with no
+    /// render running at all took 170 ms once. A worker blocked by a render (what this guards against) blocks
+    /// for the render's whole duration: seconds, and every answer meanwhile.
     async fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let (slowest, count) = self.task.await.unwrap();
-        println!("/healthz: {count} answers during the attack, the slowest in {slowest:?}");
-        assert!(count > 0, "/healthz was polled during the attack");
+        let (slowest, _, count, over) = self.finish().await;
         assert!(
-            slowest < Duration::from_millis(100),
-            "/healthz took {slowest:?} during the attack ({count} answers)"
+            over <= (count / 100).max(1) && slowest < Duration::from_secs(1),
+            "/healthz: {over} of {count} answers over 100 ms, the slowest {slowest:?}"
         );
+    }
+
+    async fn finish(self) -> (Duration, Duration, usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut answers = self.task.await.unwrap();
+        assert!(!answers.is_empty(), "/healthz was polled during the attack");
+        answers.sort();
+        let slowest = *answers.last().unwrap();
+        let p99 = answers[(answers.len() * 99 / 100).min(answers.len() - 1)];
+        let count = answers.len();
+        let over = answers
+            .iter()
+            .filter(|a| **a >= Duration::from_millis(100))
+            .count();
+        println!(
+            "/healthz: {count} answers during the attack, {over} over 100 ms, p99 {p99:?}, the \
+             slowest {slowest:?}"
+        );
+        (slowest, p99, count, over)
     }
 }
 
