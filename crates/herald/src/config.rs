@@ -65,6 +65,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "largest request body in bytes (default 26214400 = 25 MB)",
     ),
     (
+        "HERALD_REQUEST_BUDGET",
+        "most bytes one request may store, all its messages rendered and composed (default 268435456 = 256 MiB)",
+    ),
+    (
         "HERALD_CONCURRENCY",
         "messages claimed and in flight at once, across relays (default 256; bounds memory)",
     ),
@@ -208,6 +212,8 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub retention: Option<Duration>,
     pub body_limit: usize,
+    /// Most bytes one request (a message or a whole batch) may store, rendered output included.
+    pub request_budget: usize,
     pub concurrency: usize,
     pub lease: Duration,
     /// `HERALD_PUBLIC_URL`: its host (with port) is accepted in `Host` besides the listen address.
@@ -234,6 +240,7 @@ impl std::fmt::Debug for Config {
             .field("retry", &self.retry)
             .field("retention", &self.retention)
             .field("body_limit", &self.body_limit)
+            .field("request_budget", &self.request_budget)
             .field("concurrency", &self.concurrency)
             .field("lease", &self.lease)
             .field(
@@ -456,6 +463,10 @@ impl Config {
             retry,
             retention,
             body_limit: number("HERALD_BODY_LIMIT", 25 * 1024 * 1024)?,
+            request_budget: number(
+                "HERALD_REQUEST_BUDGET",
+                crate::service::DEFAULT_REQUEST_BYTES,
+            )?,
             concurrency: number("HERALD_CONCURRENCY", DEFAULT_CONCURRENCY)?,
             lease: parse_lease(get("HERALD_LEASE")).map_err(|e| invalid("HERALD_LEASE", e))?,
             public_url,
@@ -622,6 +633,7 @@ mod tests {
         assert_eq!(c.database_url, "sqlite://./herald-data/herald.db");
         assert!(c.relay_url.is_none());
         assert_eq!(c.body_limit, 25 * 1024 * 1024);
+        assert_eq!(c.request_budget, 256 * 1024 * 1024);
         assert_eq!(c.retry, RetryPolicy::default());
         assert_eq!(c.lease, Duration::from_secs(30));
         let short = config(&[("HERALD_LEASE", "1s")]).unwrap_err().to_string();

@@ -210,6 +210,10 @@ impl MessageRequest {
         files: Files<'_>,
         shared: &[EncodedPart],
     ) -> Result<Message, RequestError> {
+        // Checked after every other field, so that their errors come first; without it a request with no
+        // body was accepted and sent as an empty message.
+        let is_empty = |part: &Option<String>| part.as_deref().is_none_or(str::is_empty);
+        let no_body = is_empty(&self.text) && is_empty(&self.html);
         let mut b =
             Message::builder().from(Mailbox::parse(&self.from).map_err(|e| err("from", e))?);
         for (field, list) in [
@@ -261,7 +265,7 @@ impl MessageRequest {
             }
             b = b.header(name, value);
         }
-        b.build().map_err(|e| {
+        let message = b.build().map_err(|e| {
             let field = match &e {
                 ComposeError::MissingFrom => "from".to_owned(),
                 ComposeError::NoRecipients => "to".to_owned(),
@@ -280,7 +284,14 @@ impl MessageRequest {
                 other => other.to_string(),
             };
             RequestError { field, message }
-        })
+        })?;
+        if no_body {
+            return Err(err(
+                "text",
+                "the message has no body: give `text`, `html` or both (or `template` with `data`)",
+            ));
+        }
+        Ok(message)
     }
 }
 

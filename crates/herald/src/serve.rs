@@ -145,6 +145,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let mut service = Service::new(store.clone());
     service.default_from = config.default_from.clone();
     service.message_id_domain = config.message_id_domain.clone();
+    service.limits.request_bytes = config.request_budget;
     let mut state = AppState::new(service, config.api_token.as_deref());
     state.relays = relays;
     state.capture_inbox = capture_inbox;

@@ -3,7 +3,13 @@
 //! Messages are composed once, at accept time (DESIGN.md): the bytes stored are the bytes sent on every
 //! attempt, with the same Message-ID, and the archive shows exactly what left.
 
-use std::sync::Arc;
+use std::{
+    ops::Range,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use bytes::Bytes;
 use herald_mime::{ComposeOptions, Composed, EncodedPart, Mailbox, Message};
@@ -15,7 +21,7 @@ use crate::{
         Accepted, Millis, NewMessage, NewRecipient, RawSegment, RecipientKind, SharedBlob, Store,
         StoreError,
     },
-    templates::{self, LoadError, RenderError, Rendered, TemplateError, TemplateSet},
+    templates::{self, LoadError, RenderError, Rendered, Renderer, TemplateError, TemplateSet},
 };
 
 /// Limits on what one client request may ask for (DESIGN.md invariant 5).
@@ -27,9 +33,17 @@ pub struct Limits {
     pub metadata_bytes: usize,
     pub idempotency_key_length: usize,
     pub batch_recipients: usize,
+    /// Most bytes one request may store: every message it makes, rendered and composed (a batch's shared
+    /// attachments counted once). A small batch with a large template would otherwise multiply into
+    /// gigabytes.
+    pub request_bytes: usize,
     /// Render budget and sizes of templates.
     pub template: templates::Limits,
 }
+
+/// The default of [`Limits::request_bytes`] (`HERALD_REQUEST_BUDGET`): 256 MiB, room for a 10,000-message
+/// batch of 25 KB messages, a tenth of what one 2.5 KB batch request could make without it.
+pub const DEFAULT_REQUEST_BYTES: usize = 256 * 1024 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -40,6 +54,7 @@ impl Default for Limits {
             metadata_bytes: 16 * 1024,
             idempotency_key_length: 255,
             batch_recipients: 10_000,
+            request_bytes: DEFAULT_REQUEST_BYTES,
             template: templates::Limits::default(),
         }
     }
@@ -57,12 +72,21 @@ pub enum SubmitError {
     /// The template named in `template` does not exist.
     #[error("no template named {0:?}")]
     UnknownTemplate(String),
+    /// The messages the request makes would be larger, together, than [`Limits::request_bytes`].
+    #[error(
+        "the messages this request makes come to more than {limit} bytes (HERALD_REQUEST_BUDGET); send \
+         fewer recipients per batch or smaller content"
+    )]
+    OverBudget { limit: usize },
+    /// The template renderer is saturated; nothing was stored.
+    #[error("{0}")]
+    Busy(templates::PoolError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 impl SubmitError {
-    fn from_load(error: LoadError, field: impl Into<String>) -> Self {
+    pub fn from_load(error: LoadError, field: impl Into<String>) -> Self {
         match error {
             LoadError::NotFound(name) => SubmitError::UnknownTemplate(name),
             LoadError::Template(error) => SubmitError::Template {
@@ -70,6 +94,7 @@ impl SubmitError {
                 error,
             },
             LoadError::Store(e) => SubmitError::Store(e),
+            LoadError::Busy(e) => SubmitError::Busy(e),
         }
     }
 }
@@ -94,6 +119,8 @@ pub struct Service {
     pub default_from: Option<String>,
     pub message_id_domain: Option<String>,
     pub limits: Limits,
+    /// The threads every template compile and render runs on (never the async workers).
+    pub renderer: Renderer,
 }
 
 /// The fields of `POST /v1/messages` that are about queueing, not about the message's content.
@@ -112,6 +139,7 @@ impl Service {
             default_from: None,
             message_id_domain: None,
             limits: Limits::default(),
+            renderer: Renderer::default(),
         }
     }
 
@@ -132,6 +160,12 @@ impl Service {
             ));
         }
         let message = self.compose(object)?;
+        let size = message.stored_bytes();
+        if size > self.limits.request_bytes {
+            return Err(SubmitError::OverBudget {
+                limit: self.limits.request_bytes,
+            });
+        }
         let mut accepted = self.store.accept(vec![message.into_new(queueing)]).await?;
         Ok(accepted.remove(0))
     }
@@ -161,10 +195,10 @@ impl Service {
         data: &Value,
         field: &str,
     ) -> Result<Rendered, SubmitError> {
-        let mut set = TemplateSet::load(&self.store, name, self.limits.template.clone())
+        let set = TemplateSet::load(&self.store, name, self.limits.template.clone())
             .await
             .map_err(|e| SubmitError::from_load(e, field))?;
-        set.render_loading(&self.store, data)
+        templates::render_loading(&mut Arc::new(set), &self.renderer, &self.store, data)
             .await
             .map_err(|e| SubmitError::from_load(e, field))
     }
@@ -259,15 +293,18 @@ impl Service {
             encoded.push(part);
         }
 
-        let mut set = TemplateSet::load(&self.store, &template, self.limits.template.clone())
+        let set = TemplateSet::load(&self.store, &template, self.limits.template.clone())
             .await
             .map_err(|e| SubmitError::from_load(e, "recipients[0].data"))?;
         // The first recipient renders on its own first, which fetches what the template extends or includes.
-        set.render_loading(&self.store, &recipients[0].data)
+        let mut set = Arc::new(set);
+        templates::render_loading(&mut set, &self.renderer, &self.store, &recipients[0].data)
             .await
             .map_err(|e| SubmitError::from_load(e, "recipients[0].data"))?;
 
         let batch_id = uuid::Uuid::now_v7().to_string();
+        // Shared parts are stored once, so they count once.
+        let shared_bytes = blobs.iter().map(|b| b.bytes.len()).sum();
         let shared = Arc::new(BatchShared {
             common,
             encoded,
@@ -276,15 +313,17 @@ impl Service {
             batch_id: batch_id.clone(),
             options: self.compose_options(),
             recipient_limit: self.limits.recipients,
+            budget: self.limits.request_bytes,
+            spent: AtomicUsize::new(shared_bytes),
         });
+        if shared_bytes > self.limits.request_bytes {
+            return Err(SubmitError::OverBudget {
+                limit: self.limits.request_bytes,
+            });
+        }
         let recipients = Arc::new(recipients);
-        let mut set = Arc::new(set);
         let messages = loop {
-            let job = {
-                let (set, shared, recipients) = (set.clone(), shared.clone(), recipients.clone());
-                tokio::task::spawn_blocking(move || compose_batch(&set, &shared, &recipients))
-            };
-            match job.await.expect("batch composition does not panic") {
+            match self.compose_batch(&set, &shared, &recipients).await {
                 Ok(messages) => break messages,
                 Err(BatchFailure::Missing(names)) => {
                     set = Arc::new(
@@ -292,6 +331,7 @@ impl Service {
                             .await
                             .map_err(|e| SubmitError::from_load(e, "recipients[0].data"))?,
                     );
+                    shared.spent.store(shared_bytes, Ordering::Relaxed);
                 }
                 Err(BatchFailure::Invalid(e)) => return Err(*e),
             }
@@ -535,6 +575,18 @@ impl ComposedMessage {
         }
     }
 
+    /// The bytes storing this message takes, shared blobs not counted (they are stored once per batch).
+    pub fn stored_bytes(&self) -> usize {
+        self.raw
+            .iter()
+            .map(|segment| match segment {
+                RawSegment::Literal { bytes, .. } => bytes.len(),
+                RawSegment::Shared { .. } => 0,
+            })
+            .sum::<usize>()
+            + self.search_text.len()
+    }
+
     pub fn into_new(self, queueing: Queueing) -> NewMessage {
         let sender = self
             .composed
@@ -706,6 +758,9 @@ struct BatchShared {
     batch_id: String,
     options: ComposeOptions,
     recipient_limit: usize,
+    /// [`Limits::request_bytes`], and the bytes the batch's messages have taken of it so far.
+    budget: usize,
+    spent: AtomicUsize,
 }
 
 enum BatchFailure {
@@ -715,62 +770,99 @@ enum BatchFailure {
     Invalid(Box<SubmitError>),
 }
 
-/// Renders and composes every message of a batch on all cores. The first failure in recipient order wins,
-/// so the error names the lowest bad index.
-fn compose_batch(
-    set: &TemplateSet,
-    shared: &BatchShared,
-    recipients: &[BatchRecipient],
-) -> Result<Vec<NewMessage>, BatchFailure> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(recipients.len().div_ceil(64))
-        .max(1);
-    let chunk = recipients.len().div_ceil(threads);
-    let results: Vec<Result<Vec<NewMessage>, (usize, BatchFailure)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = recipients
-            .chunks(chunk)
-            .enumerate()
-            .map(|(c, slice)| {
-                s.spawn(move || {
-                    slice
-                        .iter()
-                        .enumerate()
-                        .map(|(j, recipient)| {
-                            let i = c * chunk + j;
-                            compose_one(set, shared, i, recipient).map_err(|e| (i, e))
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                })
-            })
+/// Recipients rendered and composed by one job on a render thread: small enough that a batch shares the
+/// threads with other requests' renders, large enough that handing jobs over costs nothing measurable.
+const BATCH_CHUNK: usize = 64;
+
+impl Service {
+    /// Renders and composes every message of a batch on the render threads, a chunk of recipients per job,
+    /// as many jobs at once as there are threads. The first failure in recipient order wins, so the error
+    /// names the lowest bad index.
+    async fn compose_batch(
+        &self,
+        set: &Arc<TemplateSet>,
+        shared: &Arc<BatchShared>,
+        recipients: &Arc<Vec<BatchRecipient>>,
+    ) -> Result<Vec<NewMessage>, BatchFailure> {
+        use futures_util::StreamExt as _;
+        let chunks: Vec<Range<usize>> = (0..recipients.len())
+            .step_by(BATCH_CHUNK)
+            .map(|start| start..(start + BATCH_CHUNK).min(recipients.len()))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("composing a message does not panic"))
-            .collect()
-    });
-    let mut messages = Vec::with_capacity(recipients.len());
-    let mut first_error: Option<(usize, BatchFailure)> = None;
-    for result in results {
-        match result {
-            Ok(mut part) => messages.append(&mut part),
-            Err((i, e)) => {
-                // A missing template outranks any error: rendering again after loading it may change it.
-                let replace = match (&first_error, &e) {
-                    (None, _) => true,
-                    (Some((_, BatchFailure::Missing(_))), _) => false,
-                    (Some(_), BatchFailure::Missing(_)) => true,
-                    (Some((j, _)), _) => i < *j,
-                };
-                if replace {
-                    first_error = Some((i, e));
+        // Each render has its own wall-time budget inside the job; the wait for a whole chunk is their sum.
+        let chunk_budget = self.limits.template.render_time * BATCH_CHUNK as u32;
+        let results: Vec<Result<Vec<NewMessage>, (usize, BatchFailure)>> =
+            futures_util::stream::iter(chunks)
+                .map(|range| {
+                    let (set, shared, recipients) =
+                        (set.clone(), shared.clone(), recipients.clone());
+                    let first = range.start;
+                    let renderer = self.renderer.clone();
+                    let template = set.name().to_owned();
+                    async move {
+                        renderer
+                            .run(chunk_budget, move || {
+                                let composed = range
+                                    .map(|i| {
+                                        compose_one(&set, &shared, i, &recipients[i])
+                                            .map_err(|e| (i, e))
+                                    })
+                                    .collect::<Result<Vec<_>, _>>();
+                                // Over budget in another chunk: these messages will not be stored, and
+                                // freeing hundreds of megabytes belongs on this thread, not on an async
+                                // worker.
+                                if composed.is_ok()
+                                    && shared.spent.load(Ordering::Relaxed) > shared.budget
+                                {
+                                    drop(composed);
+                                    return Err((
+                                        first,
+                                        BatchFailure::Invalid(Box::new(SubmitError::OverBudget {
+                                            limit: shared.budget,
+                                        })),
+                                    ));
+                                }
+                                composed
+                            })
+                            .await
+                            .unwrap_or_else(|e| {
+                                let failure = match LoadError::from_pool(e, &template) {
+                                    LoadError::Busy(e) => SubmitError::Busy(e),
+                                    other => SubmitError::from_load(
+                                        other,
+                                        format!("recipients[{first}].data"),
+                                    ),
+                                };
+                                Err((first, BatchFailure::Invalid(Box::new(failure))))
+                            })
+                    }
+                })
+                .buffered(self.renderer.threads())
+                .collect()
+                .await;
+        let mut messages = Vec::with_capacity(recipients.len());
+        let mut first_error: Option<(usize, BatchFailure)> = None;
+        for result in results {
+            match result {
+                Ok(mut part) => messages.append(&mut part),
+                Err((i, e)) => {
+                    // A missing template outranks any error: rendering again after loading it may change it.
+                    let replace = match (&first_error, &e) {
+                        (None, _) => true,
+                        (Some((_, BatchFailure::Missing(_))), _) => false,
+                        (Some(_), BatchFailure::Missing(_)) => true,
+                        (Some((j, _)), _) => i < *j,
+                    };
+                    if replace {
+                        first_error = Some((i, e));
+                    }
                 }
             }
         }
-    }
-    match first_error {
-        Some((_, e)) => Err(e),
-        None => Ok(messages),
+        match first_error {
+            Some((_, e)) => Err(e),
+            None => Ok(messages),
+        }
     }
 }
 
@@ -781,6 +873,15 @@ fn compose_one(
     recipient: &BatchRecipient,
 ) -> Result<NewMessage, BatchFailure> {
     let data_field = || format!("recipients[{i}].data");
+    let over_budget = || {
+        BatchFailure::Invalid(Box::new(SubmitError::OverBudget {
+            limit: shared.budget,
+        }))
+    };
+    // Another thread already went over: stop rendering at once.
+    if shared.spent.load(Ordering::Relaxed) > shared.budget {
+        return Err(over_budget());
+    }
     let rendered = set.render(&recipient.data).map_err(|e| match e {
         RenderError::Missing(names) => BatchFailure::Missing(names),
         RenderError::Template(error) => BatchFailure::Invalid(Box::new(SubmitError::Template {
@@ -840,6 +941,10 @@ fn compose_one(
         shared.options.clone(),
         &shared.blobs,
     );
+    let size = composed.stored_bytes();
+    if shared.spent.fetch_add(size, Ordering::Relaxed) + size > shared.budget {
+        return Err(over_budget());
+    }
     let mut queueing = shared.queueing.clone();
     // One key per message, derived from the batch's: a retried batch finds every message it made. The unit
     // separator cannot occur in a client's key (control characters are refused), so no message-level key

@@ -99,6 +99,36 @@ async fn bad_input_names_the_field_and_queues_nothing(backend: Backend) {
         (413, Some("body_too_large"))
     );
 
+    // No body at all (issue 10: it used to be accepted and sent empty), or only an empty one.
+    for no_body in [
+        json!({"from": "a@example.test", "to": "b@example.test", "subject": "hi"}),
+        json!({"from": "a@example.test", "to": "b@example.test", "text": "", "html": ""}),
+    ] {
+        let (status, error) = error_of(app.post_message(&no_body).await).await;
+        assert_eq!(
+            (status, error["field"].as_str()),
+            (422, Some("text")),
+            "{error}"
+        );
+        let message = error["message"].as_str().unwrap();
+        for field in ["`text`", "`html`", "`template`"] {
+            assert!(message.contains(field), "{message}");
+        }
+    }
+    // A batch's body is its template: without one it is refused naming the field.
+    let (status, error) = error_of(
+        app.post_batch(
+            &json!({"from": "a@example.test", "recipients": [{"to": "b@example.test"}]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (422, Some("template")),
+        "{error}"
+    );
+
     let page: Value = app.list_messages("").await;
     assert!(
         page["items"].as_array().unwrap().is_empty(),

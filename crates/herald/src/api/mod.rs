@@ -365,6 +365,20 @@ impl From<SubmitError> for ApiError {
                     format!("no template named {name:?} (store it with PUT /v1/templates/{name})"),
                 )
             },
+            SubmitError::OverBudget { limit } => {
+                let mut error = ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_budget",
+                    SubmitError::OverBudget { limit }.to_string(),
+                );
+                error.details.insert("limit".into(), limit.into());
+                error
+            }
+            SubmitError::Busy(e) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "renderer_busy",
+                e.to_string(),
+            ),
             SubmitError::Store(e) => e.into(),
         }
     }

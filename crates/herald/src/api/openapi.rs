@@ -36,10 +36,11 @@ pub fn document() -> Value {
                         "401": error_response("Missing or wrong bearer token"),
                         "403": error_response("Open mode: a browser's cross-site request"),
                         "408": error_response("The body did not arrive within HERALD_HTTP_BODY_TIMEOUT"),
-                        "413": error_response("Body over the size limit"),
+                        "413": error_response("Body over the size limit, or the composed message over HERALD_REQUEST_BUDGET (code request_budget, with limit)"),
                         "415": error_response("Open mode: the body is not application/json"),
+                        "422": template_error_response("A field is invalid (named in error.field; no text, html or template is an error on text), or the template failed with this data (too complex, too deep, too slow …)"),
                         "429": error_response("Too many wrong bearer tokens from this client"),
-                        "422": template_error_response("A field is invalid (named in error.field), or the template failed with this data"),
+                        "503": error_response("The template renderer is busy (code renderer_busy); nothing was stored, try again"),
                     }
                 },
                 "get": {
@@ -93,10 +94,11 @@ pub fn document() -> Value {
                     "401": error_response("Missing or wrong bearer token"),
                     "403": error_response("Open mode: a browser's cross-site request"),
                     "408": error_response("The body did not arrive within HERALD_HTTP_BODY_TIMEOUT"),
-                    "413": error_response("Body over the size limit"),
+                    "413": error_response("Body over the size limit, or all the batch's messages together over HERALD_REQUEST_BUDGET (code request_budget, with limit); nothing is stored"),
                     "415": error_response("Open mode: the body is not application/json"),
                     "429": error_response("Too many wrong bearer tokens from this client"),
                     "422": template_error_response("A field is invalid, or the template failed for a recipient's data (with template, part, line, column)"),
+                    "503": error_response("The template renderer is busy (code renderer_busy); nothing was stored, try again"),
                 }
             }},
             "/v1/templates": {"get": {
@@ -109,11 +111,12 @@ pub fn document() -> Value {
             "/v1/templates/{name}": {
                 "put": {
                     "summary": "Store a template (Jinja syntax), replacing one of the same name",
-                    "description": "Each part is compiled first: a syntax error is a 422 naming the part, line and column. Variables are strict (an undefined one is an error naming it); the html part is auto-escaped, subject and text are not. `{% extends \"layout\" %}` and `{% include \"footer\" %}` refer to other stored templates, part for part.",
+                    "description": "Each part is compiled first: a syntax error is a 422 naming the part, line and column; a tag with more than 1,000 operators is template_too_complex. Then a trial render without data (missing values empty) refuses a template whose output is too large, nests HTML too deep, inlines too much CSS, runs out of fuel or takes longer than 2 s with any data. Variables are strict (an undefined one is an error naming it); the html part is auto-escaped, subject and text are not. `{% extends \"layout\" %}` and `{% include \"footer\" %}` refer to other stored templates, part for part.",
                     "parameters": [name_param.clone()],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TemplateRequest"}}}},
                     "responses": {"200": {"description": "Stored", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Template"}}}},
-                                  "422": template_error_response("Invalid name or field, or a syntax error (with part, line, column)")}
+                                  "422": template_error_response("Invalid name or field, a syntax error (with part, line, column), or a template that fails its trial render"),
+                                  "503": error_response("The template renderer is busy (code renderer_busy)")}
                 },
                 "get": {
                     "summary": "One stored template",
@@ -134,7 +137,8 @@ pub fn document() -> Value {
                 "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"data": {"type": "object"}}}}}},
                 "responses": {"200": {"description": "The rendered parts", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Rendered"}}}},
                               "404": error_response("No such template"),
-                              "422": template_error_response("The template failed with this data (with template, part, line, column)")}
+                              "422": template_error_response("The template failed with this data (with template, part, line, column)"),
+                              "503": error_response("The template renderer is busy (code renderer_busy)")}
             }},
             "/healthz": {"get": {"summary": "Alive", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "Store reachable", "security": [], "responses": {"200": {"description": "ready"}, "503": error_response("Store unreachable")}}},

@@ -75,8 +75,9 @@ fn template_json(stored: &StoredTemplate) -> Value {
     })
 }
 
-/// `PUT /v1/templates/{name}`: compiles every part (a syntax error is a 422 naming part, line and column),
-/// then stores the template, replacing one of the same name.
+/// `PUT /v1/templates/{name}`: compiles every part (a syntax error is a 422 naming part, line and column)
+/// and makes a trial render on the render threads (a template whose output is too large, too deep or too
+/// slow with any data is a 422 naming the part), then stores the template, replacing one of the same name.
 pub async fn put_template(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -98,11 +99,22 @@ pub async fn put_template(
         text: body.text,
         html: body.html,
     };
-    if let Err(e) = templates::validate(&source, &state.service.limits.template) {
-        let field = e.part().map_or("text", |p| p.as_str());
-        return Err(ApiError::template(field, &e));
-    }
     let store = &state.service.store;
+    let checked = templates::check(
+        &state.service.renderer,
+        store,
+        &source,
+        &state.service.limits.template,
+    )
+    .await;
+    match checked {
+        Ok(()) => {}
+        Err(templates::LoadError::Template(e)) => {
+            let field = e.part().map_or("text", |p| p.as_str());
+            return Err(ApiError::template(field, &e));
+        }
+        Err(e) => return Err(SubmitError::from_load(e, "data").into()),
+    }
     store.put_template(&source).await?;
     let stored = store
         .template(&name)

@@ -597,7 +597,24 @@ pub async fn save_template(
         text: part_of(&form.text),
         html: part_of(&form.html),
     };
-    if let Err(error) = templates::validate(&source, &state.service.limits.template) {
+    let checked = templates::check(
+        &state.service.renderer,
+        &state.service.store,
+        &source,
+        &state.service.limits.template,
+    )
+    .await;
+    if let Err(error) = checked {
+        let error = match error {
+            templates::LoadError::Template(error) => error,
+            templates::LoadError::Store(e) => return Err(e.into()),
+            other => {
+                return Err(PageError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    other.to_string(),
+                ));
+            }
+        };
         let exists = state.service.store.template(&name).await?.is_some();
         let html = editor(
             &state,
@@ -666,11 +683,14 @@ pub async fn preview_template(
         html: part_of(&draft.html),
     };
     let limits = state.service.limits.template.clone();
-    if let Err(error) = templates::validate(&source, &limits) {
-        return Ok(preview_error(&error));
+    let service = &state.service;
+    match templates::check_source(&service.renderer, &source, &limits).await {
+        Ok(()) => {}
+        Err(templates::LoadError::Template(error)) => return Ok(preview_error(&error)),
+        Err(e) => return Err(load_error(e)),
     }
-    let mut set = TemplateSet::draft(source, limits);
-    match set.render_loading(&state.service.store, &data).await {
+    let mut set = std::sync::Arc::new(TemplateSet::draft(source, limits));
+    match templates::render_loading(&mut set, &service.renderer, &service.store, &data).await {
         Ok(rendered) => Ok(Json(json!({
             "subject": rendered.subject,
             "text": rendered.text,
@@ -682,7 +702,15 @@ pub async fn preview_template(
             "html",
             format!("the template refers to {missing:?}, which is not stored"),
         )),
-        Err(templates::LoadError::Store(e)) => Err(e.into()),
+        Err(e) => Err(load_error(e)),
+    }
+}
+
+/// A preview that could not run: the store's error, or a busy renderer (503).
+fn load_error(error: templates::LoadError) -> ApiError {
+    match error {
+        templates::LoadError::Store(e) => e.into(),
+        other => ApiError::from(crate::service::SubmitError::from_load(other, "data")),
     }
 }
 

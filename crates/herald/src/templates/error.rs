@@ -70,6 +70,45 @@ pub enum TemplateError {
     Empty { template: String },
     #[error("template {template:?} (html): the CSS could not be inlined: {message}")]
     Css { template: String, message: String },
+    /// A tag chains more operators than the limit (compiling it would recurse that deep).
+    #[error(
+        "{location}: this tag has {operators} operators, over the limit of {limit}; split the expression \
+         (for example with {{% set %}})"
+    )]
+    TooComplex {
+        location: Location,
+        operators: usize,
+        limit: usize,
+    },
+    /// Inlining the CSS would copy too many declarations into too many elements.
+    #[error(
+        "template {template:?} (html): {elements} elements and {declarations} CSS declarations are more \
+         than inlining may combine ({limit}); shorten the <style> block or the HTML"
+    )]
+    CssTooCostly {
+        template: String,
+        elements: usize,
+        declarations: usize,
+        limit: usize,
+    },
+    /// The rendered HTML nests elements deeper than the limit.
+    #[error(
+        "template {template:?} (html): the rendered HTML nests elements more than {limit} deep"
+    )]
+    HtmlTooDeep { template: String, limit: usize },
+    /// The render ran past its wall-time budget.
+    #[error(
+        "template {template:?}{}: the render took longer than {limit_ms} ms",
+        part.map(|p| format!(" ({})", p.as_str())).unwrap_or_default()
+    )]
+    TimedOut {
+        template: String,
+        part: Option<PartKind>,
+        limit_ms: u64,
+    },
+    /// The renderer failed (a panic, caught); the message is the panic's.
+    #[error("template {template:?}: the renderer failed: {message}")]
+    Failed { template: String, message: String },
 }
 
 impl TemplateError {
@@ -80,9 +119,31 @@ impl TemplateError {
             TemplateError::Engine { .. } => "template_error",
             TemplateError::OutputTooLarge { .. }
             | TemplateError::SourceTooLarge { .. }
-            | TemplateError::TooManyTemplates { .. } => "template_too_large",
+            | TemplateError::TooManyTemplates { .. }
+            | TemplateError::CssTooCostly { .. } => "template_too_large",
             TemplateError::Empty { .. } => "template_empty",
             TemplateError::Css { .. } => "template_css",
+            TemplateError::TooComplex { .. } => "template_too_complex",
+            TemplateError::HtmlTooDeep { .. } => "template_html_too_deep",
+            TemplateError::TimedOut { .. } => "template_timeout",
+            TemplateError::Failed { .. } => "template_failed",
+        }
+    }
+
+    /// Whether the error is about what a render costs (size, depth, time, fuel, a crash) rather than about
+    /// the data given: such a template fails with any data, so it is refused when stored.
+    pub fn is_resource_limit(&self) -> bool {
+        match self {
+            TemplateError::Engine { kind, .. } => *kind == "budget",
+            TemplateError::OutputTooLarge { .. }
+            | TemplateError::SourceTooLarge { .. }
+            | TemplateError::TooManyTemplates { .. }
+            | TemplateError::TooComplex { .. }
+            | TemplateError::HtmlTooDeep { .. }
+            | TemplateError::CssTooCostly { .. }
+            | TemplateError::TimedOut { .. }
+            | TemplateError::Failed { .. } => true,
+            TemplateError::Empty { .. } | TemplateError::Css { .. } => false,
         }
     }
 
@@ -96,13 +157,19 @@ impl TemplateError {
             | TemplateError::SourceTooLarge { template, .. }
             | TemplateError::TooManyTemplates { template, .. }
             | TemplateError::Empty { template }
-            | TemplateError::Css { template, .. } => Some(template),
+            | TemplateError::Css { template, .. }
+            | TemplateError::HtmlTooDeep { template, .. }
+            | TemplateError::CssTooCostly { template, .. }
+            | TemplateError::TimedOut { template, .. }
+            | TemplateError::Failed { template, .. } => Some(template),
+            TemplateError::TooComplex { location, .. } => Some(&location.template),
         }
     }
 
     pub fn location(&self) -> Option<&Location> {
         match self {
             TemplateError::Engine { location, .. } => location.as_ref(),
+            TemplateError::TooComplex { location, .. } => Some(location),
             _ => None,
         }
     }
@@ -113,8 +180,14 @@ impl TemplateError {
             TemplateError::Engine { location, .. } => location.as_ref().map(|l| l.part),
             TemplateError::OutputTooLarge { part, .. }
             | TemplateError::SourceTooLarge { part, .. } => Some(*part),
-            TemplateError::Css { .. } => Some(PartKind::Html),
-            TemplateError::TooManyTemplates { .. } | TemplateError::Empty { .. } => None,
+            TemplateError::Css { .. }
+            | TemplateError::HtmlTooDeep { .. }
+            | TemplateError::CssTooCostly { .. } => Some(PartKind::Html),
+            TemplateError::TooComplex { location, .. } => Some(location.part),
+            TemplateError::TimedOut { part, .. } => *part,
+            TemplateError::TooManyTemplates { .. }
+            | TemplateError::Empty { .. }
+            | TemplateError::Failed { .. } => None,
         }
     }
 

@@ -15,17 +15,22 @@
 //! blocks) and, when the template has no text part, one is made from the HTML. [`Rendered`] is then exactly
 //! what goes into the message, which is why the preview endpoint shows it unchanged.
 
+mod complexity;
 mod error;
 mod html;
+mod pool;
 
 use std::{
     collections::{BTreeSet, HashMap},
     io,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 pub use error::{Location, TemplateError};
+pub use html::{inline_css, nesting_depth, text_from_html};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value, syntax::SyntaxConfig};
+pub use pool::{PoolConfig, PoolError, Renderer};
 use serde_json::Value as Json;
 
 use crate::store::{Store, StoreError, TemplateSource};
@@ -42,6 +47,17 @@ pub struct Limits {
     pub source_bytes: usize,
     /// Most distinct templates one render may pull in through extends/include/import.
     pub templates_per_render: usize,
+    /// Most operators in one `{{ … }}` or `{% … %}` tag: bounds how deep the compiler recurses (see
+    /// `complexity.rs`); the render threads' stack is sized for it.
+    pub tag_operators: usize,
+    /// Deepest nesting of HTML elements in a rendered HTML part: css-inline and html2text recurse per level.
+    pub html_depth: usize,
+    /// Most elements × CSS declarations in a rendered HTML part with a `<style>` block: css-inline matches
+    /// and copies declarations per element before it writes a byte, so this bounds its time and memory.
+    pub css_work: usize,
+    /// Wall time of one render (all parts, CSS inlining and the text part): past it the render stops where
+    /// it can and the caller answers 422 without waiting for it.
+    pub render_time: Duration,
 }
 
 impl Default for Limits {
@@ -51,6 +67,10 @@ impl Default for Limits {
             output_bytes: 2 * 1024 * 1024,
             source_bytes: 512 * 1024,
             templates_per_render: 32,
+            tag_operators: 1_000,
+            html_depth: 256,
+            css_work: 4_000_000,
+            render_time: Duration::from_secs(2),
         }
     }
 }
@@ -130,22 +150,17 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Checks a template before it is stored: sizes, and every part compiles. A syntax error names the part,
+/// Checks a template's source: sizes, operators per tag, and every part compiles. Compiling recurses as
+/// deep as the source nests, so call it on a render thread ([`check`] does). A syntax error names the part,
 /// the line and the column. References to other templates are not checked here: a layout may be stored
 /// after the templates that extend it.
 pub fn validate(source: &TemplateSource, limits: &Limits) -> Result<(), TemplateError> {
-    let env = base_environment(limits);
+    let env = base_environment(limits, UndefinedBehavior::Strict);
     for part in PartKind::ALL {
         let Some(text) = part.of(source) else {
             continue;
         };
-        if text.len() > limits.source_bytes {
-            return Err(TemplateError::SourceTooLarge {
-                template: source.name.clone(),
-                part,
-                limit: limits.source_bytes,
-            });
-        }
+        check_part(&source.name, part, text, limits)?;
         if let Err(e) = env.template_from_named_str(&engine_name(&source.name, part), text) {
             let sources = HashMap::from([(source.name.clone(), source.clone())]);
             return Err(TemplateError::from_engine(&e, &sources, &[], limits));
@@ -157,6 +172,127 @@ pub fn validate(source: &TemplateSource, limits: &Limits) -> Result<(), Template
         });
     }
     Ok(())
+}
+
+/// The checks made on a part's source before it is compiled: its size and its operators per tag.
+fn check_part(
+    template: &str,
+    part: PartKind,
+    text: &str,
+    limits: &Limits,
+) -> Result<(), TemplateError> {
+    if text.len() > limits.source_bytes {
+        return Err(TemplateError::SourceTooLarge {
+            template: template.to_owned(),
+            part,
+            limit: limits.source_bytes,
+        });
+    }
+    if let Some((line, column, operators)) =
+        complexity::first_overlong_tag(text, limits.tag_operators)
+    {
+        return Err(TemplateError::TooComplex {
+            location: Location {
+                template: template.to_owned(),
+                part,
+                line,
+                column: Some(column),
+            },
+            operators,
+            limit: limits.tag_operators,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a template before it is stored, on a render thread: [`validate`], then a trial render without
+/// data (missing values render as empty), fetching the templates it refers to from the store. A template
+/// whose trial render is too large, too deep, too slow or out of fuel would be so for every message, so it
+/// is refused now rather than at send time; errors that depend on the data (an undefined value, a layout
+/// not stored yet) are left to the real render.
+pub async fn check(
+    renderer: &Renderer,
+    store: &Store,
+    source: &TemplateSource,
+    limits: &Limits,
+) -> Result<(), LoadError> {
+    check_source(renderer, source, limits).await?;
+    let mut set = Arc::new(TemplateSet::draft(source.clone(), limits.clone()).lenient());
+    match render_loading(&mut set, renderer, store, &Json::Object(Default::default())).await {
+        Ok(_) => Ok(()),
+        Err(LoadError::Template(e)) if e.is_resource_limit() => Err(LoadError::Template(e)),
+        Err(LoadError::Template(_) | LoadError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`validate`] on a render thread, within the render's wall-time budget.
+pub async fn check_source(
+    renderer: &Renderer,
+    source: &TemplateSource,
+    limits: &Limits,
+) -> Result<(), LoadError> {
+    let (job_source, job_limits) = (source.clone(), limits.clone());
+    renderer
+        .run(limits.render_time, move || {
+            validate(&job_source, &job_limits)
+        })
+        .await
+        .map_err(|e| LoadError::from_pool(e, &source.name))?
+        .map_err(LoadError::Template)
+}
+
+/// Renders `set` with `data` on a render thread, fetching referenced templates from the store (and
+/// replacing `set` by the extended one) as rendering asks for them.
+pub async fn render_loading(
+    set: &mut Arc<TemplateSet>,
+    renderer: &Renderer,
+    store: &Store,
+    data: &Json,
+) -> Result<Rendered, LoadError> {
+    let data = Arc::new(data.clone());
+    loop {
+        let (job_set, job_data) = (set.clone(), data.clone());
+        let stage = Arc::new(Stage::default());
+        let job_stage = stage.clone();
+        let outcome = renderer
+            .run(set.limits.render_time, move || {
+                job_set.render_staged(&job_data, &job_stage)
+            })
+            .await
+            .map_err(|e| match e {
+                // The render is still running: say which part it is stuck in.
+                PoolError::TimedOut(limit) => LoadError::Template(TemplateError::TimedOut {
+                    template: set.root.clone(),
+                    part: stage.part(),
+                    limit_ms: limit.as_millis() as u64,
+                }),
+                e => LoadError::from_pool(e, &set.root),
+            })?;
+        match outcome {
+            Ok(rendered) => return Ok(rendered),
+            Err(RenderError::Template(e)) => return Err(e.into()),
+            Err(RenderError::Missing(names)) => *set = Arc::new(set.extended(store, &names).await?),
+        }
+    }
+}
+
+/// The part a render is working on, shared with the caller waiting for it.
+#[derive(Debug, Default)]
+struct Stage(std::sync::atomic::AtomicU8);
+
+impl Stage {
+    fn set(&self, part: PartKind) {
+        let code = PartKind::ALL.iter().position(|p| *p == part).unwrap_or(0) as u8 + 1;
+        self.0.store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn part(&self) -> Option<PartKind> {
+        let code = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        PartKind::ALL
+            .get(usize::from(code).checked_sub(1)?)
+            .copied()
+    }
 }
 
 /// What a template renders to: exactly what goes into the message.
@@ -186,6 +322,28 @@ pub enum LoadError {
     Template(#[from] TemplateError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Every render thread is taken and the queue is full (or stopped): try again.
+    #[error("{0}")]
+    Busy(PoolError),
+}
+
+impl LoadError {
+    /// A render that did not come back: a time-out or a panic is the template's error (422), a full queue
+    /// is the server's (503).
+    pub fn from_pool(error: PoolError, template: &str) -> Self {
+        match error {
+            PoolError::TimedOut(limit) => LoadError::Template(TemplateError::TimedOut {
+                template: template.to_owned(),
+                part: None,
+                limit_ms: limit.as_millis() as u64,
+            }),
+            PoolError::Panicked(message) => LoadError::Template(TemplateError::Failed {
+                template: template.to_owned(),
+                message,
+            }),
+            PoolError::Busy | PoolError::Stopped => LoadError::Busy(error),
+        }
+    }
 }
 
 /// What the engine's loader sees: the stored templates fetched so far, and the names it asked for that were
@@ -201,6 +359,9 @@ struct Catalog {
     misses: Mutex<BTreeSet<String>>,
     /// Engine names that were asked for and could not be served (absent template, or no such part).
     not_found: Mutex<BTreeSet<String>>,
+    /// A source the loader refused to compile (too large or too complex: stored before today's limits, or a
+    /// layout); reported instead of the engine's generic error.
+    refused: Mutex<Option<TemplateError>>,
 }
 
 /// A stored template with the templates it extends or includes, ready to render many times (a batch renders
@@ -210,6 +371,9 @@ pub struct TemplateSet {
     catalog: Arc<Catalog>,
     env: Environment<'static>,
     limits: Limits,
+    /// Strict for real renders; chainable for the trial render made when a template is stored (it has no
+    /// data, and what it looks for is output that would crash or stall the renderer with any data).
+    undefined: UndefinedBehavior,
 }
 
 impl std::fmt::Debug for TemplateSet {
@@ -222,9 +386,9 @@ impl std::fmt::Debug for TemplateSet {
 }
 
 /// The engine settings every template shares.
-fn base_environment(limits: &Limits) -> Environment<'static> {
+fn base_environment(limits: &Limits, undefined: UndefinedBehavior) -> Environment<'static> {
     let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_undefined_behavior(undefined);
     // Debug mode makes an undefined-variable error say which variable (`user.name` is undefined). It costs
     // only when an error happens.
     env.set_debug(true);
@@ -257,7 +421,12 @@ impl TemplateSet {
             sources: HashMap::from([(name.to_owned(), root.source)]),
             ..Default::default()
         };
-        Ok(Self::with_catalog(name.to_owned(), catalog, limits))
+        Ok(Self::with_catalog(
+            name.to_owned(),
+            catalog,
+            limits,
+            UndefinedBehavior::Strict,
+        ))
     }
 
     /// A set whose root is an unsaved draft (the dashboard's editor); the templates it extends or includes
@@ -268,7 +437,7 @@ impl TemplateSet {
             sources: HashMap::from([(name.clone(), source)]),
             ..Default::default()
         };
-        Self::with_catalog(name, catalog, limits)
+        Self::with_catalog(name, catalog, limits, UndefinedBehavior::Strict)
     }
 
     /// A set over sources given directly, with no store behind it: a name not given does not exist.
@@ -287,23 +456,55 @@ impl TemplateSet {
             closed: true,
             ..Default::default()
         };
-        Ok(Self::with_catalog(root.to_owned(), catalog, limits))
+        Ok(Self::with_catalog(
+            root.to_owned(),
+            catalog,
+            limits,
+            UndefinedBehavior::Strict,
+        ))
     }
 
-    fn with_catalog(root: String, catalog: Catalog, limits: Limits) -> Self {
+    /// The same set, rendering missing values as empty instead of failing (the trial render of [`check`]).
+    fn lenient(self) -> Self {
+        let catalog = Catalog {
+            sources: self.catalog.sources.clone(),
+            absent: self.catalog.absent.clone(),
+            closed: self.catalog.closed,
+            ..Default::default()
+        };
+        Self::with_catalog(
+            self.root,
+            catalog,
+            self.limits,
+            UndefinedBehavior::Chainable,
+        )
+    }
+
+    fn with_catalog(
+        root: String,
+        catalog: Catalog,
+        limits: Limits,
+        undefined: UndefinedBehavior,
+    ) -> Self {
         let catalog = Arc::new(catalog);
-        let env = Self::environment(&catalog, &limits);
+        let env = Self::environment(&catalog, &limits, undefined);
         Self {
             root,
             catalog,
             env,
             limits,
+            undefined,
         }
     }
 
-    fn environment(catalog: &Arc<Catalog>, limits: &Limits) -> Environment<'static> {
-        let mut env = base_environment(limits);
+    fn environment(
+        catalog: &Arc<Catalog>,
+        limits: &Limits,
+        undefined: UndefinedBehavior,
+    ) -> Environment<'static> {
+        let mut env = base_environment(limits, undefined);
         let catalog = catalog.clone();
+        let limits = limits.clone();
         env.set_loader(move |name| {
             let Some((template, part)) = split_engine_name(name) else {
                 catalog
@@ -315,6 +516,16 @@ impl TemplateSet {
             };
             if let Some(source) = catalog.sources.get(template) {
                 let text = part.of(source).map(str::to_owned);
+                if let Some(text) = &text
+                    && let Err(refused) = check_part(template, part, text, &limits)
+                {
+                    let message = refused.to_string();
+                    *catalog.refused.lock().expect("not poisoned") = Some(refused);
+                    return Err(minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        message,
+                    ));
+                }
                 if text.is_none() {
                     catalog
                         .not_found
@@ -393,49 +604,57 @@ impl TemplateSet {
             self.root.clone(),
             catalog,
             self.limits.clone(),
+            self.undefined,
         ))
     }
 
-    /// Renders the set with `data` (a JSON object), fetching referenced templates from the store as needed.
-    pub async fn render_loading(
-        &mut self,
-        store: &Store,
-        data: &Json,
-    ) -> Result<Rendered, LoadError> {
-        loop {
-            match self.render(data) {
-                Ok(rendered) => return Ok(rendered),
-                Err(RenderError::Template(e)) => return Err(e.into()),
-                Err(RenderError::Missing(names)) => self.load_more(store, &names).await?,
-            }
-        }
+    /// Renders subject, text and HTML with `data`, inlines the CSS and makes the text part from the HTML when
+    /// the template has none. Runs on the calling thread: call it on a render thread ([`Renderer`]), whose
+    /// stack is sized for what [`validate`] lets through. The wall-time budget starts now.
+    pub fn render(&self, data: &Json) -> Result<Rendered, RenderError> {
+        self.render_staged(data, &Stage::default())
     }
 
-    /// Renders subject, text and HTML with `data`, inlines the CSS and makes the text part from the HTML when
-    /// the template has none.
-    pub fn render(&self, data: &Json) -> Result<Rendered, RenderError> {
+    /// [`Self::render`], recording in `stage` the part it is working on (read by a caller that stopped
+    /// waiting, to name the part in its error).
+    fn render_staged(&self, data: &Json, stage: &Stage) -> Result<Rendered, RenderError> {
+        let deadline = Instant::now() + self.limits.render_time;
         let context = Value::from(minijinja::value::Serde(data));
         let source = self.source();
-        let subject = self.render_part(PartKind::Subject, &context)?;
+        stage.set(PartKind::Subject);
+        let subject = self.render_part(PartKind::Subject, &context, deadline)?;
         let text = match source.text {
-            Some(_) => Some(self.render_part(PartKind::Text, &context)?),
+            Some(_) => {
+                stage.set(PartKind::Text);
+                Some(self.render_part(PartKind::Text, &context, deadline)?)
+            }
             None => None,
         };
         let html = match source.html {
             Some(_) => {
-                let raw = self.render_part(PartKind::Html, &context)?;
-                Some(html::inline_css(&raw).map_err(|message| {
-                    RenderError::Template(TemplateError::Css {
-                        template: self.root.clone(),
-                        message,
-                    })
-                })?)
+                stage.set(PartKind::Html);
+                let raw = self.render_part(PartKind::Html, &context, deadline)?;
+                Some(self.inline(&raw, deadline)?)
             }
             None => None,
         };
         let text = match (text, &html) {
             (Some(text), _) => text,
-            (None, Some(html)) => html::text_from_html(html),
+            (None, Some(html)) => {
+                stage.set(PartKind::Text);
+                if Instant::now() > deadline {
+                    return Err(self.timed_out(Some(PartKind::Text)));
+                }
+                let text = html::text_from_html(html);
+                if text.len() > self.limits.output_bytes {
+                    return Err(RenderError::Template(TemplateError::OutputTooLarge {
+                        template: self.root.clone(),
+                        part: PartKind::Text,
+                        limit: self.limits.output_bytes,
+                    }));
+                }
+                text
+            }
             (None, None) => String::new(),
         };
         Ok(Rendered {
@@ -445,9 +664,63 @@ impl TemplateSet {
         })
     }
 
-    fn render_part(&self, part: PartKind, context: &Value) -> Result<String, RenderError> {
+    /// The HTML part with its CSS inlined, after checking it nests no deeper than the limit (the text part is
+    /// made from this same HTML, so the check covers html2text too).
+    fn inline(&self, raw: &str, deadline: Instant) -> Result<String, RenderError> {
+        let shape = html::shape(raw, self.limits.html_depth);
+        if shape.depth > self.limits.html_depth {
+            return Err(RenderError::Template(TemplateError::HtmlTooDeep {
+                template: self.root.clone(),
+                limit: self.limits.html_depth,
+            }));
+        }
+        if shape.elements.saturating_mul(shape.css_declarations) > self.limits.css_work {
+            return Err(RenderError::Template(TemplateError::CssTooCostly {
+                template: self.root.clone(),
+                elements: shape.elements,
+                declarations: shape.css_declarations,
+                limit: self.limits.css_work,
+            }));
+        }
+        html::inline_css(raw, self.limits.output_bytes, Some(deadline)).map_err(|e| {
+            RenderError::Template(match e {
+                html::HtmlError::TooLarge { limit } => TemplateError::OutputTooLarge {
+                    template: self.root.clone(),
+                    part: PartKind::Html,
+                    limit,
+                },
+                html::HtmlError::TimedOut => return self.timed_out(Some(PartKind::Html)),
+                html::HtmlError::TooDeep { limit, .. } => TemplateError::HtmlTooDeep {
+                    template: self.root.clone(),
+                    limit,
+                },
+                html::HtmlError::Css(message) => TemplateError::Css {
+                    template: self.root.clone(),
+                    message,
+                },
+            })
+        })
+    }
+
+    fn timed_out(&self, part: Option<PartKind>) -> RenderError {
+        RenderError::Template(TemplateError::TimedOut {
+            template: self.root.clone(),
+            part,
+            limit_ms: self.limits.render_time.as_millis() as u64,
+        })
+    }
+
+    fn render_part(
+        &self,
+        part: PartKind,
+        context: &Value,
+        deadline: Instant,
+    ) -> Result<String, RenderError> {
         let name = engine_name(&self.root, part);
         let failed = |e: minijinja::Error| {
+            if let Some(refused) = self.catalog.refused.lock().expect("not poisoned").clone() {
+                return RenderError::Template(refused);
+            }
             // Not drained: on a batch's threads, every render that hit a missing name must see it, until
             // `load_more` replaces the catalog.
             let misses: Vec<String> = self
@@ -477,11 +750,7 @@ impl TemplateSet {
             ))
         };
         let template = self.env.get_template(&name).map_err(failed)?;
-        let mut out = Capped {
-            bytes: Vec::new(),
-            limit: self.limits.output_bytes,
-            exceeded: false,
-        };
+        let mut out = Capped::new(self.limits.output_bytes, Some(deadline));
         match template.render_captured_to(context.clone(), &mut out) {
             Ok(_) => {}
             Err(_) if out.exceeded => {
@@ -491,19 +760,39 @@ impl TemplateSet {
                     limit: self.limits.output_bytes,
                 }));
             }
+            Err(_) if out.timed_out => return Err(self.timed_out(Some(part))),
             Err(e) => return Err(failed(e)),
+        }
+        if Instant::now() > deadline {
+            return Err(self.timed_out(Some(part)));
         }
         // The engine writes only `str`s, so the bytes are UTF-8.
         Ok(String::from_utf8(out.bytes).expect("minijinja writes UTF-8"))
     }
 }
 
-/// A writer that refuses to grow past `limit`, so an oversized render stops as soon as it is oversized
-/// instead of after it has filled memory.
+/// A writer that refuses to grow past `limit` or to go on past `deadline`, so an oversized render stops as
+/// soon as it is oversized instead of after it has filled memory, and a slow one stops at its next write.
 struct Capped {
     bytes: Vec<u8>,
     limit: usize,
     exceeded: bool,
+    deadline: Option<Instant>,
+    timed_out: bool,
+    writes: u32,
+}
+
+impl Capped {
+    fn new(limit: usize, deadline: Option<Instant>) -> Self {
+        Self {
+            bytes: Vec::new(),
+            limit,
+            exceeded: false,
+            deadline,
+            timed_out: false,
+            writes: 0,
+        }
+    }
 }
 
 impl io::Write for Capped {
@@ -511,6 +800,15 @@ impl io::Write for Capped {
         if self.bytes.len() + buf.len() > self.limit {
             self.exceeded = true;
             return Err(io::Error::other("template output over the limit"));
+        }
+        // Reading the clock costs tens of nanoseconds; writes come by the thousand.
+        self.writes = self.writes.wrapping_add(1);
+        if self.writes.is_multiple_of(64)
+            && let Some(deadline) = self.deadline
+            && Instant::now() > deadline
+        {
+            self.timed_out = true;
+            return Err(io::Error::other("template render over its time"));
         }
         self.bytes.extend_from_slice(buf);
         Ok(buf.len())

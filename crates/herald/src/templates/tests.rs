@@ -1,5 +1,6 @@
 use serde_json::json;
 
+use super::complexity;
 use super::*;
 
 fn source(name: &str, subject: &str, text: Option<&str>, html: Option<&str>) -> TemplateSource {
@@ -254,4 +255,266 @@ fn optional_values_use_default_or_is_defined() {
     )
     .unwrap();
     assert_eq!((r.subject.as_str(), r.text.as_str()), ("Ana", "no code"));
+}
+
+/// Runs `f` on a thread with `stack` bytes of stack, as the render threads do (with a smaller stack, to
+/// prove the margin).
+fn on_stack<T: Send>(stack: usize, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn_scoped(s, f)
+            .unwrap()
+            .join()
+            .unwrap()
+    })
+}
+
+/// Chains of `n` operators, each a way to build a syntax tree `n` deep.
+fn chains(n: usize) -> Vec<(&'static str, String)> {
+    vec![
+        ("plus", format!("{{{{ {} }}}}", vec!["1"; n + 1].join("+"))),
+        ("not", format!("{{{{ {}x }}}}", "not ".repeat(n))),
+        ("minus", format!("{{{{ {}1 }}}}", "-".repeat(n))),
+        ("filters", format!("{{{{ 1{} }}}}", "|abs".repeat(n))),
+        ("attributes", format!("{{{{ x{} }}}}", ".y".repeat(n))),
+        ("concat", format!("{{{{ 'a'{} }}}}", " ~ 'a'".repeat(n))),
+        (
+            "ternary",
+            format!("{{{{ {}1 }}}}", "1 if x else ".repeat(n / 2)),
+        ),
+        ("tests", format!("{{{{ x{} }}}}", " is defined".repeat(n))),
+    ]
+}
+
+#[test]
+fn the_issue_payloads_are_refused_naming_template_part_and_place() {
+    for text in [
+        format!("{{{{ {} }}}}", vec!["1"; 7000].join("+")),
+        format!("{{{{ {}x }}}}", "not ".repeat(20_000)),
+        format!("{{{{ 1{} }}}}", "|abs".repeat(10_000)),
+    ] {
+        let e = validate(
+            &source("x", "s", Some(&format!("line one\n{text}")), None),
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), "template_too_complex");
+        assert_eq!(e.template(), Some("x"));
+        assert_eq!(e.part(), Some(PartKind::Text));
+        let location = e.location().unwrap();
+        assert_eq!((location.line, location.column), (2, Some(1)));
+        assert!(e.to_string().contains("over the limit of 1000"), "{e}");
+    }
+}
+
+#[test]
+fn the_deepest_allowed_expressions_compile_and_render_with_an_eighth_of_the_stack() {
+    let limit = Limits::default().tag_operators;
+    let stack = PoolConfig::default().stack_bytes / 8;
+    for (what, text) in chains(limit) {
+        assert!(
+            complexity::first_overlong_tag(&text, limit).is_none(),
+            "{what}"
+        );
+        let source = source("t", "s", Some(&text), None);
+        on_stack(stack, || {
+            validate(&source, &Limits::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            // Rendering may fail (`x` is undefined); what matters is that it returns.
+            let set = TemplateSet::from_sources("t", [source.clone()], Limits::default()).unwrap();
+            let _ = set.render(&json!({"x": {"y": 1}}));
+        });
+    }
+    // A macro calling itself stops at the engine's recursion limit, well within the stack.
+    let recursive = "{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}";
+    let set = TemplateSet::from_sources(
+        "t",
+        [source("t", "s", Some(recursive), None)],
+        Limits::default(),
+    )
+    .unwrap();
+    on_stack(stack, || match set.render(&json!({})) {
+        Err(RenderError::Template(e)) => assert_eq!(e.code(), "template_error", "{e}"),
+        other => panic!("{other:?}"),
+    });
+}
+
+#[test]
+fn html_too_deep_for_css_inlining_or_text_is_refused() {
+    for html in [
+        "<style>p{color:red}</style>{{ (\"<div>\" * 3000)|safe }}",
+        "{{ (\"<div>\" * 300000)|safe }}",
+    ] {
+        let e = render(vec![source("deep", "s", None, Some(html))], json!({})).unwrap_err();
+        assert_eq!(e.code(), "template_html_too_deep", "{e}");
+        assert_eq!(
+            (e.template(), e.part()),
+            (Some("deep"), Some(PartKind::Html))
+        );
+    }
+    // At the limit it renders, text part included.
+    let depth = Limits::default().html_depth;
+    let html = format!(
+        "<style>div{{color:red}}</style>{}deep{}",
+        "<div>".repeat(depth - 1),
+        "</div>".repeat(depth - 1)
+    );
+    let r = render(vec![source("ok", "s", None, Some(&html))], json!({})).unwrap();
+    assert!(r.text.contains("deep"), "{}", r.text);
+    assert!(r.html.unwrap().contains("style=\"color: red;\""));
+}
+
+#[test]
+fn css_inlining_stops_at_the_output_limit() {
+    // A short rule copied into every element: the inlined HTML is far larger than the rendered one.
+    let declarations = (0..200).map(|i| format!("--v{i}:1;")).collect::<String>();
+    let html = format!("<style>p{{{declarations}}}</style>{{{{ (\"<p>x</p>\" * 20000)|safe }}}}");
+    let started = std::time::Instant::now();
+    let e = render(vec![source("wide", "s", None, Some(&html))], json!({})).unwrap_err();
+    assert!(matches!(e, TemplateError::CssTooCostly { .. }), "{e}");
+    assert_eq!(e.code(), "template_too_large", "{e}");
+    assert_eq!(e.part(), Some(PartKind::Html));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "refused before inlining"
+    );
+    // Within the work bound but over the output limit: the writer stops it.
+    let limits = Limits {
+        output_bytes: 100_000,
+        // What is tested is the output cap, not the clock (a debug build on a loaded machine is slow).
+        render_time: std::time::Duration::from_secs(120),
+        ..Limits::default()
+    };
+    let html = format!("<style>p{{{declarations}}}</style>{{{{ (\"<p>x</p>\" * 1000)|safe }}}}");
+    let set = TemplateSet::from_sources("wide", [source("wide", "s", None, Some(&html))], limits)
+        .unwrap();
+    match set.render(&json!({})) {
+        Err(RenderError::Template(e @ TemplateError::OutputTooLarge { .. })) => {
+            assert_eq!(e.part(), Some(PartKind::Html))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_render_past_its_wall_time_stops() {
+    let limits = Limits {
+        render_time: std::time::Duration::from_millis(1),
+        fuel: u64::MAX / 1024,
+        ..Limits::default()
+    };
+    let text =
+        "{% for i in range(100000) %}{% for j in range(100) %}{{ j }}{% endfor %}{% endfor %}";
+    let set =
+        TemplateSet::from_sources("slow", [source("slow", "s", Some(text), None)], limits).unwrap();
+    let started = std::time::Instant::now();
+    match set.render(&json!({})) {
+        Err(RenderError::Template(e)) => {
+            assert_eq!(e.code(), "template_timeout", "{e}");
+            assert_eq!(e.part(), Some(PartKind::Text));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}
+
+#[test]
+fn a_stored_source_over_the_limits_is_refused_at_render_too() {
+    // Stored before the complexity check existed: the loader checks every source it compiles.
+    let text = format!("{{{{ {} }}}}", vec!["1"; 7000].join("+"));
+    let e = render(vec![source("old", "s", Some(&text), None)], json!({})).unwrap_err();
+    assert_eq!(e.code(), "template_too_complex", "{e}");
+    assert_eq!(e.part(), Some(PartKind::Text));
+}
+
+/// Not a test of behaviour: prints what the worst HTML the limits let through costs css-inline and
+/// html2text (`cargo test -p herald --lib worst_html_costs -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn worst_html_costs() {
+    let limits = Limits::default();
+    let depth = limits.html_depth;
+    let fill = |unit: &str| unit.repeat((limits.output_bytes - 100) / unit.len());
+    let nested = format!(
+        "{}x{}",
+        "<div>".repeat(depth - 1),
+        "</div>".repeat(depth - 1)
+    );
+    let cases = [
+        ("flat paragraphs", fill("<p>word word</p>")),
+        ("deep trees", fill(&nested)),
+        (
+            "deep open",
+            format!("{}{}", "<div>".repeat(depth - 1), fill("x ")),
+        ),
+        ("nested tables", fill(&"<table><tr><td>".repeat(depth / 3))),
+        ("links", fill("<a href=\"https://e.example/a\">l</a>")),
+        (
+            "wide table",
+            format!("<table><tr>{}</tr></table>", fill("<td>x</td>")),
+        ),
+        ("list", format!("<ul>{}</ul>", fill("<li>x"))),
+    ];
+    // css-inline at its work bound: as many elements as the bound allows with 200 declarations each.
+    let declarations = (0..199).map(|i| format!("--v{i}:1;")).collect::<String>();
+    let elements = limits.css_work / 200 - 1;
+    let html = format!(
+        "<style>p{{{declarations}}}</style>{}",
+        "<p>x</p>".repeat(elements)
+    );
+    let started = std::time::Instant::now();
+    let out = on_stack(PoolConfig::default().stack_bytes, || {
+        inline_css(&html, usize::MAX, None)
+    });
+    println!(
+        "css at the work bound ({elements} elements x 200 declarations): {:?}, {} bytes out",
+        started.elapsed(),
+        out.map_or(0, |s| s.len())
+    );
+    for (what, html) in cases {
+        let started = std::time::Instant::now();
+        let depth = nesting_depth(&html, usize::MAX);
+        let counted = started.elapsed();
+        let started = std::time::Instant::now();
+        let styled = format!("<style>div,p,td{{color:red}}</style>{html}");
+        let inlined = on_stack(PoolConfig::default().stack_bytes, || {
+            inline_css(&styled, usize::MAX, None)
+        });
+        let css = started.elapsed();
+        let started = std::time::Instant::now();
+        let text = on_stack(PoolConfig::default().stack_bytes, || text_from_html(&html));
+        let text_time = started.elapsed();
+        println!(
+            "{what}: {} bytes, depth {depth} counted in {counted:?}; css-inline {css:?} ({} bytes out); \
+             html2text {text_time:?} ({} bytes out)",
+            html.len(),
+            inlined.map_or(0, |s| s.len()),
+            text.len()
+        );
+    }
+}
+
+/// Not a test of behaviour: compiles and renders the chain named by `HERALD_PROBE_CHAIN` at the operator
+/// limit on a thread with `HERALD_PROBE_STACK` bytes, to find the stack the limit needs (a stack overflow
+/// aborts the process, so each size runs in its own process):
+/// `HERALD_PROBE_CHAIN=not HERALD_PROBE_STACK=1048576 cargo test -p herald --lib stack_probe -- --ignored`
+#[test]
+#[ignore]
+fn stack_probe() {
+    let (Ok(which), Ok(stack)) = (
+        std::env::var("HERALD_PROBE_CHAIN"),
+        std::env::var("HERALD_PROBE_STACK"),
+    ) else {
+        return;
+    };
+    let (_, text) = chains(Limits::default().tag_operators)
+        .into_iter()
+        .find(|(name, _)| *name == which)
+        .expect("a chain name");
+    let source = source("t", "s", Some(&text), None);
+    on_stack(stack.parse().unwrap(), || {
+        validate(&source, &Limits::default()).unwrap();
+        let set = TemplateSet::from_sources("t", [source.clone()], Limits::default()).unwrap();
+        let _ = set.render(&json!({"x": {"y": 1}}));
+    });
 }
