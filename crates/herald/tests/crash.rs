@@ -542,8 +542,9 @@ async fn a_relay_slower_than_the_lease_gets_each_message_exactly_once() {
         )))
         .await;
         let env = [("HERALD_LEASE", "10s")];
-        // One message per session and enough sessions for all: every message waits the hold at the same time.
-        let query = format!("&pool={MESSAGES}&batch=1");
+        // One message per session and enough sessions for all on every node: every message waits the hold at
+        // the same time, whichever node claims it (`pool=` is a total the live nodes split).
+        let query = format!("&pool={}&batch=1", MESSAGES * nodes);
         let mut running = Vec::new();
         for _ in 0..nodes {
             running.push(Node::start(&url, &relay, &query, &env).await);
