@@ -239,10 +239,17 @@ async fn postgres_nodes_release_the_leases_of_a_node_seen_dead() {
     // b keeps beating for a while, then dies; a keeps beating and renewing.
     t.clock.advance(LEASE / 3);
     assert_eq!(t.store.heartbeat(&b, LEASE).await.unwrap().live_nodes, 2);
-    for _ in 0..3 {
+    for beat in 1..=3 {
         t.clock.advance(LEASE / 3);
         let report = t.store.heartbeat(&a, LEASE).await.unwrap();
         assert!(report.dead_nodes.is_empty(), "b beat at most one lease ago");
+        // b stops counting for the limits' split once more than two beats have passed since its last, before it
+        // is swept as dead (after a lease).
+        let expected_live = if beat <= 2 { 2 } else { 1 };
+        assert_eq!(
+            report.live_nodes, expected_live,
+            "beats missed by b: {beat}"
+        );
         assert_eq!(
             t.store.renew_leases("node-a", LEASE, &a_ids).await.unwrap(),
             2

@@ -729,8 +729,12 @@ impl PgStore {
                     .await?;
             }
         }
+        // The limits' split counts a node only while it beats: one that has missed two heartbeats (every third
+        // of a lease) is left out, so the others take its share within two beats of a crash, while its leases
+        // are released only once a whole lease has passed (above). A live node's beat is never that late.
+        let silent = now - (lease.as_millis() * 2 / 3) as Millis;
         let live: i64 = sqlx::query("SELECT count(*) FROM nodes WHERE heartbeat_at >= $1")
-            .bind(cutoff)
+            .bind(silent)
             .fetch_one(&mut *tx)
             .await?
             .get(0);
