@@ -5,10 +5,12 @@
 //! search. For each: the process stays up, `/healthz` answers within 100 ms while the attack runs, the attack
 //! gets a clear 4xx (or its connection is closed by a timeout), and nothing is stored.
 
+mod common;
+
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr, TcpListener},
-    process::{Child, Command, Stdio},
+    net::{IpAddr, SocketAddr},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -36,18 +38,10 @@ impl Node {
     /// With `fd_limit`, the process runs under `ulimit -n fd_limit`.
     async fn start_with_fd_limit(env: &[(&str, &str)], fd_limit: Option<u32>) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr = common::serve::free_addr();
+        let database_url = format!("sqlite://{}", dir.path().join("herald.db").display());
         let mut command = match fd_limit {
-            None => {
-                let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-                command.arg("serve");
-                command
-            }
+            None => common::serve::serve_command(addr, &database_url),
             Some(limit) => {
                 // `exec` keeps the PID, so SIGTERM and kill reach herald itself.
                 let mut command = Command::new("sh");
@@ -56,26 +50,15 @@ impl Node {
                     &format!("ulimit -n {limit} && exec \"$0\" serve"),
                     env!("CARGO_BIN_EXE_herald"),
                 ]);
+                common::serve::with_serve_env(&mut command, addr, &database_url);
                 command
             }
         };
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HERALD_LISTEN", addr.to_string())
-            .env(
-                "HERALD_DATABASE_URL",
-                format!("sqlite://{}", dir.path().join("herald.db").display()),
-            )
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
         for (key, value) in env {
             command.env(key, value);
         }
-        let child = command.spawn().expect("start herald serve");
-        let node = Node {
-            child: std::sync::Mutex::new(child),
+        Node {
+            child: std::sync::Mutex::new(common::serve::spawn_ready(command, addr).await),
             addr,
             base: format!("http://{addr}"),
             // No pooled connections: each request is a new one, as an attacker's would be, and none is left
@@ -85,21 +68,7 @@ impl Node {
                 .build()
                 .unwrap(),
             _dir: dir,
-        };
-        let start = Instant::now();
-        loop {
-            if let Ok(r) = node.client.get(node.url("/readyz")).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "herald serve did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        node
     }
 
     fn url(&self, path: &str) -> String {

@@ -4,9 +4,10 @@
 //! the process stays up, that `/healthz` answers within 100 ms while the attack runs, that the request gets a
 //! clear 4xx naming what is wrong, and that nothing is stored.
 
+mod common;
+
 use std::{
-    net::TcpListener,
-    process::{Child, Command, Stdio},
+    process::Child,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -29,42 +30,14 @@ struct Node {
 
 impl Node {
     async fn start(database_url: &str) -> Node {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("HERALD_DATABASE_URL", database_url)
-            .env("HERALD_FROM", "shop@example.com")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start herald serve");
-        let node = Node {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
+        let addr = common::serve::free_addr();
+        let mut command = common::serve::serve_command(addr, database_url);
+        command.env("HERALD_FROM", "shop@example.com");
+        Node {
+            child: common::serve::spawn_ready(command, addr).await,
+            base: format!("http://{addr}"),
             client: reqwest::Client::new(),
-        };
-        let start = Instant::now();
-        loop {
-            if let Ok(r) = node.client.get(node.url("/readyz")).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "herald serve did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        node
     }
 
     fn url(&self, path: &str) -> String {
@@ -114,13 +87,7 @@ impl Node {
     }
 
     fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "herald serve exits 0 on SIGTERM, got {status}"
-        );
+        common::serve::terminate(&mut self.child);
     }
 }
 

@@ -6,8 +6,7 @@
 mod common;
 
 use std::{
-    net::TcpListener,
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
@@ -25,45 +24,13 @@ struct Node {
 
 impl Node {
     async fn start(database_url: &str, relay_url: &str) -> Node {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("HERALD_DATABASE_URL", database_url)
-            .env("HERALD_RELAY_URL", relay_url)
-            .env(
-                "RUST_LOG",
-                std::env::var("HERALD_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start herald serve");
-        let node = Node {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        let start = Instant::now();
-        loop {
-            if let Ok(r) = client.get(format!("{}/readyz", node.base)).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "herald serve did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let addr = common::serve::free_addr();
+        let mut command = common::serve::serve_command(addr, database_url);
+        command.env("HERALD_RELAY_URL", relay_url);
+        Node {
+            child: common::serve::spawn_ready(command, addr).await,
+            base: format!("http://{addr}"),
         }
-        node
     }
 
     /// The live-node count this node works with (its `herald_live_nodes` gauge), once it has one.

@@ -13,8 +13,7 @@ mod common;
 
 use std::{
     collections::{HashMap, HashSet},
-    net::TcpListener,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -48,48 +47,19 @@ impl Node {
         query: &str,
         env: &[(&str, &str)],
     ) -> Node {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-        command
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("HERALD_DATABASE_URL", database_url)
-            .env(
-                "HERALD_RELAY_URL",
-                format!("smtp://127.0.0.1:{}?tls=none{query}", relay.port()),
-            )
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+        let addr = common::serve::free_addr();
+        let mut command = common::serve::serve_command(addr, database_url);
+        command.env(
+            "HERALD_RELAY_URL",
+            format!("smtp://127.0.0.1:{}?tls=none{query}", relay.port()),
+        );
         for (key, value) in env {
             command.env(key, value);
         }
-        let child = command.spawn().expect("start herald serve");
-        let node = Node {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        let start = Instant::now();
-        loop {
-            if let Ok(r) = client.get(format!("{}/readyz", node.base)).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "herald serve did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        Node {
+            child: common::serve::spawn_ready(command, addr).await,
+            base: format!("http://{addr}"),
         }
-        node
     }
 
     fn pid(&self) -> u32 {
@@ -103,13 +73,7 @@ impl Node {
     }
 
     fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "herald serve exits 0 on SIGTERM, got {status}"
-        );
+        common::serve::terminate(&mut self.child);
     }
 }
 
@@ -493,18 +457,8 @@ async fn a_second_server_on_the_same_sqlite_file_refuses_to_start() {
     let url = format!("sqlite://{}", path.display());
     let relay = TestServer::start(ServerConfig::default()).await;
     let first = Node::start(&url, &relay, "", &[]).await;
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let second = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("HERALD_DATABASE_URL", &url)
-        .env("RUST_LOG", "warn")
+    let second = common::serve::serve_command(common::serve::free_addr(), &url)
+        .stderr(Stdio::piped())
         .output()
         .expect("run a second herald serve");
     let stderr = String::from_utf8_lossy(&second.stderr);

@@ -1,6 +1,8 @@
 //! Shared test helpers: a fresh store per test, on SQLite (a real file) or PostgreSQL (a fresh database).
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
