@@ -75,6 +75,43 @@ impl Node {
         format!("{}{path}", self.base)
     }
 
+    /// Posts a message (202), then polls it until it is delivered (10 s at most); returns its id.
+    async fn post_and_wait_delivered(&self, message: &Value) -> String {
+        let response = self
+            .client
+            .post(self.url("/v1/messages"))
+            .json(message)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let id = response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let start = Instant::now();
+        loop {
+            let view: Value = self
+                .client
+                .get(self.url(&format!("/v1/messages/{id}")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if view["status"] == "delivered" {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "not delivered: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        id
+    }
+
     /// `/healthz` on a new connection answers `ok` within 100 ms, and the process is still running.
     async fn assert_healthy(&self) {
         assert!(
@@ -597,38 +634,7 @@ fn cid_bomb() -> Value {
 #[tokio::test]
 async fn the_dashboard_sends_an_inline_image_once_however_often_it_is_named() {
     let node = Node::start(&[]).await;
-    let response = node
-        .client
-        .post(node.url("/v1/messages"))
-        .json(&cid_bomb())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let start = Instant::now();
-    loop {
-        let view: Value = node
-            .client
-            .get(node.url(&format!("/v1/messages/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if view["status"] == "delivered" {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "not delivered: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let id = node.post_and_wait_delivered(&cid_bomb()).await;
 
     let html = node
         .client
@@ -1004,36 +1010,8 @@ async fn idle_sockets_cannot_exhaust_file_descriptors() {
         assert!(closed, "an idle socket stayed open past the header timeout");
     }
     node.assert_healthy().await;
-    let response = node
-        .client
-        .post(node.url("/v1/messages"))
-        .json(&json!({"from": "a@example.test", "to": "b@example.test", "subject": "after", "text": "t"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let start = Instant::now();
-    loop {
-        let view: Value = node
-            .client
-            .get(node.url(&format!("/v1/messages/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if view["status"] == "delivered" {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "not delivered: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    node.post_and_wait_delivered(
+        &json!({"from": "a@example.test", "to": "b@example.test", "subject": "after", "text": "t"}),
+    )
+    .await;
 }
