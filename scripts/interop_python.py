@@ -175,7 +175,6 @@ BODIES = [
     ".\n..\n.leading dot\nFrom the start\n--=_fake boundary\n",
     "trailing spaces   \ntrailing tab\t\nend ",
     "plain ascii\nsecond line\n",
-    "",
 ]
 FILENAMES = ["订单发票_Übersicht.pdf", "résumé.txt", "📎 file.bin", "ملف.dat", 'q"uote.bin', "很长的文件名" * 25 + ".bin", "plain.bin"]
 
@@ -209,7 +208,6 @@ def battery():
         {"text": "t", "html": html, "attachments": [logo, invoice]},
         {"text": "t", "attachments": [invoice]},
         {"attachments": [invoice]},
-        {},
         {"text": "", "html": "", "attachments": [invoice]},
     ]
     for i, s in enumerate(structures):
@@ -233,6 +231,10 @@ def errors(workdir):
         ({"from": "a@b.example", "to": "x@y.example", "subject": "a\r\nBcc: evil@x.example"}, "subject:"),
         ({"from": "a@b.example", "to": "x@y.example", "headers": {"Bcc": "evil@x.example"}}, "headers.Bcc"),
         ({"from": "a@b.example", "to": "x@y.example", "html": '<img src="cid:missing">'}, "html:"),
+        # No body, or only empty ones: refused (issue 10), naming `text`; attachments alone are a body.
+        ({"from": "a@b.example", "to": "x@y.example", "subject": "s"}, "text: the message has no body"),
+        ({"from": "a@b.example", "to": "x@y.example", "text": ""}, "text: the message has no body"),
+        ({"from": "a@b.example", "to": "x@y.example", "html": ""}, "text: the message has no body"),
     ]
     for i, (req, want) in enumerate(bad):
         path = os.path.join(workdir, "bad.json")

@@ -211,9 +211,13 @@ impl MessageRequest {
         shared: &[EncodedPart],
     ) -> Result<Message, RequestError> {
         // Checked after every other field, so that their errors come first; without it a request with no
-        // body was accepted and sent as an empty message.
+        // body was accepted and sent as an empty message. A message of attachments alone ("the report is
+        // attached") is not empty.
         let is_empty = |part: &Option<String>| part.as_deref().is_none_or(str::is_empty);
-        let no_body = is_empty(&self.text) && is_empty(&self.html);
+        let no_body = is_empty(&self.text)
+            && is_empty(&self.html)
+            && self.attachments.is_empty()
+            && shared.is_empty();
         let mut b =
             Message::builder().from(Mailbox::parse(&self.from).map_err(|e| err("from", e))?);
         for (field, list) in [
@@ -288,7 +292,8 @@ impl MessageRequest {
         if no_body {
             return Err(err(
                 "text",
-                "the message has no body: give `text`, `html` or both (or `template` with `data`)",
+                "the message has no body: give `text`, `html` or both (or `template` with `data`), or an \
+                 attachment",
             ));
         }
         Ok(message)

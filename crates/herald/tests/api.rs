@@ -134,6 +134,10 @@ async fn bad_input_names_the_field_and_queues_nothing(backend: Backend) {
         page["items"].as_array().unwrap().is_empty(),
         "nothing was queued: {page}"
     );
+    // Attachments alone are a body ("the report is attached").
+    let attachment_only = json!({"from": "a@example.test", "to": "b@example.test", "subject": "report",
+        "attachments": [{"filename": "report.csv", "content_base64": "YSxiCjEsMgo="}]});
+    assert_eq!(app.post_message(&attachment_only).await.status(), 202);
     app.stop().await;
 }
 
