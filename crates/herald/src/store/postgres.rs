@@ -632,9 +632,8 @@ impl PgStore {
         .rows_affected())
     }
 
-    /// Registers the node: its heartbeat row, renewed by [`PgStore::heartbeat`].
-    pub async fn join(&self, node: &NodeInfo) -> Result<Membership, StoreError> {
-        let now = self.clock.now();
+    /// Writes the node's row with `now` as its heartbeat (inserted on the first beat).
+    async fn beat(&self, node: &NodeInfo, now: Millis) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO nodes (id, host, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4)
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at",
@@ -645,6 +644,13 @@ impl PgStore {
         .bind(now)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Registers the node: its heartbeat row, renewed by [`PgStore::heartbeat`].
+    pub async fn join(&self, node: &NodeInfo) -> Result<Membership, StoreError> {
+        let now = self.clock.now();
+        self.beat(node, now).await?;
         Ok(Membership {
             _lock: None,
             recovered: 0,
@@ -662,16 +668,7 @@ impl PgStore {
         let now = self.clock.now();
         // Its own statement, committed before the sweep: two nodes sweeping at once never wait on each other's
         // fresh rows (which could deadlock two nodes that were both late).
-        sqlx::query(
-            "INSERT INTO nodes (id, host, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4)
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at",
-        )
-        .bind(&node.id)
-        .bind(&node.host)
-        .bind(i64::from(node.pid))
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        self.beat(node, now).await?;
         let cutoff = now - lease.as_millis() as Millis;
         let mut tx = self.pool.begin().await?;
         let dead_nodes: Vec<String> =
