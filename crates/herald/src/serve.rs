@@ -292,7 +292,12 @@ async fn serve_http(
 /// Answers a connection over the cap with a 503 and closes it, without waiting for the client.
 fn refuse_connection(stream: TcpStream) {
     metrics::counter!("herald_http_connections_refused_total").increment(1);
-    let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+    // Tokio's `try_write` refuses until its reactor has seen the new socket writable, so the 503 was sometimes
+    // never sent. A fresh socket's send buffer is empty: one non-blocking write of these few bytes on the
+    // plain socket goes through at once, without a task per refused connection.
+    if let Ok(mut stream) = stream.into_std() {
+        let _ = std::io::Write::write(&mut stream, TOO_MANY_CONNECTIONS);
+    }
 }
 
 /// The configured relays (`HERALD_RELAY_URL` as the default, `HERALD_RELAY_URL_<NAME>` by sender domain), or

@@ -45,7 +45,12 @@ pub fn with_serve_env(command: &mut Command, addr: SocketAddr, database_url: &st
 #[allow(clippy::zombie_processes)]
 pub async fn spawn_ready(mut command: Command, addr: SocketAddr) -> Child {
     let mut child = command.spawn().expect("start herald serve");
-    let client = reqwest::Client::new();
+    // No pooled connection may outlive the probe: it would hold one of the server's connection permits for a
+    // while after this returns (the connection-cap test counts them).
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let start = Instant::now();
     loop {
         if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await
