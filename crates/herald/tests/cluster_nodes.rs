@@ -229,6 +229,11 @@ async fn three_nodes_never_open_more_than_pool_6_sessions() {
     };
     let (posted, ()) = tokio::join!(posting, sampler);
     assert_eq!(posted, 3_000);
+    // The relay records a transaction before its (20 ms delayed) final reply: wait for the last replies.
+    let replies_due = Instant::now() + Duration::from_secs(10);
+    while missing(&relay, "pool", 3_000) > 0 && Instant::now() < replies_due {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let delivered = relay.transactions().len();
     let twice = duplicates(&relay);
     eprintln!(
