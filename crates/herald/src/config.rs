@@ -100,6 +100,40 @@ pub const KEYS: &[(&str, &str)] = &[
         "HERALD_HTTP_SHUTDOWN_GRACE",
         "on shutdown, how long requests still in flight may take before their connections are closed (default 10s)",
     ),
+    // SMTP submission (src/submission/settings.rs reads them).
+    (
+        "HERALD_SMTP_LISTEN",
+        "SMTP submission listen address, e.g. 127.0.0.1:2525 or 0.0.0.0:587 (unset: no SMTP listener)",
+    ),
+    (
+        "HERALD_SMTPS_LISTEN",
+        "SMTP submission with implicit TLS (RFC 8314), e.g. 0.0.0.0:465; needs HERALD_SMTP_TLS_CERT/_KEY",
+    ),
+    (
+        "HERALD_SMTP_TLS_CERT",
+        "PEM certificate chain for STARTTLS and the implicit-TLS port",
+    ),
+    ("HERALD_SMTP_TLS_KEY", "PEM private key of HERALD_SMTP_TLS_CERT"),
+    (
+        "HERALD_SMTP_HOSTNAME",
+        "the name in the SMTP greeting and EHLO reply, and Message-IDs' fallback domain (default: the host name)",
+    ),
+    (
+        "HERALD_SMTP_MAX_SESSIONS",
+        "SMTP sessions open at once, both ports together; more get 421 4.3.2 (default 1024, or half the open-file limit if lower)",
+    ),
+    (
+        "HERALD_SMTP_COMMAND_TIMEOUT",
+        "time a client has to send its next command (RFC 5321 §4.5.3.2; default 5m)",
+    ),
+    (
+        "HERALD_SMTP_DATA_TIMEOUT",
+        "time a client has to send a whole message after DATA or between BDAT chunks (default 10m)",
+    ),
+    (
+        "HERALD_SMTP_MAX_ERRORS",
+        "refused commands a session may make before it is closed with 421 (default 10)",
+    ),
 ];
 
 /// Defaults of the HTTP server's limits (`HERALD_HTTP_*`), as the README states them.
@@ -220,6 +254,8 @@ pub struct Config {
     pub public_url: Option<url::Url>,
     pub metrics_token: Option<String>,
     pub http: HttpLimits,
+    /// `HERALD_SMTP_*`: the SMTP submission listener (off unless a listen address is set).
+    pub smtp: crate::submission::Settings,
 }
 
 impl std::fmt::Debug for Config {
@@ -249,6 +285,7 @@ impl std::fmt::Debug for Config {
             )
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "***"))
             .field("http", &self.http)
+            .field("smtp", &self.smtp)
             .finish()
     }
 }
@@ -472,6 +509,7 @@ impl Config {
             public_url,
             metrics_token: get("HERALD_METRICS_TOKEN").map(str::to_owned),
             http,
+            smtp: crate::submission::Settings::from_values(get)?,
         })
     }
 

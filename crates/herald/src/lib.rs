@@ -12,4 +12,5 @@ pub mod request;
 pub mod serve;
 pub mod service;
 pub mod store;
+pub mod submission;
 pub mod templates;

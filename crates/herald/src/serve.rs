@@ -35,6 +35,9 @@ use crate::{
 pub struct Server {
     /// Where the HTTP API listens (useful with port 0).
     pub addr: SocketAddr,
+    /// Where SMTP submission listens (`HERALD_SMTP_LISTEN`, `HERALD_SMTPS_LISTEN`), when it does.
+    pub smtp_addr: Option<SocketAddr>,
+    pub smtps_addr: Option<SocketAddr>,
     pub store: Store,
     stop: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -83,6 +86,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     }
     let stored_tokens = !store.tokens().await?.is_empty();
     config.check_exposure(stored_tokens)?;
+    // SMTP submission (issue 11): the same rule for its ports.
+    config
+        .smtp
+        .check_exposure(config.api_token.is_some() || stored_tokens)?;
+    let smtp_listeners = crate::submission::Listeners::bind(&config.smtp).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -152,6 +160,16 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     state.stopping = Some(stopped.clone());
     state.hosts = Arc::new(api::AllowedHosts::new(addr, config.public_url.as_ref()));
     state.metrics_token_hash = config.metrics_token.as_deref().map(api::token_hash);
+    // SMTP submission beside the HTTP API, with the API's service and token check.
+    let (smtp_addr, smtps_addr) = (smtp_listeners.plain_addr(), smtp_listeners.implicit_tls_addr());
+    let smtp = crate::submission::spawn(
+        smtp_listeners,
+        state.clone(),
+        config.smtp.clone(),
+        config.body_limit,
+        config.http.shutdown_grace,
+        stopped.clone(),
+    )?;
     let app = api::router(state, config.body_limit);
 
     let housekeeping = tokio::spawn(prune_periodically(
@@ -168,6 +186,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let store_for_leave = store.clone();
     let task = tokio::spawn(async move {
         http.await.context("HTTP server panicked")?;
+        smtp.await.context("SMTP submission panicked")?;
         // The API has answered its last request; now the engine may stop.
         let result = engine.await.context("delivery engine panicked");
         // The engine gave back its leases: the node may now leave (on SQLite, the lock goes with it).
@@ -186,6 +205,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     tracing::info!(listen = %addr, "herald is serving");
     Ok(Server {
         addr,
+        smtp_addr,
+        smtps_addr,
         store,
         stop,
         task,

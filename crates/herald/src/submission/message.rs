@@ -1,0 +1,353 @@
+//! Received bytes → a [`NewMessage`], changing as little as RFC 6409 allows.
+//!
+//! The envelope decides who gets the message (Bcc recipients are only in the envelope); the header section is
+//! kept byte for byte except that `Bcc:` and Herald's control headers (`X-Herald-*`) are removed, and a
+//! `Message-ID` and a `Date` are added when missing (RFC 6409 §8.2, §8.3). The body is never touched, so
+//! the archive, `/raw` and the relay see what the client sent.
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::{
+    service::{Queueing, Service, SubmitError, search_text},
+    store::{NewMessage, NewRecipient, RawSegment, RecipientKind},
+};
+
+/// Herald's control headers: read into the queueing fields, then removed.
+const TAG: &str = "x-herald-tag";
+const SEND_AT: &str = "x-herald-send-at";
+const IDEMPOTENCY_KEY: &str = "x-herald-idempotency-key";
+const METADATA: &str = "x-herald-metadata";
+const CONTROL_HEADERS: &str = "X-Herald-Tag, X-Herald-Send-At, X-Herald-Idempotency-Key, X-Herald-Metadata";
+
+/// Why a received message is not stored; the session answers `554 5.6.0` with it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MessageError {
+    #[error("{header}: {message}")]
+    ControlHeader { header: String, message: String },
+    #[error("unknown control header {0} (Herald knows {CONTROL_HEADERS})")]
+    UnknownControlHeader(String),
+}
+
+/// MAIL FROM and the accepted RCPT TOs of one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    pub sender: String,
+    pub recipients: Vec<String>,
+}
+
+/// One header field as received: its name and all of its lines, CRLFs included.
+struct Field<'a> {
+    name: &'a str,
+    raw: &'a [u8],
+}
+
+impl Field<'_> {
+    /// The unfolded value (RFC 5322 §2.2.3), trimmed.
+    fn value(&self) -> String {
+        let raw = String::from_utf8_lossy(&self.raw[self.name.len() + 1..]);
+        raw.replace("\r\n", "").trim().to_owned()
+    }
+}
+
+/// Splits the header section off `bytes`: the fields and where the body (from the empty line) starts. A
+/// message whose first line is not a header field has no header section.
+fn fields(bytes: &[u8]) -> (Vec<Field<'_>>, usize) {
+    let mut fields: Vec<Field<'_>> = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = memchr::memmem::find(&bytes[at..], b"\r\n").map_or(bytes.len(), |i| at + i + 2);
+        let line = &bytes[at..end];
+        if line == b"\r\n" {
+            break;
+        }
+        if matches!(line.first(), Some(b' ' | b'\t')) && !fields.is_empty() {
+            // A folded continuation: it belongs to the field before.
+            let last = fields.last_mut().expect("not empty");
+            let start = last.raw.as_ptr() as usize - bytes.as_ptr() as usize;
+            last.raw = &bytes[start..end];
+            at = end;
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            break;
+        };
+        // RFC 5322 §3.6.8: a field name is printable ASCII but colon, without spaces.
+        let name = &line[..colon];
+        if name.is_empty() || !name.iter().all(|&b| (33..=126).contains(&b)) {
+            break;
+        }
+        fields.push(Field {
+            name: std::str::from_utf8(name).expect("ASCII"),
+            raw: line,
+        });
+        at = end;
+    }
+    (fields, at)
+}
+
+/// Builds the message to store from what the client sent in DATA or BDAT (dot-unstuffed, lines checked).
+pub fn new_message(
+    bytes: Vec<u8>,
+    envelope: &Envelope,
+    service: &Service,
+    hostname: &str,
+) -> Result<NewMessage, SubmitErrorOrMessage> {
+    let (fields, body_start) = fields(&bytes);
+    let mut headers = Vec::with_capacity(body_start + 128);
+    let mut control = Map::new();
+    let mut tags = Vec::new();
+    let (mut has_message_id, mut has_date) = (false, false);
+    for field in &fields {
+        let name = field.name.to_ascii_lowercase();
+        match name.as_str() {
+            "bcc" => continue,
+            TAG => {
+                tags.push(Value::String(field.value()));
+                continue;
+            }
+            SEND_AT => {
+                control.insert("send_at".into(), Value::String(field.value()));
+                continue;
+            }
+            IDEMPOTENCY_KEY => {
+                control.insert("idempotency_key".into(), Value::String(field.value()));
+                continue;
+            }
+            METADATA => {
+                let value = serde_json::from_str::<Value>(&field.value()).map_err(|e| {
+                    MessageError::ControlHeader {
+                        header: "X-Herald-Metadata".into(),
+                        message: format!("not JSON: {e}"),
+                    }
+                })?;
+                control.insert("metadata".into(), value);
+                continue;
+            }
+            other if other.starts_with("x-herald-") => {
+                return Err(MessageError::UnknownControlHeader(field.name.to_owned()).into());
+            }
+            "message-id" => has_message_id = true,
+            "date" => has_date = true,
+            _ => {}
+        }
+        headers.extend_from_slice(field.raw);
+    }
+    if !tags.is_empty() {
+        control.insert("tags".into(), Value::Array(tags));
+    }
+    // The same checks as the API's fields, reported under the header's name.
+    let queueing: Queueing = service.take_queueing(&mut control).map_err(|e| match e {
+        SubmitError::Invalid(e) => SubmitErrorOrMessage::Message(MessageError::ControlHeader {
+            header: header_of(&e.field),
+            message: e.message,
+        }),
+        other => SubmitErrorOrMessage::Submit(other),
+    })?;
+
+    // RFC 6409 §8: the submission server adds what the client left out, before the client's fields.
+    let mut added = Vec::new();
+    if !has_message_id {
+        let domain = service
+            .message_id_domain
+            .clone()
+            .or_else(|| envelope.sender.rsplit_once('@').map(|(_, d)| d.to_owned()))
+            .unwrap_or_else(|| hostname.to_owned());
+        added.extend_from_slice(
+            format!("Message-ID: <{}@{domain}>\r\n", uuid::Uuid::now_v7()).as_bytes(),
+        );
+    }
+    if !has_date {
+        let now = time::OffsetDateTime::now_utc();
+        let date = now
+            .format(&time::format_description::well_known::Rfc2822)
+            .expect("a current date formats");
+        added.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
+    }
+    let mut head = added;
+    head.extend_from_slice(&headers);
+    if fields.is_empty() && !head.is_empty() && !bytes[body_start..].starts_with(b"\r\n") {
+        // Only a body was sent: the added fields need the empty line that ends a header section.
+        head.extend_from_slice(b"\r\n");
+    }
+    let body = Bytes::copy_from_slice(&bytes[body_start..]);
+    drop(bytes);
+
+    let mut whole = Vec::with_capacity(head.len() + body.len());
+    whole.extend_from_slice(&head);
+    whole.extend_from_slice(&body);
+    let parsed = mail_parser::MessageParser::default().parse(&whole[..]);
+    let subject = parsed
+        .as_ref()
+        .and_then(|m| m.subject())
+        .unwrap_or_default()
+        .to_owned();
+    let text = parsed.as_ref().and_then(|m| m.body_text(0));
+    let html = parsed.as_ref().and_then(|m| m.body_html(0));
+    let search = search_text(text.as_deref(), html.as_deref());
+    let listed = |list: Option<&mail_parser::Address<'_>>| -> Vec<String> {
+        list.map(|a| {
+            a.iter()
+                .filter_map(|addr| addr.address())
+                .map(str::to_lowercase)
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let to = listed(parsed.as_ref().and_then(|m| m.to()));
+    let cc = listed(parsed.as_ref().and_then(|m| m.cc()));
+    let recipients = envelope
+        .recipients
+        .iter()
+        .map(|address| {
+            let lower = address.to_lowercase();
+            let kind = if to.contains(&lower) {
+                RecipientKind::To
+            } else if cc.contains(&lower) {
+                RecipientKind::Cc
+            } else {
+                // In the envelope and in no header: a blind copy.
+                RecipientKind::Bcc
+            };
+            NewRecipient {
+                address: address.clone(),
+                kind,
+            }
+        })
+        .collect();
+    drop(parsed);
+    Ok(NewMessage {
+        id: uuid::Uuid::now_v7().to_string(),
+        sender: envelope.sender.clone(),
+        subject,
+        recipients,
+        search_text: search,
+        raw: vec![
+            RawSegment::Literal {
+                bytes: Bytes::from(head),
+                dot_safe: false,
+            },
+            RawSegment::Literal {
+                bytes: body,
+                dot_safe: false,
+            },
+        ],
+        send_at: queueing.send_at,
+        idempotency_key: queueing.idempotency_key,
+        batch_id: None,
+        tags: queueing.tags,
+        metadata: queueing.metadata,
+    })
+}
+
+/// The control header a queueing field came from (`tags[2]` → `X-Herald-Tag`).
+fn header_of(field: &str) -> String {
+    match field.split('[').next().unwrap_or(field) {
+        "tags" => "X-Herald-Tag",
+        "send_at" => "X-Herald-Send-At",
+        "idempotency_key" => "X-Herald-Idempotency-Key",
+        "metadata" => "X-Herald-Metadata",
+        _ => "X-Herald-*",
+    }
+    .to_owned()
+}
+
+/// A refusal of the content ([`MessageError`]) or of the service (a store failure).
+#[derive(Debug)]
+pub enum SubmitErrorOrMessage {
+    Message(MessageError),
+    Submit(SubmitError),
+}
+
+impl From<MessageError> for SubmitErrorOrMessage {
+    fn from(e: MessageError) -> Self {
+        SubmitErrorOrMessage::Message(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::join;
+
+    async fn service() -> (Service, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("h.db").display());
+        let store = crate::store::Store::open(&url, std::sync::Arc::new(crate::clock::SystemClock))
+            .await
+            .unwrap();
+        (Service::new(store), dir)
+    }
+
+    fn envelope() -> Envelope {
+        Envelope {
+            sender: "app@example.com".into(),
+            recipients: vec![
+                "a@example.com".into(),
+                "C@example.com".into(),
+                "hidden@example.com".into(),
+            ],
+        }
+    }
+
+    #[tokio::test]
+    async fn bcc_and_control_headers_go_the_rest_stays_byte_for_byte() {
+        let (service, _dir) = service().await;
+        let sent = b"From: App <app@example.com>\r\nTo: a@example.com\r\nCc: c@example.com\r\n\
+            Bcc: hidden@example.com\r\nSubject: =?utf-8?b?5L2g5aW9?=\r\nX-Herald-Tag: billing\r\n\
+            X-Herald-Tag: eu\r\nX-Herald-Metadata: {\"order\":\r\n 42}\r\nMessage-ID: <m1@example.com>\r\n\
+            Date: Thu, 03 Dec 2026 10:00:00 +0000\r\n\r\nBody\r\n.. kept\r\n"
+            .to_vec();
+        let message = new_message(sent, &envelope(), &service, "herald.test").unwrap();
+        let bytes = join(&message.raw);
+        assert_eq!(
+            &bytes[..],
+            &b"From: App <app@example.com>\r\nTo: a@example.com\r\nCc: c@example.com\r\n\
+            Subject: =?utf-8?b?5L2g5aW9?=\r\nMessage-ID: <m1@example.com>\r\n\
+            Date: Thu, 03 Dec 2026 10:00:00 +0000\r\n\r\nBody\r\n.. kept\r\n"[..]
+        );
+        assert_eq!(message.subject, "你好");
+        assert_eq!(message.tags, ["billing", "eu"]);
+        assert_eq!(message.metadata, serde_json::json!({"order": 42}));
+        let kinds: Vec<_> = message.recipients.iter().map(|r| r.kind).collect();
+        assert_eq!(
+            kinds,
+            [RecipientKind::To, RecipientKind::Cc, RecipientKind::Bcc]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_message_id_and_date_are_added_in_front() {
+        let (service, _dir) = service().await;
+        let message = new_message(
+            b"Subject: hi\r\n\r\nx\r\n".to_vec(),
+            &envelope(),
+            &service,
+            "herald.test",
+        )
+        .unwrap();
+        let text = String::from_utf8(join(&message.raw).to_vec()).unwrap();
+        assert!(text.starts_with("Message-ID: <"), "{text}");
+        assert!(text.contains("@example.com>\r\nDate: "), "{text}");
+        assert!(text.ends_with("\r\nSubject: hi\r\n\r\nx\r\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn bad_control_headers_are_named() {
+        let (service, _dir) = service().await;
+        for (header, named) in [
+            ("X-Herald-Send-At: tomorrow", "X-Herald-Send-At"),
+            ("X-Herald-Metadata: [1]", "X-Herald-Metadata"),
+            ("X-Herald-Metadata: {", "X-Herald-Metadata"),
+            ("X-Herald-Priority: high", "X-Herald-Priority"),
+        ] {
+            let sent = format!("Subject: s\r\n{header}\r\n\r\nx\r\n").into_bytes();
+            let Err(SubmitErrorOrMessage::Message(error)) =
+                new_message(sent, &envelope(), &service, "h")
+            else {
+                panic!("{header} was accepted");
+            };
+            assert!(error.to_string().contains(named), "{header}: {error}");
+        }
+    }
+}
