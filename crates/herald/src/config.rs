@@ -113,7 +113,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "HERALD_SMTP_TLS_CERT",
         "PEM certificate chain for STARTTLS and the implicit-TLS port",
     ),
-    ("HERALD_SMTP_TLS_KEY", "PEM private key of HERALD_SMTP_TLS_CERT"),
+    (
+        "HERALD_SMTP_TLS_KEY",
+        "PEM private key of HERALD_SMTP_TLS_CERT",
+    ),
     (
         "HERALD_SMTP_HOSTNAME",
         "the name in the SMTP greeting and EHLO reply, and Message-IDs' fallback domain (default: the host name)",

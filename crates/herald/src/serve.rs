@@ -161,7 +161,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     state.hosts = Arc::new(api::AllowedHosts::new(addr, config.public_url.as_ref()));
     state.metrics_token_hash = config.metrics_token.as_deref().map(api::token_hash);
     // SMTP submission beside the HTTP API, with the API's service and token check.
-    let (smtp_addr, smtps_addr) = (smtp_listeners.plain_addr(), smtp_listeners.implicit_tls_addr());
+    let (smtp_addr, smtps_addr) = (
+        smtp_listeners.plain_addr(),
+        smtp_listeners.implicit_tls_addr(),
+    );
     let smtp = crate::submission::spawn(
         smtp_listeners,
         state.clone(),

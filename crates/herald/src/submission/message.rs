@@ -18,7 +18,8 @@ const TAG: &str = "x-herald-tag";
 const SEND_AT: &str = "x-herald-send-at";
 const IDEMPOTENCY_KEY: &str = "x-herald-idempotency-key";
 const METADATA: &str = "x-herald-metadata";
-const CONTROL_HEADERS: &str = "X-Herald-Tag, X-Herald-Send-At, X-Herald-Idempotency-Key, X-Herald-Metadata";
+const CONTROL_HEADERS: &str =
+    "X-Herald-Tag, X-Herald-Send-At, X-Herald-Idempotency-Key, X-Herald-Metadata";
 
 /// Why a received message is not stored; the session answers `554 5.6.0` with it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -157,7 +157,9 @@ pub fn spawn(
             ));
         }
     }
-    Ok(tokio::spawn(async move { while loops.join_next().await.is_some() {} }))
+    Ok(tokio::spawn(async move {
+        while loops.join_next().await.is_some() {}
+    }))
 }
 
 /// The reply to a connection over `HERALD_SMTP_MAX_SESSIONS` (RFC 5321 §3.1: 421 instead of the greeting).

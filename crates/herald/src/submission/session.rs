@@ -149,7 +149,9 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
         Err(error) => {
             wire.reply(&match error {
                 ParseError::UnknownCommand => "500 5.5.1 unknown command".to_owned(),
-                ParseError::InvalidSenderAddress => "553 5.1.7 the sender address is not valid".into(),
+                ParseError::InvalidSenderAddress => {
+                    "553 5.1.7 the sender address is not valid".into()
+                }
                 ParseError::InvalidRecipientAddress => {
                     "553 5.1.3 the recipient address is not valid".into()
                 }
@@ -226,7 +228,9 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let sender = from.address.trim();
             if sender.is_empty() {
-                wire.reply("553 5.1.7 a submission needs a sender address (MAIL FROM:<you@example.com>)");
+                wire.reply(
+                    "553 5.1.7 a submission needs a sender address (MAIL FROM:<you@example.com>)",
+                );
                 return Step::Refused;
             }
             if let Err(error) = herald_mime::Address::parse(sender) {
@@ -304,7 +308,11 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
             chunk_size,
             is_last,
         } => {
-            if session.envelope.as_ref().is_none_or(|e| e.recipients.is_empty()) {
+            if session
+                .envelope
+                .as_ref()
+                .is_none_or(|e| e.recipients.is_empty())
+            {
                 // The chunk is read and dropped, so the next command is read where it starts.
                 if let Err(end) = wire
                     .chunk(chunk_size, None, shared.settings.data_timeout)
@@ -449,22 +457,22 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
             return Step::Refused;
         }
     }
-    let message = match message::new_message(bytes, &envelope, &shared.state.service, &shared.hostname)
-    {
-        Ok(message) => message,
-        Err(SubmitErrorOrMessage::Message(error)) => {
-            wire.reply(&format!(
-                "554 5.6.0 {}; nothing was queued",
-                printable(&error.to_string())
-            ));
-            return Step::Refused;
-        }
-        Err(SubmitErrorOrMessage::Submit(error)) => {
-            tracing::warn!(%error, "an SMTP submission could not be checked");
-            wire.reply("451 4.3.0 the message could not be queued; try again later");
-            return Step::Continue;
-        }
-    };
+    let message =
+        match message::new_message(bytes, &envelope, &shared.state.service, &shared.hostname) {
+            Ok(message) => message,
+            Err(SubmitErrorOrMessage::Message(error)) => {
+                wire.reply(&format!(
+                    "554 5.6.0 {}; nothing was queued",
+                    printable(&error.to_string())
+                ));
+                return Step::Refused;
+            }
+            Err(SubmitErrorOrMessage::Submit(error)) => {
+                tracing::warn!(%error, "an SMTP submission could not be checked");
+                wire.reply("451 4.3.0 the message could not be queued; try again later");
+                return Step::Continue;
+            }
+        };
     match shared.state.service.store.accept(vec![message]).await {
         Ok(accepted) => {
             metrics::counter!("herald_smtp_messages_accepted_total").increment(1);
@@ -598,7 +606,9 @@ async fn read_response<S: AsyncRead + AsyncWrite + Unpin>(
             Ok((text != "*").then_some(text))
         }
         Ok(Line::TooLong | Line::BareLf) => {
-            wire.reply("500 5.5.2 the AUTH response is not a line of at most 1000 octets with CRLF");
+            wire.reply(
+                "500 5.5.2 the AUTH response is not a line of at most 1000 octets with CRLF",
+            );
             Err(Step::Refused)
         }
         Err(end) => Err(Step::Exit(ended(wire, end).await)),
@@ -626,6 +636,12 @@ fn ascii_address(address: &str) -> String {
 fn printable(text: &str) -> String {
     text.chars()
         .take(200)
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }

@@ -54,7 +54,10 @@ impl Settings {
             get(key)
                 .map(|text| {
                     text.parse().map_err(|e| {
-                        invalid(key, format!("{text:?} is not an address like 127.0.0.1:2525: {e}"))
+                        invalid(
+                            key,
+                            format!("{text:?} is not an address like 127.0.0.1:2525: {e}"),
+                        )
                     })
                 })
                 .transpose()
@@ -64,7 +67,10 @@ impl Settings {
                 None => Ok(default),
                 Some(text) => match text.parse::<usize>() {
                     Ok(n) if n > 0 => Ok(n),
-                    _ => Err(invalid(key, format!("{text:?} is not a positive whole number"))),
+                    _ => Err(invalid(
+                        key,
+                        format!("{text:?} is not a positive whole number"),
+                    )),
                 },
             }
         };
@@ -170,20 +176,35 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let error = settings(&[("HERALD_SMTP_LISTEN", "nowhere")]).unwrap_err();
-        assert!(error.to_string().starts_with("HERALD_SMTP_LISTEN"), "{error}");
+        assert!(
+            error.to_string().starts_with("HERALD_SMTP_LISTEN"),
+            "{error}"
+        );
         let error = settings(&[("HERALD_SMTP_TLS_CERT", "/c.pem")]).unwrap_err();
-        assert!(error.to_string().starts_with("HERALD_SMTP_TLS_KEY"), "{error}");
+        assert!(
+            error.to_string().starts_with("HERALD_SMTP_TLS_KEY"),
+            "{error}"
+        );
         let error = settings(&[("HERALD_SMTPS_LISTEN", "127.0.0.1:465")]).unwrap_err();
-        assert!(error.to_string().starts_with("HERALD_SMTPS_LISTEN"), "{error}");
+        assert!(
+            error.to_string().starts_with("HERALD_SMTPS_LISTEN"),
+            "{error}"
+        );
         let error = settings(&[("HERALD_SMTP_MAX_ERRORS", "0")]).unwrap_err();
-        assert!(error.to_string().starts_with("HERALD_SMTP_MAX_ERRORS"), "{error}");
+        assert!(
+            error.to_string().starts_with("HERALD_SMTP_MAX_ERRORS"),
+            "{error}"
+        );
     }
 
     #[test]
     fn the_network_without_a_token_is_refused() {
         let open = settings(&[("HERALD_SMTP_LISTEN", "0.0.0.0:587")]).unwrap();
         let error = open.check_exposure(false).unwrap_err();
-        assert!(error.to_string().starts_with("HERALD_SMTP_LISTEN"), "{error}");
+        assert!(
+            error.to_string().starts_with("HERALD_SMTP_LISTEN"),
+            "{error}"
+        );
         assert!(open.check_exposure(true).is_ok());
         let local = settings(&[("HERALD_SMTP_LISTEN", "127.0.0.1:2525")]).unwrap();
         assert!(local.check_exposure(false).is_ok());

@@ -21,7 +21,9 @@ pub enum TlsSetupError {
         path: String,
         what: &'static str,
     },
-    #[error("HERALD_SMTP_TLS_CERT/HERALD_SMTP_TLS_KEY: the certificate and key cannot be used together: {0}")]
+    #[error(
+        "HERALD_SMTP_TLS_CERT/HERALD_SMTP_TLS_KEY: the certificate and key cannot be used together: {0}"
+    )]
     Rustls(#[from] rustls::Error),
 }
 

@@ -260,7 +260,8 @@ mod tests {
 
     #[tokio::test]
     async fn only_crlf_dot_crlf_ends_data() {
-        let (data, rest) = data_of(b"a\r\n..b\r\nx\n.\nMAIL FROM:<e@x>\r\nc\r\n.\r\nQUIT\r\n").await;
+        let (data, rest) =
+            data_of(b"a\r\n..b\r\nx\n.\nMAIL FROM:<e@x>\r\nc\r\n.\r\nQUIT\r\n").await;
         assert_eq!(
             data.unwrap(),
             b"a\r\n.b\r\nx\n.\nMAIL FROM:<e@x>\r\nc\r\n".to_vec()
@@ -284,7 +285,10 @@ mod tests {
     #[test]
     fn bare_line_ends_are_found_with_their_line() {
         assert_eq!(check_lines(b"a\r\nb\r\n"), Ok(()));
-        assert_eq!(check_lines(b"a\r\nb\nc\r\n"), Err(LineFault::Bare { line: 2 }));
+        assert_eq!(
+            check_lines(b"a\r\nb\nc\r\n"),
+            Err(LineFault::Bare { line: 2 })
+        );
         assert_eq!(check_lines(b"a\rb\r\n"), Err(LineFault::Bare { line: 1 }));
         assert_eq!(check_lines(b"a\r\n\r"), Err(LineFault::Bare { line: 2 }));
         let line = format!("{}\r\n", "z".repeat(998));
