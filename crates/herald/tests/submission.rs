@@ -647,3 +647,46 @@ with smtplib.SMTP_SSL(host, int(port), context=ssl.create_default_context(cafile
     let _ = Duration::ZERO;
     herald.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_bit_content_is_kept_and_fails_permanently_at_a_relay_without_8bitmime() {
+    let herald = start(Setup {
+        relay: herald_testkit::ServerConfig {
+            eight_bit_mime: false,
+            ..Default::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    let mut smtp = Raw::greeted(herald.smtp).await;
+    let mut ids = Vec::new();
+    for body in ["Grüße aus Köln\r\n", "plain ASCII\r\n"] {
+        smtp.send(
+            b"MAIL FROM:<app@example.com> BODY=8BITMIME\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n",
+        )
+        .await;
+        for _ in 0..2 {
+            expect(&smtp.reply().await, "250 ");
+        }
+        expect(&smtp.reply().await, "354 ");
+        smtp.send(
+            format!("Subject: 8bit\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}.\r\n")
+                .as_bytes(),
+        )
+        .await;
+        let queued = smtp.reply().await;
+        expect(&queued, "250 2.0.0 queued as ");
+        ids.push(queued_id(&queued));
+    }
+    // Accepted as sent, never re-encoded; the relay cannot take it, and the recipient says why.
+    let failed = herald.wait_for_status(&ids[0], "failed").await;
+    assert!(failed.to_string().contains("8BITMIME"), "{failed:#}");
+    assert!(
+        String::from_utf8(herald.raw(&ids[0]).await)
+            .unwrap()
+            .contains("Grüße aus Köln")
+    );
+    herald.wait_for_status(&ids[1], "delivered").await;
+    assert_eq!(herald.relay.transactions().len(), 1);
+    herald.stop().await;
+}

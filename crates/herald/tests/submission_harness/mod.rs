@@ -39,6 +39,8 @@ pub struct Setup {
     pub smtps: bool,
     pub listen: &'static str,
     pub env: Vec<(&'static str, String)>,
+    /// The capture relay's extensions (default: a modern relay).
+    pub relay: ServerConfig,
 }
 
 impl Default for Setup {
@@ -50,13 +52,14 @@ impl Default for Setup {
             smtps: false,
             listen: "127.0.0.1:0",
             env: Vec::new(),
+            relay: ServerConfig::default(),
         }
     }
 }
 
 pub async fn start(setup: Setup) -> Herald {
     let dir = tempfile::tempdir().unwrap();
-    let relay = TestServer::start(ServerConfig::default()).await;
+    let relay = TestServer::start(setup.relay.clone()).await;
     let mut values: HashMap<String, String> = HashMap::from([
         ("HERALD_LISTEN".into(), "127.0.0.1:0".into()),
         (
