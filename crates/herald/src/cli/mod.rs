@@ -5,6 +5,7 @@ mod bench_e2e;
 mod bench_queries;
 mod bench_smtp;
 mod bench_store;
+mod bench_submission;
 mod compose;
 mod fixtures;
 mod send;
@@ -54,6 +55,9 @@ pub enum BenchCommand {
     Queue(bench_store::BenchQueueArgs),
     /// Fill an archive (1,000,000 messages by default) and time the dashboard's reads: p50 and p99.
     Queries(bench_queries::BenchQueriesArgs),
+    /// Measure a running `herald serve`'s SMTP submission: alerts/s and p99, idle sessions' memory, a
+    /// connection burst (see scripts/bench-submission).
+    Submission(bench_submission::BenchSubmissionArgs),
 }
 
 /// Runs one parsed command line and returns the process exit code.
@@ -68,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Store(args)) => bench_store::run_store(args),
         Command::Bench(BenchCommand::Queue(args)) => bench_store::run_queue(args),
         Command::Bench(BenchCommand::Queries(args)) => bench_queries::run(args),
+        Command::Bench(BenchCommand::Submission(args)) => bench_submission::run(args),
         Command::Token(args) => token::run(args),
     }
 }
