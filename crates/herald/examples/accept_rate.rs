@@ -32,6 +32,7 @@ async fn main() {
         tasks.push(tokio::spawn(async move {
             for i in (c..n).step_by(clients) {
                 let m = NewMessage {
+                    source: Default::default(),
                     id: format!("{i:012}"),
                     sender: "noreply@shop.example".into(),
                     subject: format!("【Example Shop】您的订单 ORD-{} 已发货 📦", 100000000 + i),

@@ -90,7 +90,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     config
         .smtp
         .check_exposure(config.api_token.is_some() || stored_tokens)?;
-    let smtp_listeners = crate::submission::Listeners::bind(&config.smtp).await?;
+    let smtp_listeners = crate::submission::Listeners::bind(&config.smtp)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

@@ -18,8 +18,8 @@ use serde_json::{Map, Value};
 use crate::{
     request::{AttachmentRequest, Files, MessageRequest, OneOrMany, RequestError},
     store::{
-        Accepted, Millis, NewMessage, NewRecipient, RawSegment, RecipientKind, SharedBlob, Store,
-        StoreError,
+        Accepted, MessageSource, Millis, NewMessage, NewRecipient, RawSegment, RecipientKind,
+        SharedBlob, Store, StoreError,
     },
     templates::{self, LoadError, RenderError, Rendered, Renderer, TemplateError, TemplateSet},
 };
@@ -241,6 +241,7 @@ impl Service {
             })
             .unwrap_or_default();
         let message = NewMessage {
+            source: MessageSource::Api,
             id: uuid::Uuid::now_v7().to_string(),
             sender: view.from,
             subject: view.subject,
@@ -595,6 +596,7 @@ impl ComposedMessage {
             .to_ascii()
             .unwrap_or_else(|_| self.composed.envelope().sender.to_string());
         NewMessage {
+            source: MessageSource::Api,
             id: uuid::Uuid::now_v7().to_string(),
             sender,
             subject: self.subject,

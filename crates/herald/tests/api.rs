@@ -25,6 +25,7 @@ async fn a_message_is_stored_then_delivered_with_the_exact_bytes(backend: Backen
     let id = accepted["id"].as_str().unwrap();
     let view = app.wait_for_status(id, "delivered").await;
     assert_eq!(view["subject"], "Your order 📦");
+    assert_eq!(view["source"], "api");
     assert_eq!(view["recipients"].as_array().unwrap().len(), 2);
     assert_eq!(view["recipients"][0]["smtp_code"], 250);
     assert!(view["created_at"].as_str().unwrap().ends_with('Z'));

@@ -20,6 +20,7 @@ const BODY: &[u8] = b"From: shop@example.test\r\nTo: a@example.test\r\nSubject: 
 
 fn message(recipients: &[&str]) -> NewMessage {
     NewMessage {
+        source: Default::default(),
         subject: "hi".into(),
         ..common::new_message(
             "m1",

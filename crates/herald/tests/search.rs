@@ -28,6 +28,7 @@ mod store_level {
 
     fn message(n: usize, subject: &str, body: &str) -> NewMessage {
         NewMessage {
+            source: Default::default(),
             subject: subject.to_owned(),
             search_text: body.to_owned(),
             ..common::new_message(

@@ -34,6 +34,7 @@ on_both_stores!(
 fn message(n: usize, recipients: &[&str]) -> NewMessage {
     let raw = Bytes::from(format!("Subject: Order {n} shipped\r\n\r\nbody\r\n"));
     NewMessage {
+        source: Default::default(),
         subject: format!("Order {n} shipped"),
         search_text: format!("Hello, your parcel number {n} is on its way"),
         ..common::new_message(&format!("msg-{n:06}"), "shop@example.test", recipients, raw)

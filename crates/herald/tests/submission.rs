@@ -87,6 +87,7 @@ async fn on_the_defaults_a_pipelined_submission_is_kept_byte_for_byte() {
     let view = herald.wait_for_status(&id, "delivered").await;
     assert_eq!(herald.raw(&id).await, kept.as_bytes());
     assert_eq!(view["subject"], "Disk 91% full");
+    assert_eq!(view["source"], "smtp");
     assert_eq!(view["tags"], serde_json::json!(["disk"]));
     assert_eq!(view["to"], serde_json::json!(["alice@example.com"]));
     let kinds: Vec<&str> = view["recipients"]
@@ -238,6 +239,7 @@ async fn python_smtplib_starttls_auth_login_multipart_in_chinese() {
     let view = herald.wait_for_status(&id, "delivered").await;
     assert_eq!(herald.raw(&id).await, expected.as_bytes());
     assert_eq!(view["subject"], "您的订单已发货");
+    assert_eq!(view["source"], "smtp");
     let kinds: Vec<(&str, &str)> = view["recipients"]
         .as_array()
         .unwrap()

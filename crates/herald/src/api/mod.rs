@@ -430,6 +430,7 @@ fn view_json(view: MessageView) -> Value {
         "tags": view.tags,
         "metadata": view.metadata,
         "size": view.raw_size,
+        "source": view.source,
         "recipients": view.recipients.iter().map(|r| json!({
             "address": r.address,
             "kind": r.kind,

@@ -17,7 +17,7 @@ pub fn document() -> Value {
         "description": "1 to 128 of A-Z a-z 0-9 _ . - (starting with a letter or digit)",
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"}});
     let idempotency_header = json!({"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255}});
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {"title": "Herald", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Real-time email notifications: compose, queue durably, deliver over SMTP. \
@@ -229,5 +229,11 @@ pub fn document() -> Value {
                     "field": {"type": ["string", "null"]}}}}}
             }
         }
-    })
+    });
+    // Added apart: one more field in the literal above exceeds `json!`'s recursion limit.
+    document["components"]["schemas"]["Message"]["properties"]["source"] = json!({
+        "type": "string", "enum": ["api", "smtp"],
+        "description": "How the message arrived: the HTTP API (or the CLI, the dashboard), or SMTP submission (HERALD_SMTP_LISTEN)"
+    });
+    document
 }

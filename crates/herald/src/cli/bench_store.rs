@@ -182,6 +182,7 @@ fn stored(
         })
         .collect();
     NewMessage {
+        source: Default::default(),
         id: uuid::Uuid::now_v7().to_string(),
         sender: composed.envelope().sender.to_string(),
         subject: format!("standard notification {i}"),
@@ -312,6 +313,7 @@ pub fn run_store(args: BenchStoreArgs) -> anyhow::Result<ExitCode> {
 
 pub(super) fn small(i: usize) -> NewMessage {
     NewMessage {
+        source: Default::default(),
         id: uuid::Uuid::now_v7().to_string(),
         sender: "shop@example.test".into(),
         subject: format!("alert {i}"),

@@ -139,6 +139,11 @@ fn migrator() -> Migrator {
             "lease index",
             include_str!("../../migrations/postgres/0005_lease_index.sql"),
         ),
+        migration(
+            6,
+            "message source",
+            include_str!("../../migrations/postgres/0006_message_source.sql"),
+        ),
     ])
 }
 
@@ -811,7 +816,8 @@ impl PgStore {
             .await?;
         // The columns rows::message_view reads, in its order.
         let Some(row) = sqlx::query(
-            "SELECT id, status, created_at, send_at, sender, subject, attempts::bigint, batch_id, tags, metadata, raw_size
+            "SELECT id, status, created_at, send_at, sender, subject, attempts::bigint, batch_id, tags, metadata, raw_size,
+                    source
              FROM messages WHERE id = $1",
         )
             .bind(id)
@@ -1308,6 +1314,7 @@ struct MessageColumns<'a> {
     raws: Vec<Vec<u8>>,
     sizes: Vec<i64>,
     documents: Vec<String>,
+    sources: Vec<&'static str>,
 }
 
 async fn accept_group(
@@ -1345,6 +1352,7 @@ async fn accept_group(
         c.metadata.push(m.metadata.to_string());
         c.raws.push(raw::encode(&m.raw));
         c.sizes.push(raw::wire_size(&m.raw) as i64);
+        c.sources.push(m.source.as_str());
         let addresses: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
         let document = format!(
             "{} {} {} {}",
@@ -1357,12 +1365,12 @@ async fn accept_group(
     }
     let inserted: HashSet<String> = sqlx::query(
         "INSERT INTO messages (id, status, sender, subject, created_at, send_at, next_attempt_at, idempotency_key,
-                               batch_id, tags, metadata, raw, raw_size, search)
+                               batch_id, tags, metadata, raw, raw_size, search, source)
          SELECT id, status, sender, subject, $7, send_at, due, key, batch, tags, metadata, raw, size,
-                array_to_tsvector(string_to_array(doc, ' '))
+                array_to_tsvector(string_to_array(doc, ' ')), source
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $8::text[],
-                     $9::text[], $10::text[], $11::text[], $12::bytea[], $13::bigint[], $14::text[])
-              AS t(id, status, sender, subject, send_at, due, key, batch, tags, metadata, raw, size, doc)
+                     $9::text[], $10::text[], $11::text[], $12::bytea[], $13::bigint[], $14::text[], $15::text[])
+              AS t(id, status, sender, subject, send_at, due, key, batch, tags, metadata, raw, size, doc, source)
          ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING id",
     )
@@ -1380,6 +1388,7 @@ async fn accept_group(
     .bind(&c.raws)
     .bind(&c.sizes)
     .bind(&c.documents)
+    .bind(&c.sources)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()

@@ -69,6 +69,7 @@ where
         tags: json(row.text(8)),
         metadata: json(row.text(9)),
         raw_size: row.int(10) as u64,
+        source: row.text(11),
         recipients,
         events,
     }

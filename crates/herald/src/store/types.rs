@@ -45,6 +45,21 @@ macro_rules! string_enum {
 }
 
 string_enum! {
+    /// Where a message came from (`source` in the API).
+    MessageSource {
+        Api => "api",
+        Smtp => "smtp",
+    }
+}
+
+impl Default for MessageSource {
+    /// Messages made by the HTTP API, the CLI and the dashboard.
+    fn default() -> Self {
+        MessageSource::Api
+    }
+}
+
+string_enum! {
     /// Where a message is in its life. `Delivered`, `Failed` and `Cancelled` are final.
     MessageStatus {
         Scheduled => "scheduled",
@@ -117,6 +132,8 @@ pub struct NewMessage {
     pub batch_id: Option<String>,
     pub tags: Vec<String>,
     pub metadata: serde_json::Value,
+    /// The HTTP API (and CLI, dashboard) or SMTP submission.
+    pub source: MessageSource,
 }
 
 /// What `accept` did with one message.
@@ -227,6 +244,8 @@ pub struct MessageView {
     pub tags: serde_json::Value,
     pub metadata: serde_json::Value,
     pub raw_size: u64,
+    /// `api` or `smtp` ([`MessageSource`]).
+    pub source: String,
     pub recipients: Vec<RecipientView>,
     pub events: Vec<Event>,
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     service::{Queueing, Service, SubmitError, search_text},
-    store::{NewMessage, NewRecipient, RawSegment, RecipientKind},
+    store::{MessageSource, NewMessage, NewRecipient, RawSegment, RecipientKind},
 };
 
 /// Herald's control headers: read into the queueing fields, then removed.
@@ -218,6 +218,7 @@ pub fn new_message(
         .collect();
     drop(parsed);
     Ok(NewMessage {
+        source: MessageSource::Smtp,
         id: uuid::Uuid::now_v7().to_string(),
         sender: envelope.sender.clone(),
         subject,

@@ -89,23 +89,22 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds `HERALD_SMTP_LISTEN` and `HERALD_SMTPS_LISTEN`.
-    pub async fn bind(settings: &Settings) -> anyhow::Result<Self> {
+    pub fn bind(settings: &Settings) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let bind = |address: Option<SocketAddr>, key: &'static str| async move {
-            match address {
-                None => Ok(None),
-                Some(address) => TcpListener::bind(address)
-                    .await
-                    .map(Some)
-                    .with_context(|| format!("{key}: listening on {address}")),
-            }
+        let bind = |address: Option<SocketAddr>, key: &'static str| {
+            address
+                .map(|address| {
+                    listen(address).with_context(|| format!("{key}: listening on {address}"))
+                })
+                .transpose()
         };
         Ok(Self {
-            plain: bind(settings.listen, "HERALD_SMTP_LISTEN").await?,
-            implicit_tls: bind(settings.smtps_listen, "HERALD_SMTPS_LISTEN").await?,
+            plain: bind(settings.listen, "HERALD_SMTP_LISTEN")?,
+            implicit_tls: bind(settings.smtps_listen, "HERALD_SMTPS_LISTEN")?,
         })
     }
 
+    /// The address of the plain (STARTTLS) listener.
     pub fn plain_addr(&self) -> Option<SocketAddr> {
         self.plain.as_ref().and_then(|l| l.local_addr().ok())
     }
@@ -114,6 +113,21 @@ impl Listeners {
         self.implicit_tls.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
+
+/// A listener with a backlog of [`BACKLOG`] (tokio's default is 1,024): a burst of connections waits in the
+/// kernel's queue for its `220` or `421` instead of being dropped and retried by the clients seconds later.
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
+}
+
+/// Connections the kernel queues before they are accepted (capped by `net.core.somaxconn`).
+const BACKLOG: u32 = 4096;
 
 /// Starts the listeners' accept loops. The task ends when `stopped` turns true and the sessions have ended
 /// (idle ones are told `421` at once; one receiving a message gets up to `grace` to finish it and hear

@@ -16,6 +16,7 @@ use herald::{
 /// A stored message with these bytes, To: each recipient, subject = id; override fields with `..`.
 pub fn new_message(id: &str, sender: &str, recipients: &[&str], raw: Bytes) -> NewMessage {
     NewMessage {
+        source: Default::default(),
         id: id.into(),
         sender: sender.into(),
         subject: id.into(),

@@ -231,6 +231,11 @@ fn migrator() -> Migrator {
             "nodes",
             include_str!("../../../migrations/sqlite/0004_nodes.sql"),
         ),
+        migration(
+            5,
+            "message source",
+            include_str!("../../../migrations/sqlite/0005_message_source.sql"),
+        ),
     ])
 }
 
@@ -561,7 +566,8 @@ impl SqliteStore {
         let mut tx = self.reader.begin().await?;
         // The columns rows::message_view reads, in its order.
         let Some(row) = sqlx::query(
-            "SELECT id, status, created_at, send_at, sender, subject, attempts, batch_id, tags, metadata, raw_size
+            "SELECT id, status, created_at, send_at, sender, subject, attempts, batch_id, tags, metadata, raw_size,
+                    source
              FROM messages WHERE id = ?",
         )
             .bind(id)
@@ -1344,8 +1350,8 @@ fn accept(
         let metadata = message.metadata.to_string();
         db.stmt(
             "INSERT INTO messages (id, status, sender, subject, created_at, send_at, next_attempt_at, attempts,
-             idempotency_key, batch_id, tags, metadata, raw, raw_size)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13)",
+             idempotency_key, batch_id, tags, metadata, raw, raw_size, source)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?
         .bind([
             Value::Text(&message.id),
@@ -1361,6 +1367,7 @@ fn accept(
             Value::Text(&metadata),
             Value::Blob(&framed),
             (raw::wire_size(&message.raw) as i64).into(),
+            message.source.as_str().into(),
         ])?
         .execute()?;
         let rowid = db.last_insert_rowid();
