@@ -692,3 +692,103 @@ async fn eight_bit_content_is_kept_and_fails_permanently_at_a_relay_without_8bit
     assert_eq!(herald.relay.transactions().len(), 1);
     herald.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_mid_message_does_not_hold_anyone_else() {
+    let herald = start(Setup::default()).await;
+    let mut slow = Raw::greeted(herald.smtp).await;
+    open_data(&mut slow).await;
+    slow.send(b"Subject: slow\r\n\r\nhalf of it").await;
+    let mut fast = Raw::greeted(herald.smtp).await;
+    open_data(&mut fast).await;
+    let started = std::time::Instant::now();
+    fast.send(b"Subject: fast\r\n\r\nall of it\r\n.\r\n").await;
+    expect(&fast.reply().await, "250 2.0.0 queued as ");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the commit waited for the slow client: {:?}",
+        started.elapsed()
+    );
+    slow.send(b", and the rest\r\n.\r\n").await;
+    expect(&slow.reply().await, "250 2.0.0 queued as ");
+    relayed(&herald, 2).await;
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_pipelined_behind_starttls_are_discarded() {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let herald = start(Setup {
+        tls: true,
+        ..Setup::default()
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(herald.smtp).await.unwrap();
+    let mut greeting = [0u8; 512];
+    let n = tokio::io::AsyncReadExt::read(&mut stream, &mut greeting)
+        .await
+        .unwrap();
+    assert!(greeting[..n].starts_with(b"220 "));
+    // CVE-2011-0411: a command injected behind STARTTLS in the same packet must not run inside TLS.
+    stream
+        .write_all(b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@example.com>\r\n")
+        .await
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).await.unwrap();
+        if line.starts_with("220 ") {
+            break;
+        }
+        assert!(line.starts_with("250"), "{line}");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(herald.ca_file.as_ref().unwrap()).unwrap();
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            reader.into_inner(),
+        )
+        .await
+        .unwrap();
+    let mut tls = BufReader::new(tls);
+    tls.write_all(b"NOOP\r\n").await.unwrap();
+    tls.flush().await.unwrap();
+    line.clear();
+    tls.read_line(&mut line).await.unwrap();
+    // Had the injected MAIL run, its reply (503: no EHLO in the new session) would come first.
+    assert!(line.starts_with("250 2.0.0"), "{line}");
+    // The TLS session starts over: EHLO again, and now AUTH is offered.
+    tls.write_all(b"EHLO c\r\n").await.unwrap();
+    tls.flush().await.unwrap();
+    let mut ehlo = String::new();
+    loop {
+        line.clear();
+        tls.read_line(&mut line).await.unwrap();
+        ehlo.push_str(&line);
+        if line.as_bytes().get(3) == Some(&b' ') {
+            break;
+        }
+    }
+    assert!(
+        ehlo.contains("AUTH PLAIN LOGIN") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    assert_eq!(herald.stored().await, 0);
+    herald.stop().await;
+}
