@@ -6,11 +6,11 @@
 //! only how it arrives: as the client's own bytes ([`message`]), kept as they are except for what RFC 6409
 //! lets a submission server change.
 //!
-//! - [`settings`]: `HERALD_SMTP_*`.
-//! - [`session`]: the command state machine, AUTH, the transaction, the reply after the commit.
-//! - [`wire`]: line and DATA framing with their limits (and what makes SMTP smuggling impossible).
-//! - [`message`]: received bytes → a stored message.
-//! - [`tls`]: STARTTLS and implicit TLS.
+//! - [`settings`] — `HERALD_SMTP_*`.
+//! - [`session`] — the command state machine, AUTH, the transaction, the reply after the commit.
+//! - [`wire`] — line and DATA framing with their limits (and what makes SMTP smuggling impossible).
+//! - [`message`] — received bytes → a stored message.
+//! - [`tls`] — STARTTLS and implicit TLS.
 
 pub mod message;
 pub mod session;
