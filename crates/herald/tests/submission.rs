@@ -792,3 +792,23 @@ async fn commands_pipelined_behind_starttls_are_discarded() {
     assert_eq!(herald.stored().await, 0);
     herald.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_bdat_chunk_is_refused_without_reading_it() {
+    let herald = start(Setup {
+        env: vec![("HERALD_BODY_LIMIT", "10000".into())],
+        ..Setup::default()
+    })
+    .await;
+    let mut smtp = Raw::greeted(herald.smtp).await;
+    smtp.send(
+        b"MAIL FROM:<app@example.com>\r\nRCPT TO:<alice@example.com>\r\nBDAT 999999999 LAST\r\n",
+    )
+    .await;
+    expect(&smtp.reply().await, "250 ");
+    expect(&smtp.reply().await, "250 ");
+    expect(&smtp.reply().await, "552 5.3.4");
+    assert!(smtp.closed().await);
+    assert_eq!(herald.stored().await, 0);
+    herald.stop().await;
+}

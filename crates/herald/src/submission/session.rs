@@ -38,7 +38,8 @@ pub struct Session {
     authenticated: bool,
     /// MAIL FROM was accepted: the transaction's envelope so far.
     envelope: Option<Envelope>,
-    /// BDAT chunks received so far, and whether they outgrew the size limit.
+    /// BDAT chunks received so far (the flag: whether they outgrew the size limit, always false as an
+    /// oversized chunk closes the session).
     chunks: Option<(Vec<u8>, bool)>,
     errors: usize,
 }
@@ -323,12 +324,19 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
                 wire.reply("503 5.5.1 send MAIL FROM and RCPT TO first");
                 return Step::Refused;
             }
-            let (bytes, oversized) = session.chunks.get_or_insert_with(|| (Vec::new(), false));
-            let fits = !*oversized && bytes.len().saturating_add(chunk_size) <= shared.size_limit;
-            *oversized |= !fits;
-            let sink = fits.then_some(&mut *bytes);
+            let (bytes, _) = session.chunks.get_or_insert_with(|| (Vec::new(), false));
+            if bytes.len().saturating_add(chunk_size) > shared.size_limit {
+                // Reading a chunk of any declared size just to drop it would let a client hold the
+                // session for the whole data timeout: refuse and close (RFC 3030 §4: the state is lost).
+                metrics::counter!("herald_smtp_messages_abandoned_total").increment(1);
+                wire.reply(&format!(
+                    "552 5.3.4 the message is larger than this server takes ({} octets); nothing was queued",
+                    shared.size_limit
+                ));
+                return Step::Exit(Exit::Close);
+            }
             if let Err(end) = wire
-                .chunk(chunk_size, sink, shared.settings.data_timeout)
+                .chunk(chunk_size, Some(bytes), shared.settings.data_timeout)
                 .await
             {
                 metrics::counter!("herald_smtp_messages_abandoned_total").increment(1);
