@@ -1046,6 +1046,15 @@ pub fn search_text(text: Option<&str>, html: Option<&str>) -> String {
     out
 }
 
+/// Refuses control characters (NUL included) in a search value: no stored text contains them, and the
+/// database would reject them as an error of its own rather than the caller's.
+pub fn check_search_text(value: Option<&str>) -> Result<(), String> {
+    match value.and_then(|v| v.chars().find(|c| c.is_control())) {
+        Some(c) => Err(format!("control character {c:?} not allowed")),
+        None => Ok(()),
+    }
+}
+
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, SubmitError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),

@@ -9,8 +9,9 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, body_or_error};
+use super::body_or_error;
 use crate::{
+    app::{ApiError, AppState},
     service::{SubmitError, format_rfc3339},
     store::{StoredTemplate, TemplateSource},
     templates,

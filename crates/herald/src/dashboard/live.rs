@@ -19,7 +19,7 @@ use futures_util::Stream;
 use serde::Serialize;
 
 use crate::{
-    api::AppState,
+    app::AppState,
     clock::{Clock, SystemClock},
     delivery::RelaySnapshot,
     store::{MessageStatus, Millis, StoreError},

@@ -23,7 +23,7 @@ use axum::{
 };
 use minijinja::Environment;
 
-use crate::{api::AppState, service::format_rfc3339, store::StoreError};
+use crate::{app::AppState, service::format_rfc3339, store::StoreError};
 
 /// The dashboard's routes; every one but the sign-in form and the assets goes through [`session::guard`].
 pub fn router(state: AppState) -> Router<AppState> {

@@ -17,7 +17,7 @@ use super::{
     urlencode,
 };
 use crate::{
-    api::{ApiError, AppState},
+    app::{ApiError, AppState},
     service::{join, parse_rfc3339},
     store::{CancelOutcome, MessageStatus, Millis, SearchQuery, TemplateSource},
     templates::{self, TemplateSet},
@@ -117,7 +117,7 @@ impl ArchiveQuery {
             ("tag", &self.tag),
             ("id", &self.id),
         ] {
-            crate::api::check_search_text(Some(value))
+            crate::service::check_search_text(Some(value))
                 .map_err(|message| PageError::bad_request(field, message))?;
         }
         Ok(())

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{PageError, render};
-use crate::api::AppState;
+use crate::app::AppState;
 
 pub const SESSION_COOKIE: &str = "herald_session";
 pub const CSRF_COOKIE: &str = "herald_csrf";
@@ -389,7 +389,7 @@ pub async fn login(
             "This request came from another site and was refused.",
         ));
     }
-    let client = crate::api::client_key(&extensions);
+    let client = crate::app::client_key(&extensions);
     if let Some(wait) = state.sign_in_failures.refused_for(client) {
         let seconds = wait.as_secs().max(1);
         let mut response = PageError::new(
