@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::{
     app::{ApiError, AppState, client_key, prometheus, token_hash, too_many_failures},
-    service::{check_search_text, format_rfc3339, join, parse_rfc3339},
+    service::{check_search_text, format_rfc3339, parse_rfc3339},
     store::{Accepted, CancelOutcome, MessageStatus, MessageView, SearchQuery},
 };
 
@@ -230,7 +230,7 @@ async fn get_message(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    match state.service.store.message(&id).await? {
+    match state.service.message(&id).await? {
         Some(view) => Ok(Json(view_json(view))),
         None => Err(ApiError::not_found(&id)),
     }
@@ -240,11 +240,9 @@ async fn get_raw(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match state.service.store.raw(&id).await? {
-        Some(segments) => {
-            Ok(([(header::CONTENT_TYPE, "message/rfc822")], join(&segments)).into_response())
-        }
-        None if state.service.store.message(&id).await?.is_some() => Err(ApiError::new(
+    match state.service.raw(&id).await? {
+        Some(bytes) => Ok(([(header::CONTENT_TYPE, "message/rfc822")], bytes).into_response()),
+        None if state.service.message(&id).await?.is_some() => Err(ApiError::new(
             StatusCode::GONE,
             "pruned",
             "the raw body of this message was removed by the retention policy (HERALD_RETENTION)",
@@ -312,7 +310,7 @@ async fn list_messages(
         limit,
         cursor: params.cursor,
     };
-    let page = state.service.store.search(&query).await?;
+    let page = state.service.search(&query).await?;
     Ok(Json(json!({
         "items": page.items.iter().map(|m| json!({
             "id": m.id,
@@ -332,7 +330,7 @@ async fn cancel_message(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    match state.service.store.cancel(&id).await? {
+    match state.service.cancel(&id).await? {
         CancelOutcome::Cancelled => Ok(Json(json!({"id": id, "status": "cancelled"}))),
         CancelOutcome::NotCancellable(status) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -346,7 +344,7 @@ async fn cancel_message(
 }
 
 async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    state.service.store.ping().await?;
+    state.service.ping().await?;
     Ok("ready")
 }
 
@@ -371,7 +369,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
             return Ok(response);
         }
     }
-    let counts = state.service.store.counts().await?;
+    let counts = state.service.counts().await?;
     let mut text = prometheus().render();
     text.push_str(
         "# HELP herald_messages Messages in the store by status.\n# TYPE herald_messages gauge\n",

@@ -105,7 +105,7 @@ impl AppState {
             return Ok(true);
         }
         // Unknown hashes are not remembered: the map holds real tokens only, so it cannot be grown by guessing.
-        let found = self.service.store.token_hash_exists(hash).await?;
+        let found = self.service.is_stored_token(hash).await?;
         let mut valid = self.stored_tokens.valid.lock().expect("not poisoned");
         valid.retain(|_, at| fresh(at));
         if found {
@@ -121,7 +121,7 @@ impl AppState {
         {
             return Ok(any);
         }
-        let any = !self.service.store.tokens().await?.is_empty();
+        let any = self.service.has_stored_tokens().await?;
         *self.stored_tokens.any.lock().expect("not poisoned") = Some((any, Instant::now()));
         Ok(any)
     }

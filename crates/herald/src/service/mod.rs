@@ -6,20 +6,24 @@
 //! attempt, with the same Message-ID, and the archive shows exactly what left.
 //!
 //! This room holds the `Service`, its limits and errors, the queueing fields every submission shares, and
-//! the small parsers and formatters the faces use too (RFC 3339 times, search values). The paths are in
-//! their own rooms: `compose` (one message), `batch` (one template, many recipients), `preview` (rendering
-//! without storing) and `archive` (reading and acting on stored messages).
+//! the small parsers and formatters the faces use too (RFC 3339 times, a stored message's bytes joined). The
+//! paths are in their own rooms: `compose` (one message), `batch` (one template, many recipients),
+//! `preview` (rendering without storing), `archive` (reading and acting on stored messages),
+//! `stored_templates` (read, save after a check, delete) and `access` (API tokens, dashboard sessions).
 
+mod access;
 mod archive;
 mod batch;
 mod compose;
 mod preview;
+mod stored_templates;
 
 use bytes::Bytes;
 use herald_mime::ComposeOptions;
 use serde_json::{Map, Value};
 
 pub use self::{
+    archive::check_search_text,
     batch::BatchAccepted,
     compose::{ComposedMessage, search_text},
 };
@@ -117,15 +121,16 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> SubmitError 
     })
 }
 
-/// What the API layer needs to accept mail.
+/// What the faces (API, dashboard, CLI) ask for: accepting mail and the operations on what was accepted.
+/// The store is private: every use of it by a face is a named operation here.
 #[derive(Debug, Clone)]
 pub struct Service {
-    pub store: Store,
+    store: Store,
     pub default_from: Option<String>,
     pub message_id_domain: Option<String>,
     pub limits: Limits,
     /// The threads every template compile and render runs on (never the async workers).
-    pub renderer: Renderer,
+    renderer: Renderer,
 }
 
 /// The fields of `POST /v1/messages` that are about queueing, not about the message's content.
@@ -250,6 +255,17 @@ impl Service {
         Ok(key.to_owned())
     }
 
+    /// Wakes the delivery engine now rather than at its next poll, after queueing mail by a path that does
+    /// not tell it (the dashboard's resend).
+    pub fn wake_delivery(&self) {
+        self.store.work_signal().notify();
+    }
+
+    /// Whether the store answers (`/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
     pub fn compose_options(&self) -> ComposeOptions {
         ComposeOptions {
             allow_8bit: false,
@@ -279,15 +295,6 @@ fn template_data(value: Option<Value>, field: &str) -> Result<Value, SubmitError
         None | Some(Value::Null) => Ok(Value::Object(Map::new())),
         Some(v @ Value::Object(_)) => Ok(v),
         Some(_) => Err(invalid(field, "must be an object of template variables")),
-    }
-}
-
-/// Refuses control characters (NUL included) in a search value: no stored text contains them, and the
-/// database would reject them as an error of its own rather than the caller's.
-pub fn check_search_text(value: Option<&str>) -> Result<(), String> {
-    match value.and_then(|v| v.chars().find(|c| c.is_control())) {
-        Some(c) => Err(format!("control character {c:?} not allowed")),
-        None => Ok(()),
     }
 }
 

@@ -1,12 +1,15 @@
 //! Rendering without storing: a stored template with given data (the API's preview, and the first step of a
-//! templated message).
+//! templated message), and an unsaved draft (the dashboard editor's live preview).
 
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::{Service, SubmitError};
-use crate::templates::{self, Rendered, TemplateSet};
+use crate::{
+    store::TemplateSource,
+    templates::{self, LoadError, Rendered, TemplateSet},
+};
 
 impl Service {
     /// Renders the stored template `name` with `data` (fetching the templates it extends or includes). Errors
@@ -23,5 +26,18 @@ impl Service {
         templates::render_loading(&mut Arc::new(set), &self.renderer, &self.store, data)
             .await
             .map_err(|e| SubmitError::from_load(e, field))
+    }
+
+    /// Renders an unsaved draft with sample `data`, exactly as a message would carry it: its parts are
+    /// compiled first, and the stored templates it extends or includes are fetched.
+    pub async fn preview_draft(
+        &self,
+        source: TemplateSource,
+        data: &Value,
+    ) -> Result<Rendered, LoadError> {
+        let limits = self.limits.template.clone();
+        templates::check_source(&self.renderer, &source, &limits).await?;
+        let mut set = Arc::new(TemplateSet::draft(source, limits));
+        templates::render_loading(&mut set, &self.renderer, &self.store, data).await
     }
 }
