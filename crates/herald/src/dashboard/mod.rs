@@ -5,6 +5,9 @@
 //! Pages: overview (`/`, live over server-sent events from `/events`), the archive (`/messages`), a message
 //! (`/messages/{id}`, its HTML in a sandboxed frame from `/messages/{id}/html`), templates with a live preview
 //! (`/templates`), and the capture inbox (`/inbox`). Sign-in and CSRF are in `session`.
+//!
+//! Like the API, it takes the application state from `app` and asks the service for everything it shows or
+//! does; `serve` mounts it beside the API, and neither imports the other.
 
 mod live;
 mod mail;
