@@ -34,14 +34,14 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    api::{AppState, FailureThrottle, token_hash},
+    app::{AppState, FailureThrottle, token_hash},
     store::StoreError,
 };
 
 /// Wrong passwords a client may give within [`FAILURE_WINDOW`] before AUTH answers `454` until the oldest
 /// is that old: the HTTP API's limits, counted apart.
-const MAX_AUTH_FAILURES: usize = crate::api::MAX_TOKEN_FAILURES;
-const FAILURE_WINDOW: Duration = crate::api::FAILURE_WINDOW;
+const MAX_AUTH_FAILURES: usize = crate::app::MAX_TOKEN_FAILURES;
+const FAILURE_WINDOW: Duration = crate::app::FAILURE_WINDOW;
 
 /// What every session shares.
 pub struct Shared {
@@ -78,7 +78,7 @@ impl Shared {
 fn client_of(peer: SocketAddr) -> IpAddr {
     let mut extensions = axum::http::Extensions::new();
     extensions.insert(ConnectInfo(peer));
-    crate::api::client_key(&extensions)
+    crate::app::client_key(&extensions)
 }
 
 /// The bound listeners, made before the server reports itself started (so port 0 works in tests).

@@ -481,15 +481,14 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
                 return Step::Continue;
             }
         };
-    match shared.state.service.store.accept(vec![message]).await {
+    match shared.state.service.accept_submitted(message).await {
         Ok(accepted) => {
             metrics::counter!("herald_smtp_messages_accepted_total").increment(1);
-            match accepted.first() {
-                Some(Accepted::Existing { id, .. }) => wire.reply(&format!(
+            match accepted {
+                Accepted::Existing { id, .. } => wire.reply(&format!(
                     "250 2.0.0 already queued as {id} (same X-Herald-Idempotency-Key)"
                 )),
-                Some(accepted) => wire.reply(&format!("250 2.0.0 queued as {}", accepted.id())),
-                None => wire.reply("451 4.3.0 the message could not be queued; try again later"),
+                accepted => wire.reply(&format!("250 2.0.0 queued as {}", accepted.id())),
             }
             Step::Continue
         }
