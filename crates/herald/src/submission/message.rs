@@ -57,7 +57,7 @@ fn fields(bytes: &[u8]) -> (Vec<Field<'_>>, usize) {
     let mut fields: Vec<Field<'_>> = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
-        let end = memchr::memmem::find(&bytes[at..], b"\r\n").map_or(bytes.len(), |i| at + i + 2);
+        let end = memchr::memchr(b'\n', &bytes[at..]).map_or(bytes.len(), |i| at + i + 1);
         let line = &bytes[at..end];
         if line == b"\r\n" {
             break;
@@ -184,7 +184,12 @@ pub fn new_message(
         .unwrap_or_default()
         .to_owned();
     let text = parsed.as_ref().and_then(|m| m.body_text(0));
-    let html = parsed.as_ref().and_then(|m| m.body_html(0));
+    // Only without a text part: mail_parser would otherwise make HTML from the text (measured: 1% of the
+    // server's CPU on small alerts).
+    let html = match &text {
+        Some(_) => None,
+        None => parsed.as_ref().and_then(|m| m.body_html(0)),
+    };
     let search = search_text(text.as_deref(), html.as_deref());
     let listed = |list: Option<&mail_parser::Address<'_>>| -> Vec<String> {
         list.map(|a| {
