@@ -23,6 +23,8 @@ use crate::{
     },
     templates::{self, LoadError, RenderError, Rendered, Renderer, TemplateError, TemplateSet},
 };
+// Moved to `text` (the templates use it too); re-exported so that `service::search_text` still works.
+pub use crate::text::search_text;
 
 /// Limits on what one client request may ask for (DESIGN.md invariant 5).
 #[derive(Debug, Clone)]
@@ -86,7 +88,7 @@ pub enum SubmitError {
 }
 
 impl SubmitError {
-    pub fn from_load(error: LoadError, field: impl Into<String>) -> Self {
+    pub fn from_load(error: LoadError<StoreError>, field: impl Into<String>) -> Self {
         match error {
             LoadError::NotFound(name) => SubmitError::UnknownTemplate(name),
             LoadError::Template(error) => SubmitError::Template {
@@ -1022,30 +1024,6 @@ fn recipient_kinds(request: &MessageRequest) -> Result<Vec<(String, RecipientKin
     Ok(kinds)
 }
 
-/// The text indexed for search: the text part, or the HTML with its tags removed.
-pub fn search_text(text: Option<&str>, html: Option<&str>) -> String {
-    if let Some(text) = text {
-        return text.to_owned();
-    }
-    let Some(html) = html else {
-        return String::new();
-    };
-    let mut out = String::with_capacity(html.len());
-    let mut in_tag = false;
-    for c in html.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => {
-                in_tag = false;
-                out.push(' ');
-            }
-            c if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    out
-}
-
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, SubmitError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
@@ -1091,16 +1069,5 @@ mod tests {
         assert_eq!(format_rfc3339(at), "2026-11-26T09:30:00Z");
         assert_eq!(parse_rfc3339("2026-11-26T10:30:00+01:00").unwrap(), at);
         assert!(parse_rfc3339("tomorrow").unwrap_err().contains("RFC 3339"));
-    }
-
-    #[test]
-    fn search_text_falls_back_to_html_without_tags() {
-        assert_eq!(
-            search_text(None, Some("<p>Hello <b>you</b></p>"))
-                .split_whitespace()
-                .collect::<Vec<_>>(),
-            ["Hello", "you"]
-        );
-        assert_eq!(search_text(Some("plain"), Some("<p>x</p>")), "plain");
     }
 }
