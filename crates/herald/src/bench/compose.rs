@@ -15,7 +15,7 @@ use bytes::Bytes;
 use herald_mime::{Address, ComposeOptions, Composed, EncodedPart, Mailbox, Message, Part};
 
 #[derive(Debug, clap::Args)]
-pub struct BenchComposeArgs {
+pub struct ComposeArgs {
     /// Messages per round.
     #[arg(long, default_value_t = 20_000)]
     pub count: usize,
@@ -124,7 +124,7 @@ impl Workload {
     }
 }
 
-pub fn run(args: BenchComposeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ComposeArgs) -> anyhow::Result<ExitCode> {
     let w = Workload::load(&Fixtures::find(args.fixtures.as_deref())?, args.eight_bit)?;
     let shared = args.batch.then(|| {
         let (logo, pdf) = w.parts();

@@ -53,7 +53,7 @@ pub enum Via {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct BenchE2eArgs {
+pub struct E2eArgs {
     /// What to send.
     #[arg(long, value_enum)]
     pub workload: E2eWorkload,
@@ -92,7 +92,7 @@ pub struct BenchE2eArgs {
     pub timeout_s: u64,
 }
 
-pub fn run(args: BenchE2eArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
     if args.count == 0 || args.clients == 0 || args.batch_size == 0 {
         bail!("--count, --clients and --batch-size must be at least 1");
     }
@@ -342,7 +342,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// Posts `bodies(i)` for `i` in `0..jobs` from `clients` connections; returns the accept latencies (ms).
 async fn post_all(
-    args: &BenchE2eArgs,
+    args: &E2eArgs,
     jobs: usize,
     path: &'static str,
     body: Arc<dyn Fn(usize) -> Vec<u8> + Send + Sync>,
@@ -401,7 +401,7 @@ async fn wait_delivered(
     }
 }
 
-async fn standard(args: &BenchE2eArgs) -> anyhow::Result<()> {
+async fn standard(args: &E2eArgs) -> anyhow::Result<()> {
     let standard = Arc::new(Standard::load(&Fixtures::find(args.fixtures.as_deref())?)?);
     let mut probe = Http::connect(args.api, args.token.as_deref()).await?;
     if args.via == Via::Batches {
@@ -473,7 +473,7 @@ async fn standard(args: &BenchE2eArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn alert(args: &BenchE2eArgs) -> anyhow::Result<()> {
+async fn alert(args: &E2eArgs) -> anyhow::Result<()> {
     let mut probe = Http::connect(args.api, args.token.as_deref()).await?;
     let before = probe.counts().await?.get("delivered").copied().unwrap_or(0);
     let start = Instant::now();
@@ -516,7 +516,7 @@ type Arrivals = Arc<Mutex<HashMap<usize, Instant>>>;
 /// Per message: when its request left and when its 202 was read.
 type Accepts = Arc<Mutex<Vec<Option<(Instant, Instant)>>>>;
 
-async fn latency(args: &BenchE2eArgs) -> anyhow::Result<()> {
+async fn latency(args: &E2eArgs) -> anyhow::Result<()> {
     if !(args.rate > 0.0 && args.seconds > 0.0) {
         bail!("--rate and --seconds must be more than 0");
     }
