@@ -1,7 +1,16 @@
 //! What the benches measure besides wall time: CPU time of the process and of one thread, resident memory;
 //! and the runtime they run on.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The last line of every bench: the messages it processed in all and the whole run's wall time, setup
+/// and warm-up included, so that no rate above it stands without its count and its time.
+pub(super) fn print_whole_run(messages: usize, started: Instant, detail: &str) {
+    println!(
+        "whole run: {messages} messages, {:.2} s{detail}",
+        started.elapsed().as_secs_f64()
+    );
+}
 
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()

@@ -10,7 +10,7 @@ use std::{
 use anyhow::bail;
 
 use super::{
-    measure::{rss_mb, runtime},
+    measure::{print_whole_run, rss_mb, runtime},
     store::{open_store, small},
 };
 
@@ -33,10 +33,12 @@ pub struct QueueArgs {
 pub fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
     let mut sizes = args.sizes.clone();
     sizes.sort_unstable();
+    let started = Instant::now();
     let dir = tempfile::tempdir()?;
     runtime()?.block_on(async {
         let (store, url) = open_store(args.database.as_deref(), &dir).await?;
         let mut filled = 0;
+        let sizes_measured = sizes.len();
         for size in sizes {
             let fill_start = Instant::now();
             while filled < size {
@@ -66,6 +68,15 @@ pub fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
                 fill.as_secs_f64(),
             );
         }
+        print_whole_run(
+            filled,
+            started,
+            &format!(
+                " ({filled} queued; {} claims of {} timed)",
+                sizes_measured * 50,
+                args.claim
+            ),
+        );
         if args.keep {
             let kept = dir.keep();
             println!("kept {url} (in {})", kept.display());

@@ -10,7 +10,10 @@
 //! CPU is `getrusage(RUSAGE_SELF)` user + system over the timed part (all threads), which includes
 //! connect, EHLO and QUIT, as smtp-source's timing does.
 
-use super::{fixtures::Fixtures, measure::cpu_time};
+use super::{
+    fixtures::Fixtures,
+    measure::{cpu_time, print_whole_run},
+};
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
@@ -76,6 +79,7 @@ pub fn run(args: SmtpArgs) -> anyhow::Result<ExitCode> {
     if args.connections == 0 || args.count == 0 || args.distinct == 0 || args.batch == 0 {
         bail!("--connections, --count, --distinct and --batch must be at least 1");
     }
+    let run_started = Instant::now();
     let mut relay = Relay::parse(&args.relay, std::env::var(PASSWORD_ENV).ok())?;
     let messages = Arc::new(match &args.message {
         Some(path) => vec![prepared_file(path)?],
@@ -173,6 +177,14 @@ pub fn run(args: SmtpArgs) -> anyhow::Result<ExitCode> {
     );
     // One line for scripts/bench-smtp.
     println!("RESULT msg_per_s={rate:.1} cpu_us_per_msg={cpu_per_message:.1} sent={sent}");
+    print_whole_run(
+        count,
+        run_started,
+        &format!(
+            " ({sent} sent, {} failed; composing or reading them included)",
+            failures.len()
+        ),
+    );
     if let Some(first) = failures.first() {
         eprintln!(
             "herald: {} messages failed; the first: {first}",

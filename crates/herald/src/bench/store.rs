@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use super::{
     compose::Workload,
     fixtures::Fixtures,
-    measure::{cpu_time, runtime, thread_cpu},
+    measure::{cpu_time, print_whole_run, runtime, thread_cpu},
 };
 
 #[derive(Debug, clap::Args)]
@@ -125,6 +125,7 @@ pub fn run(args: StoreArgs) -> anyhow::Result<ExitCode> {
     if args.count == 0 || args.clients == 0 || args.per_call == 0 {
         bail!("--count, --clients and --per-call must be at least 1");
     }
+    let started = Instant::now();
     let workload = Arc::new(Workload::load(
         &Fixtures::find(args.fixtures.as_deref())?,
         false,
@@ -222,6 +223,11 @@ pub fn run(args: StoreArgs) -> anyhow::Result<ExitCode> {
                 (after - before) as f64 / args.count as f64
             );
         }
+        print_whole_run(
+            args.count,
+            started,
+            &format!(" (accepting them: {:.2} s)", wall.as_secs_f64()),
+        );
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
