@@ -556,7 +556,12 @@ async fn a_render_asks_its_sources_for_what_it_extends_and_nothing_else() {
             Some("{% extends \"layout\" %}{% block body %}Hi {{ name }}{% endblock %}"),
             None,
         ),
-        source("layout", "-", Some("[{% block body %}{% endblock %}]"), None),
+        source(
+            "layout",
+            "-",
+            Some("[{% block body %}{% endblock %}]"),
+            None,
+        ),
         source("unrelated", "-", Some("never read"), None),
     ]);
     let renderer = Renderer::default();
