@@ -15,3 +15,4 @@ pub mod service;
 pub mod store;
 pub mod submission;
 pub mod templates;
+pub mod text;

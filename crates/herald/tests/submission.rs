@@ -2,6 +2,9 @@
 //! Python's `smtplib` and `aiosmtplib`, Postfix's `smtp-source`; every message checked byte for byte at the
 //! capture relay and through the API.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod submission_harness;
 
 use std::time::Duration;

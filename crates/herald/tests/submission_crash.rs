@@ -1,6 +1,9 @@
 //! SIGKILL during an SMTP submission load: every message that got its final `250` is delivered after the
 //! restart with the bytes sent, and every message stored is whole (a commit is all or nothing).
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{

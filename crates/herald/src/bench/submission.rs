@@ -10,7 +10,7 @@
 //! - `burst`: `--sessions` connection attempts at once; counts greetings (220), refusals (421) and failed
 //!   connections, then checks that the server still answers.
 //!
-//! The last line is machine-readable (`RESULT key=value ...`).
+//! A machine-readable line (`RESULT key=value ...`) comes before the closing `whole run` line.
 
 use std::{
     net::SocketAddr,
@@ -36,7 +36,7 @@ pub enum SubmissionWorkload {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct BenchSubmissionArgs {
+pub struct SubmissionArgs {
     #[arg(long, value_enum)]
     pub workload: SubmissionWorkload,
     /// The SMTP submission address of the running `herald serve`.
@@ -59,21 +59,19 @@ pub struct BenchSubmissionArgs {
     pub hold: Duration,
 }
 
-pub fn run(args: BenchSubmissionArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: SubmissionArgs) -> anyhow::Result<ExitCode> {
     if args.sessions == 0 || args.count == 0 {
         bail!("--sessions and --count must be at least 1");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
+    let started = Instant::now();
+    let messages = super::measure::runtime()?.block_on(async move {
         match args.workload {
             SubmissionWorkload::Alerts => alerts(&args).await,
-            SubmissionWorkload::Idle => idle(&args).await,
-            SubmissionWorkload::Burst => burst(&args).await,
+            SubmissionWorkload::Idle => idle(&args).await.map(|()| 0),
+            SubmissionWorkload::Burst => burst(&args).await.map(|()| 0),
         }
     })?;
+    super::measure::print_whole_run(messages, started, "");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -127,7 +125,7 @@ fn alert(n: usize, size: usize) -> Vec<u8> {
     text.into_bytes()
 }
 
-async fn alerts(args: &BenchSubmissionArgs) -> anyhow::Result<()> {
+async fn alerts(args: &SubmissionArgs) -> anyhow::Result<usize> {
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -179,7 +177,7 @@ async fn alerts(args: &BenchSubmissionArgs) -> anyhow::Result<()> {
         latencies.len() as f64 / wall.as_secs_f64(),
         ms(at(0.5)),
         ms(at(0.99)),
-        ms(*latencies.last().unwrap()),
+        ms(latencies.last().copied().unwrap_or_default()),
     );
     println!(
         "RESULT count={} wall_s={:.3} accepted_per_s={:.1} p50_ms={:.3} p99_ms={:.3}",
@@ -189,7 +187,7 @@ async fn alerts(args: &BenchSubmissionArgs) -> anyhow::Result<()> {
         ms(at(0.5)),
         ms(at(0.99)),
     );
-    Ok(())
+    Ok(latencies.len())
 }
 
 /// Resident memory of process `pid` in MB (Linux `/proc`).
@@ -200,7 +198,7 @@ fn rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-async fn idle(args: &BenchSubmissionArgs) -> anyhow::Result<()> {
+async fn idle(args: &SubmissionArgs) -> anyhow::Result<()> {
     let before = args.pid.and_then(rss_mb);
     let start = Instant::now();
     let mut open = Vec::with_capacity(args.sessions);
@@ -240,7 +238,7 @@ async fn idle(args: &BenchSubmissionArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn burst(args: &BenchSubmissionArgs) -> anyhow::Result<()> {
+async fn burst(args: &SubmissionArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(args.sessions);
     for _ in 0..args.sessions {
