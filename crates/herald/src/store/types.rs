@@ -7,6 +7,30 @@ use super::raw::RawSegment;
 /// Milliseconds since the Unix epoch: the one time unit of the store, the same in both dialects.
 pub type Millis = i64;
 
+/// A stored value this code cannot read: where it is and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unreadable value {value:?} in {table}.{column}")]
+pub struct Unreadable {
+    pub table: &'static str,
+    pub column: &'static str,
+    pub value: String,
+}
+
+impl Unreadable {
+    /// Parses the text of `table.column` as one of the store's enums.
+    pub fn parse<T: FromStr>(
+        table: &'static str,
+        column: &'static str,
+        text: &str,
+    ) -> Result<T, Self> {
+        text.parse().map_err(|_| Unreadable {
+            table,
+            column,
+            value: text.to_owned(),
+        })
+    }
+}
+
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
@@ -18,6 +42,25 @@ macro_rules! string_enum {
 
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        /// As its text, the same as the column stores and the API shows.
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
             }
         }
 
@@ -82,6 +125,14 @@ impl MessageStatus {
         matches!(
             self,
             MessageStatus::Delivered | MessageStatus::Failed | MessageStatus::Cancelled
+        )
+    }
+
+    /// Whether `cancel` may still stop it: not yet being sent, not finished.
+    pub fn is_cancellable(self) -> bool {
+        matches!(
+            self,
+            MessageStatus::Scheduled | MessageStatus::Queued | MessageStatus::Deferred
         )
     }
 }
@@ -366,11 +417,3 @@ pub struct HeartbeatReport {
     /// Messages those nodes were delivering, due again now (their attempt recorded as interrupted).
     pub released: u64,
 }
-
-/// The timeline event of an attempt cut short by its node stopping (crash, kill, partition). It does not count
-/// as an attempt: the message is due again at once with its attempts unspent.
-pub const EVENT_INTERRUPTED: &str = "attempt_interrupted";
-
-/// The timeline event of an outcome reported by a node that had lost the message's lease: it is not applied
-/// (the message is someone else's now, or due again), only shown.
-pub const EVENT_STALE_OUTCOME: &str = "stale_outcome";

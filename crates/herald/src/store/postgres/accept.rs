@@ -3,7 +3,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    str::FromStr,
     sync::Arc,
 };
 
@@ -14,16 +13,41 @@ use super::{CHANNEL, PgStore, insert_events};
 use crate::{
     clock::Clock,
     store::{
-        Accepted, MessageStatus, Millis, NewMessage, StoreError,
+        Accepted, MessageStatus, Millis, NewMessage, StoreError, Unreadable,
         raw::{self, RawSegment, SharedBlob},
+        rules,
         search::index_terms,
     },
 };
 
 pub(super) type AcceptRequest = (
     Vec<NewMessage>,
-    oneshot::Sender<Result<Vec<Accepted>, String>>,
+    oneshot::Sender<Result<Vec<Accepted>, GroupError>>,
 );
+
+/// Why a group of accepts was not stored. Clone: every caller in the group hears it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(super) enum GroupError {
+    #[error("database error")]
+    Database(#[source] Arc<sqlx::Error>),
+    #[error(transparent)]
+    Corrupt(#[from] Unreadable),
+}
+
+impl From<sqlx::Error> for GroupError {
+    fn from(error: sqlx::Error) -> Self {
+        GroupError::Database(Arc::new(error))
+    }
+}
+
+impl From<GroupError> for StoreError {
+    fn from(error: GroupError) -> Self {
+        match error {
+            GroupError::Database(error) => StoreError::Database(error),
+            GroupError::Corrupt(error) => StoreError::Corrupt(error),
+        }
+    }
+}
 
 impl PgStore {
     pub async fn accept(&self, messages: Vec<NewMessage>) -> Result<Vec<Accepted>, StoreError> {
@@ -38,7 +62,7 @@ impl PgStore {
         answer
             .await
             .map_err(|_| StoreError::Closed)?
-            .map_err(|e| StoreError::Database(sqlx::Error::Protocol(e)))
+            .map_err(StoreError::from)
     }
 }
 
@@ -49,17 +73,12 @@ pub(super) async fn batch_accepts(
     mut requests: mpsc::Receiver<AcceptRequest>,
 ) {
     while let Some(first) = requests.recv().await {
-        let mut group = vec![first];
-        let mut weight = group[0].0.len();
-        while weight < 4_096 {
-            match requests.try_recv() {
-                Ok(more) => {
-                    weight += more.0.len();
-                    group.push(more);
-                }
-                Err(_) => break,
-            }
-        }
+        let group = rules::gather(
+            first,
+            |(messages, _)| messages.len(),
+            rules::MAX_GROUP,
+            || requests.try_recv().ok(),
+        );
         let all: Vec<&NewMessage> = group.iter().flat_map(|(messages, _)| messages).collect();
         match accept_group(&pool, clock.now(), &all).await {
             Ok(results) => {
@@ -69,10 +88,12 @@ pub(super) async fn batch_accepts(
                 }
             }
             Err(error) => {
-                let message = error.to_string();
-                tracing::error!(error = %message, "accept transaction failed; nothing of the group was stored");
+                tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    "accept transaction failed; nothing of the group was stored"
+                );
                 for (_, reply) in group {
-                    let _ = reply.send(Err(message.clone()));
+                    let _ = reply.send(Err(error.clone()));
                 }
             }
         }
@@ -101,12 +122,9 @@ pub(super) async fn accept_group(
     pool: &PgPool,
     now: Millis,
     messages: &[&NewMessage],
-) -> Result<Vec<Accepted>, sqlx::Error> {
+) -> Result<Vec<Accepted>, GroupError> {
     let mut tx = pool.begin().await?;
-    let status_of = |m: &NewMessage| match m.send_at {
-        Some(at) if at > now => MessageStatus::Scheduled,
-        _ => MessageStatus::Queued,
-    };
+    let status_of = |m: &NewMessage| rules::accepted_status(m.send_at, now);
     let mut blob_refs: HashMap<[u8; 32], (&SharedBlob, i64)> = HashMap::new();
     for m in messages {
         for segment in &m.raw {
@@ -124,7 +142,7 @@ pub(super) async fn accept_group(
         c.senders.push(&m.sender);
         c.subjects.push(&m.subject);
         c.send_ats.push(m.send_at);
-        c.dues.push(m.send_at.unwrap_or(now).max(now));
+        c.dues.push(rules::first_due(m.send_at, now));
         c.keys.push(m.idempotency_key.as_deref());
         c.batches.push(m.batch_id.as_deref());
         c.tags
@@ -192,8 +210,7 @@ pub(super) async fn accept_group(
         .fetch_all(&mut *tx)
         .await?
         {
-            let status =
-                MessageStatus::from_str(row.get::<&str, _>(2)).unwrap_or(MessageStatus::Queued);
+            let status = Unreadable::parse("messages", "status", row.get::<&str, _>(2))?;
             existing.insert(row.get(0), (row.get(1), status));
         }
     }
@@ -267,9 +284,10 @@ pub(super) async fn accept_group(
     }
     insert_events(
         &mut tx,
+        now,
         fresh
             .iter()
-            .map(|m| (m.id.as_str(), now, status_of(m).as_str(), None, None)),
+            .map(|m| (m.id.as_str(), rules::status_event(status_of(m)))),
     )
     .await?;
     if !fresh.is_empty() {

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 
 use self::accept::{AcceptRequest, batch_accepts};
 pub use self::upkeep::Upkeep;
-use super::{Millis, StoreError, WorkSignal};
+use super::{Millis, StoreError, WorkSignal, rules::EventLine};
 use crate::clock::Clock;
 
 pub(super) const CHANNEL: &str = "herald_work";
@@ -150,18 +150,20 @@ pub(super) fn redact(url: &str) -> String {
     }
 }
 
+/// Writes timeline lines (see `rules` for what each change writes), all at `now`, in one statement.
 pub(super) async fn insert_events<'a>(
     tx: &mut Transaction<'_, Postgres>,
-    events: impl IntoIterator<Item = (&'a str, Millis, &'a str, Option<&'a str>, Option<&'a str>)>,
+    now: Millis,
+    events: impl IntoIterator<Item = (&'a str, EventLine<'a>)>,
 ) -> Result<(), sqlx::Error> {
     let (mut ids, mut ats, mut kinds, mut recipients, mut details) =
         (vec![], vec![], vec![], vec![], vec![]);
-    for (id, at, kind, recipient, detail) in events {
+    for (id, line) in events {
         ids.push(id);
-        ats.push(at);
-        kinds.push(kind);
-        recipients.push(recipient);
-        details.push(detail);
+        ats.push(now);
+        kinds.push(line.kind);
+        recipients.push(line.recipient);
+        details.push(line.detail);
     }
     if ids.is_empty() {
         return Ok(());

@@ -5,7 +5,10 @@ use std::time::Duration;
 use sqlx::{Executor, Row};
 
 use super::{CHANNEL, PgStore, insert_events};
-use crate::store::{EVENT_INTERRUPTED, HeartbeatReport, Membership, Millis, NodeInfo, StoreError};
+use crate::store::{
+    HeartbeatReport, Membership, Millis, NodeInfo, StoreError,
+    rules::{self, Interruption, given_back_status_sql},
+};
 
 impl PgStore {
     /// Writes the node's row with `now` as its heartbeat (inserted on the first beat).
@@ -58,14 +61,15 @@ impl PgStore {
                 .collect();
         let mut released = 0;
         if !dead_nodes.is_empty() {
-            let rows = sqlx::query(
-                "UPDATE messages m SET status = CASE WHEN m.attempts > 0 THEN 'deferred' ELSE 'queued' END,
-                 lease_owner = NULL, next_attempt_at = $1
+            let rows = sqlx::query(concat!(
+                "UPDATE messages m SET status = ",
+                given_back_status_sql!(),
+                ", lease_owner = NULL, next_attempt_at = $1
                  FROM (SELECT id, lease_owner FROM messages WHERE lease_owner = ANY($2) AND status = 'sending'
                        FOR UPDATE) old
                  WHERE m.id = old.id
-                 RETURNING m.id, old.lease_owner",
-            )
+                 RETURNING m.id, old.lease_owner"
+            ))
             .bind(now)
             .bind(&dead_nodes)
             .fetch_all(&mut *tx)
@@ -75,26 +79,15 @@ impl PgStore {
                 .into_iter()
                 .map(|row| {
                     let owner: String = row.get(1);
-                    (
-                        row.get(0),
-                        format!(
-                            "interrupted: node {owner} stopped renewing its leases; due again now, not counted \
-                             as an attempt"
-                        ),
-                    )
+                    (row.get(0), Interruption::NodeSilent.detail(Some(&owner)))
                 })
                 .collect();
             insert_events(
                 &mut tx,
-                interrupted.iter().map(|(id, detail)| {
-                    (
-                        id.as_str(),
-                        now,
-                        EVENT_INTERRUPTED,
-                        None,
-                        Some(detail.as_str()),
-                    )
-                }),
+                now,
+                interrupted
+                    .iter()
+                    .map(|(id, detail)| (id.as_str(), rules::interrupted_event(detail))),
             )
             .await?;
             if released > 0 {

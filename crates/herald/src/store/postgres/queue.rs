@@ -3,7 +3,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    str::FromStr,
     time::Duration,
 };
 
@@ -12,19 +11,20 @@ use sqlx::{Executor, Row};
 
 use super::{CHANNEL, PgStore, insert_events};
 use crate::store::{
-    AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, EVENT_INTERRUPTED,
-    EVENT_STALE_OUTCOME, MessageStatus, Millis, RecipientResult, RecipientStatus, StoreError, raw,
-    types::message_status_from,
+    AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, MessageStatus, Millis,
+    RecipientResult, RecipientStatus, StoreError, Unreadable, raw,
+    rules::{
+        self, Interruption, Settled, cancellable_sql, final_recipients_sql, given_back_status_sql,
+        open_recipients_sql,
+    },
 };
 
 /// What recording an outcome does to its message row.
 pub(super) struct MessageUpdate<'a> {
     id: &'a str,
-    status: MessageStatus,
     /// 1 when the outcome counts as an attempt.
     counts: i32,
-    next_attempt_at: Option<Millis>,
-    finished_at: Option<Millis>,
+    settled: Settled,
 }
 
 impl PgStore {
@@ -59,10 +59,12 @@ impl PgStore {
         }
         let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         let mut recipients: HashMap<String, Vec<ClaimedRecipient>> = HashMap::new();
-        for row in sqlx::query(
+        for row in sqlx::query(concat!(
             "SELECT message_id, position, address FROM recipients
-             WHERE message_id = ANY($1) AND status IN ('pending', 'deferred') ORDER BY message_id, position",
-        )
+                 WHERE message_id = ANY($1) AND status IN ",
+            open_recipients_sql!(),
+            " ORDER BY message_id, position"
+        ))
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?
@@ -70,7 +72,10 @@ impl PgStore {
             recipients
                 .entry(row.get(0))
                 .or_default()
-                .push(ClaimedRecipient { position: row.get::<i32, _>(1) as u32, address: row.get(2) });
+                .push(ClaimedRecipient {
+                    position: row.get::<i32, _>(1) as u32,
+                    address: row.get(2),
+                });
         }
         let taken_over: Vec<(&str, String)> = rows
             .iter()
@@ -79,21 +84,19 @@ impl PgStore {
                 let owner: Option<String> = row.get(6);
                 (
                     row.get::<&str, _>(0),
-                    format!(
-                        "interrupted: the lease of node {} ran out; not counted as an attempt",
-                        owner.as_deref().unwrap_or("unknown")
-                    ),
+                    Interruption::LeaseExpired.detail(owner.as_deref()),
                 )
             })
             .collect();
         insert_events(
             &mut tx,
+            now,
             taken_over
                 .iter()
-                .map(|(id, detail)| (*id, now, EVENT_INTERRUPTED, None, Some(detail.as_str())))
+                .map(|(id, detail)| (*id, rules::interrupted_event(detail)))
                 .chain(
                     ids.iter()
-                        .map(|id| (id.as_str(), now, "sending", None, None)),
+                        .map(|id| (id.as_str(), rules::status_event(MessageStatus::Sending))),
                 ),
         )
         .await?;
@@ -105,7 +108,7 @@ impl PgStore {
                 let id: String = row.get(0);
                 wanted.extend(
                     raw::shared_hashes(framed)
-                        .map_err(|reason| StoreError::Corrupt { id, reason })?,
+                        .map_err(|reason| StoreError::CorruptBody { id, reason })?,
                 );
             }
         }
@@ -114,12 +117,12 @@ impl PgStore {
             .map(|row| {
                 let id: String = row.get(0);
                 let framed: Option<Vec<u8>> = row.get(4);
-                let framed = framed.ok_or_else(|| StoreError::Corrupt {
+                let framed = framed.ok_or_else(|| StoreError::CorruptBody {
                     id: id.clone(),
                     reason: "raw body was pruned".into(),
                 })?;
                 let raw = raw::decode(&Bytes::from(framed), &blobs).map_err(|reason| {
-                    StoreError::Corrupt {
+                    StoreError::CorruptBody {
                         id: id.clone(),
                         reason,
                     }
@@ -169,21 +172,14 @@ impl PgStore {
             outcomes.iter().partition(|o| held.contains(&o.id));
         let stale_details: Vec<(&str, String)> = stale
             .iter()
-            .map(|o| {
-                (
-                    o.id.as_str(),
-                    format!(
-                        "from {owner}, which no longer held the lease (not applied): {}",
-                        o.detail
-                    ),
-                )
-            })
+            .map(|o| (o.id.as_str(), rules::stale_outcome_detail(owner, &o.detail)))
             .collect();
         insert_events(
             &mut tx,
+            now,
             stale_details
                 .iter()
-                .map(|(id, detail)| (*id, now, EVENT_STALE_OUTCOME, None, Some(detail.as_str()))),
+                .map(|(id, detail)| (*id, rules::stale_outcome_event(detail))),
         )
         .await?;
         if owned.is_empty() {
@@ -195,14 +191,15 @@ impl PgStore {
             .iter()
             .flat_map(|o| o.recipients.iter().map(move |r| (o.id.as_str(), r)))
             .collect();
-        sqlx::query(
+        sqlx::query(concat!(
             "UPDATE recipients r SET status = u.status, smtp_code = u.code, enhanced_status = u.enhanced,
              reply = u.reply
              FROM UNNEST($1::text[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[])
                   AS u(id, position, status, code, enhanced, reply)
              WHERE r.message_id = u.id AND r.position = u.position
-               AND r.status NOT IN ('delivered', 'failed', 'cancelled')",
-        )
+               AND r.status NOT IN ",
+            final_recipients_sql!()
+        ))
         .bind(results.iter().map(|(id, _)| *id).collect::<Vec<_>>())
         .bind(results.iter().map(|(_, r)| r.position as i32).collect::<Vec<_>>())
         .bind(results.iter().map(|(_, r)| r.status.as_str()).collect::<Vec<_>>())
@@ -213,15 +210,10 @@ impl PgStore {
         .await?;
         insert_events(
             &mut tx,
-            results.iter().map(|(id, r)| {
-                (
-                    *id,
-                    now,
-                    r.status.as_str(),
-                    Some(r.address.as_str()),
-                    r.reply.as_deref(),
-                )
-            }),
+            now,
+            results
+                .iter()
+                .map(|(id, r)| (*id, rules::recipient_event(r))),
         )
         .await?;
 
@@ -233,44 +225,28 @@ impl PgStore {
                 .fetch_all(&mut *tx)
                 .await?
         {
-            if let Ok(status) = RecipientStatus::from_str(row.get::<&str, _>(1)) {
-                statuses.entry(row.get(0)).or_default().push(status);
-            }
+            let status = Unreadable::parse("recipients", "status", row.get::<&str, _>(1))?;
+            statuses.entry(row.get(0)).or_default().push(status);
         }
         let mut gave_up: Vec<&str> = Vec::new();
         let mut updates: Vec<MessageUpdate<'_>> = Vec::with_capacity(owned.len());
         for outcome in &owned {
             let recipients = statuses.get(&outcome.id).map_or(&[][..], Vec::as_slice);
-            let mut status = message_status_from(recipients);
-            // Deferred recipients with no retry time left: the message gave up on them.
-            if matches!(status, MessageStatus::Deferred | MessageStatus::Queued)
-                && outcome.retry_at.is_none()
-            {
+            let settled = rules::settle(recipients, outcome.retry_at, now);
+            if settled.gave_up {
                 gave_up.push(outcome.id.as_str());
-                status = if recipients.contains(&RecipientStatus::Delivered) {
-                    MessageStatus::Delivered
-                } else {
-                    MessageStatus::Failed
-                };
             }
-            let next_attempt_at = if status.is_final() {
-                None
-            } else {
-                outcome.retry_at.or(Some(now))
-            };
             updates.push(MessageUpdate {
                 id: outcome.id.as_str(),
-                status,
                 counts: i32::from(outcome.counts_attempt),
-                next_attempt_at,
-                finished_at: status.is_final().then_some(now),
+                settled,
             });
         }
         if !gave_up.is_empty() {
-            sqlx::query(
-                "UPDATE recipients SET status = 'failed'
-                 WHERE message_id = ANY($1) AND status IN ('pending', 'deferred')",
-            )
+            sqlx::query(concat!(
+                "UPDATE recipients SET status = 'failed' WHERE message_id = ANY($1) AND status IN ",
+                open_recipients_sql!()
+            ))
             .bind(&gave_up)
             .execute(&mut *tx)
             .await?;
@@ -286,33 +262,32 @@ impl PgStore {
         .bind(
             updates
                 .iter()
-                .map(|u| u.status.as_str())
+                .map(|u| u.settled.status.as_str())
                 .collect::<Vec<_>>(),
         )
         .bind(updates.iter().map(|u| u.counts).collect::<Vec<_>>())
         .bind(
             updates
                 .iter()
-                .map(|u| u.next_attempt_at)
+                .map(|u| u.settled.next_attempt_at)
                 .collect::<Vec<_>>(),
         )
-        .bind(updates.iter().map(|u| u.finished_at).collect::<Vec<_>>())
+        .bind(
+            updates
+                .iter()
+                .map(|u| u.settled.finished_at)
+                .collect::<Vec<_>>(),
+        )
         .bind(owner)
         .execute(&mut *tx)
         .await?;
-        let kinds: Vec<String> = updates
-            .iter()
-            .map(|u| format!("attempt_{}", u.status))
-            .collect();
         insert_events(
             &mut tx,
-            owned.iter().zip(&kinds).map(|(outcome, kind)| {
+            now,
+            owned.iter().zip(&updates).map(|(outcome, update)| {
                 (
                     outcome.id.as_str(),
-                    now,
-                    kind.as_str(),
-                    None,
-                    Some(outcome.detail.as_str()),
+                    rules::attempt_event(update.settled.status, &outcome.detail),
                 )
             }),
         )
@@ -324,23 +299,26 @@ impl PgStore {
     pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, StoreError> {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
+        let done = sqlx::query(concat!(
             "UPDATE messages SET status = 'cancelled', next_attempt_at = NULL, finished_at = $1
-             WHERE id = $2 AND status IN ('scheduled', 'queued', 'deferred')",
-        )
+             WHERE id = $2 AND status IN ",
+            cancellable_sql!()
+        ))
         .bind(now)
         .bind(id)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         let outcome = if done == 1 {
-            sqlx::query(
-                "UPDATE recipients SET status = 'cancelled' WHERE message_id = $1 AND status IN ('pending', 'deferred')",
-            )
+            sqlx::query(concat!(
+                "UPDATE recipients SET status = 'cancelled' WHERE message_id = $1 AND status IN ",
+                open_recipients_sql!()
+            ))
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            insert_events(&mut tx, [(id, now, "cancelled", None, None)]).await?;
+            let line = rules::status_event(MessageStatus::Cancelled);
+            insert_events(&mut tx, now, [(id, line)]).await?;
             CancelOutcome::Cancelled
         } else {
             match sqlx::query("SELECT status FROM messages WHERE id = $1")
@@ -349,10 +327,11 @@ impl PgStore {
                 .await?
             {
                 None => CancelOutcome::NotFound,
-                Some(row) => CancelOutcome::NotCancellable(
-                    MessageStatus::from_str(row.get::<&str, _>(0))
-                        .unwrap_or(MessageStatus::Sending),
-                ),
+                Some(row) => CancelOutcome::NotCancellable(Unreadable::parse(
+                    "messages",
+                    "status",
+                    row.get::<&str, _>(0),
+                )?),
             }
         };
         tx.commit().await?;
@@ -361,10 +340,11 @@ impl PgStore {
 
     pub async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let released = sqlx::query(
-            "UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
-             lease_owner = NULL, next_attempt_at = $1 WHERE lease_owner = $2 AND status = 'sending'",
-        )
+        let released = sqlx::query(concat!(
+            "UPDATE messages SET status = ",
+            given_back_status_sql!(),
+            ", lease_owner = NULL, next_attempt_at = $1 WHERE lease_owner = $2 AND status = 'sending'"
+        ))
         .bind(self.clock.now())
         .bind(owner)
         .execute(&mut *tx)

@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    str::FromStr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -12,12 +11,13 @@ use std::{
 
 use super::{
     SqliteStore,
-    raw_db::{DbResult, RawDb, Value},
-    writer::{WriteOp, event},
+    raw_db::{RawDb, Value},
+    writer::{WriteOp, WriteResult, event},
 };
 use crate::store::{
-    Accepted, MessageStatus, Millis, NewMessage, StoreError,
+    Accepted, MessageStatus, Millis, NewMessage, StoreError, Unreadable,
     raw::{self, RawSegment, SharedBlob},
+    rules,
     search::index_terms,
 };
 
@@ -46,7 +46,7 @@ pub(super) struct CreatedOrder {
 impl CreatedOrder {
     /// Called before storing a message created at `now`: a clock that went back breaks the order for good,
     /// recorded in the same transaction (and at once in memory, so no search relies on it from now on).
-    fn check(&mut self, db: &mut RawDb, now: Millis) -> DbResult<()> {
+    fn check(&mut self, db: &mut RawDb, now: Millis) -> WriteResult<()> {
         if now < self.latest && self.in_order.load(Ordering::Relaxed) {
             self.in_order.store(false, Ordering::Relaxed);
             db.stmt("UPDATE store_facts SET value = 1 WHERE name = 'created_out_of_order'")?
@@ -62,7 +62,7 @@ pub(super) fn accept(
     order: &mut CreatedOrder,
     messages: &[NewMessage],
     now: Millis,
-) -> DbResult<Vec<Accepted>> {
+) -> WriteResult<Vec<Accepted>> {
     let mut results = Vec::with_capacity(messages.len());
     // Shared parts used by the messages stored now, with how many use each (one write per blob per op).
     let mut blob_refs: HashMap<[u8; 32], (&SharedBlob, i64)> = HashMap::new();
@@ -72,14 +72,14 @@ pub(super) fn accept(
         if let Some(key) = message.idempotency_key.as_deref() {
             // Idempotency: a key seen before returns the message it made; nothing new is queued.
             let existing = made_here.get(key).cloned().map_or_else(
-                || -> DbResult<Option<(String, MessageStatus)>> {
+                || -> WriteResult<Option<(String, MessageStatus)>> {
                     let mut q =
                         db.stmt("SELECT id, status FROM messages WHERE idempotency_key = ?1")?;
                     q.bind([key.into()])?;
                     Ok(if q.step()? {
                         Some((
                             q.text(0),
-                            MessageStatus::from_str(&q.text(1)).unwrap_or(MessageStatus::Queued),
+                            Unreadable::parse("messages", "status", &q.str(1))?,
                         ))
                     } else {
                         None
@@ -92,10 +92,7 @@ pub(super) fn accept(
                 continue;
             }
         }
-        let status = match message.send_at {
-            Some(at) if at > now => MessageStatus::Scheduled,
-            _ => MessageStatus::Queued,
-        };
+        let status = rules::accepted_status(message.send_at, now);
         if let Some(key) = message.idempotency_key.as_deref() {
             made_here.insert(key, (message.id.clone(), status));
         }
@@ -121,7 +118,7 @@ pub(super) fn accept(
             Value::Text(&message.subject),
             now.into(),
             message.send_at.into(),
-            message.send_at.unwrap_or(now).max(now).into(),
+            rules::first_due(message.send_at, now).into(),
             message.idempotency_key.as_deref().into(),
             message.batch_id.as_deref().into(),
             Value::Text(&tags),
@@ -168,7 +165,7 @@ pub(super) fn accept(
             .bind([Value::Text(tag), now.into(), Value::Text(&message.id)])?
             .execute()?;
         }
-        event(db, &message.id, now, status.as_str(), None, None)?;
+        event(db, &message.id, now, rules::status_event(status))?;
         results.push(Accepted::New {
             id: message.id.clone(),
             status,

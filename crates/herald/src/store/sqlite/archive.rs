@@ -11,8 +11,8 @@ use sqlx::Row;
 
 use super::{
     Param, SqliteStore,
-    raw_db::{DbResult, RawDb, Value},
-    writer::WriteOp,
+    raw_db::{RawDb, Value},
+    writer::{WriteOp, WriteResult},
 };
 use crate::store::{
     MessageView, Millis, StoreError,
@@ -128,7 +128,7 @@ impl SqliteStore {
     }
 }
 
-pub(super) fn prune(db: &mut RawDb, finished_before: Millis) -> DbResult<u64> {
+pub(super) fn prune(db: &mut RawDb, finished_before: Millis) -> WriteResult<u64> {
     let mut pruned = Vec::new();
     {
         let mut q = db.stmt(

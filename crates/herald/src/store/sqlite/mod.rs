@@ -23,6 +23,8 @@ mod search;
 mod templates;
 mod writer;
 
+pub use self::raw_db::SqliteError;
+
 use std::{
     borrow::Cow,
     path::{Path, PathBuf},
@@ -42,7 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::{
     accept::CreatedOrder,
     raw_db::{RawDb, Value},
-    writer::{WAL_SIZE_LIMIT, WriteOp, Writer, checkpoint_loop},
+    writer::{WAL_SIZE_LIMIT, WriteOp, WriteResult, Writer, checkpoint_loop},
 };
 use super::{Millis, StoreError, WorkSignal};
 use crate::clock::Clock;
@@ -61,7 +63,7 @@ impl SqliteOptions {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
-            max_group: 4_096,
+            max_group: super::rules::MAX_GROUP,
             read_connections: 4,
         }
     }
@@ -216,9 +218,9 @@ impl SqliteStore {
                 source,
             })?;
         drop(write_conn);
-        let open_error = |e: raw_db::DbError| StoreError::Open {
+        let open_error = |source| StoreError::OpenWriter {
             url: options.path.display().to_string(),
-            source: sqlx::Error::Protocol(e.to_string()),
+            source,
         };
         let db = RawDb::open(&options.path).map_err(open_error)?;
         // Same durability as the sqlx connections (see connect_options). Checkpoints are not the writer's
@@ -251,9 +253,9 @@ impl SqliteStore {
                 in_order: created_in_order.clone(),
             },
         };
-        let spawn_error = |e| StoreError::Open {
+        let spawn_error = |source| StoreError::Thread {
             url: options.path.display().to_string(),
-            source: sqlx::Error::Io(e),
+            source,
         };
         std::thread::Builder::new()
             .name("herald-store-writer".into())
@@ -275,7 +277,7 @@ impl SqliteStore {
 
     async fn call<T>(
         &self,
-        op: impl FnOnce(oneshot::Sender<Result<T, String>>) -> WriteOp,
+        op: impl FnOnce(oneshot::Sender<WriteResult<T>>) -> WriteOp,
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writer
@@ -285,7 +287,7 @@ impl SqliteStore {
         answer
             .await
             .map_err(|_| StoreError::Closed)?
-            .map_err(|e| StoreError::Database(sqlx::Error::Protocol(e)))
+            .map_err(StoreError::from)
     }
 
     /// Whether the database answers (for `/readyz`).

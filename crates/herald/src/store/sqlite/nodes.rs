@@ -8,10 +8,13 @@ use std::{
 
 use super::{
     SqliteStore,
-    raw_db::{DbResult, RawDb, Value},
-    writer::{WriteOp, event},
+    raw_db::{RawDb, Value},
+    writer::{WriteOp, WriteResult, event},
 };
-use crate::store::{EVENT_INTERRUPTED, HeartbeatReport, Membership, Millis, NodeInfo, StoreError};
+use crate::store::{
+    HeartbeatReport, Membership, Millis, NodeInfo, StoreError,
+    rules::{self, Interruption, given_back_status_sql},
+};
 
 impl SqliteStore {
     /// Makes this process the one serving the file: takes the exclusive lock on `<database>.lock` (refusing if
@@ -89,7 +92,7 @@ pub(super) fn lock_database(path: &Path, node: &NodeInfo) -> Result<std::fs::Fil
 
 /// Every `sending` message becomes due now, with an interrupted attempt on its timeline that does not count
 /// (attempts unchanged). Only called by the process holding the database's lock, so their owners are dead.
-pub(super) fn recover(db: &mut RawDb, now: Millis) -> DbResult<u64> {
+pub(super) fn recover(db: &mut RawDb, now: Millis) -> WriteResult<u64> {
     let mut interrupted = Vec::new();
     {
         let mut q = db.stmt(
@@ -100,16 +103,15 @@ pub(super) fn recover(db: &mut RawDb, now: Millis) -> DbResult<u64> {
         }
     }
     for (id, owner) in &interrupted {
-        db.stmt(
-            "UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
-             lease_owner = NULL, next_attempt_at = ?1 WHERE id = ?2",
-        )?
+        db.stmt(concat!(
+            "UPDATE messages SET status = ",
+            given_back_status_sql!(),
+            ", lease_owner = NULL, next_attempt_at = ?1 WHERE id = ?2"
+        ))?
         .bind([now.into(), Value::Text(id)])?
         .execute()?;
-        let detail = format!(
-            "interrupted: node {owner} stopped while delivering it; due again now, not counted as an attempt"
-        );
-        event(db, id, now, EVENT_INTERRUPTED, None, Some(&detail))?;
+        let detail = Interruption::ProcessStopped.detail(Some(owner));
+        event(db, id, now, rules::interrupted_event(&detail))?;
     }
     Ok(interrupted.len() as u64)
 }

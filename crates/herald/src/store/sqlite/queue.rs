@@ -1,19 +1,22 @@
 //! The queue on SQLite: claiming due messages under a lease, recording attempt outcomes, cancelling, giving
 //! back and renewing leases, and when the next message is due.
 
-use std::{collections::HashSet, str::FromStr, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use bytes::Bytes;
 use sqlx::Row;
 
 use super::{
     SqliteStore,
-    raw_db::{DbResult, RawDb, Value},
-    writer::{WriteOp, event},
+    raw_db::{RawDb, Value},
+    writer::{WriteOp, WriteResult, event},
 };
 use crate::store::{
-    AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, EVENT_STALE_OUTCOME,
-    MessageStatus, Millis, RecipientStatus, StoreError, raw, types::message_status_from,
+    AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, MessageStatus, Millis,
+    StoreError, Unreadable, raw,
+    rules::{
+        self, cancellable_sql, final_recipients_sql, given_back_status_sql, open_recipients_sql,
+    },
 };
 
 /// A claimed row before its shared blobs are resolved (outside the writer, by the caller's task).
@@ -51,10 +54,11 @@ impl SqliteStore {
         let mut wanted = HashSet::new();
         for message in &claimed {
             if let Some(framed) = &message.raw {
-                let hashes = raw::shared_hashes(framed).map_err(|reason| StoreError::Corrupt {
-                    id: message.id.clone(),
-                    reason,
-                })?;
+                let hashes =
+                    raw::shared_hashes(framed).map_err(|reason| StoreError::CorruptBody {
+                        id: message.id.clone(),
+                        reason,
+                    })?;
                 wanted.extend(hashes);
             }
         }
@@ -65,14 +69,14 @@ impl SqliteStore {
                 let raw = match c.raw {
                     Some(framed) => {
                         raw::decode(&Bytes::from(framed), &blobs).map_err(|reason| {
-                            StoreError::Corrupt {
+                            StoreError::CorruptBody {
                                 id: c.id.clone(),
                                 reason,
                             }
                         })?
                     }
                     None => {
-                        return Err(StoreError::Corrupt {
+                        return Err(StoreError::CorruptBody {
                             id: c.id,
                             reason: "raw body was pruned".into(),
                         });
@@ -163,7 +167,7 @@ pub(super) fn claim(
     now: Millis,
     lease_until: Millis,
     limit: u32,
-) -> DbResult<Vec<Claimed>> {
+) -> WriteResult<Vec<Claimed>> {
     // Due = next_attempt_at passed: queued, deferred, scheduled whose time came, or sending with an expired
     // lease (its worker died). The partial index makes this a range scan whatever the queue length.
     let mut claimed = Vec::new();
@@ -193,10 +197,12 @@ pub(super) fn claim(
     }
     for message in &mut claimed {
         {
-            let mut q = db.stmt(
+            let mut q = db.stmt(concat!(
                 "SELECT position, address FROM recipients
-                 WHERE message_id = ?1 AND status IN ('pending', 'deferred') ORDER BY position",
-            )?;
+                 WHERE message_id = ?1 AND status IN ",
+                open_recipients_sql!(),
+                " ORDER BY position"
+            ))?;
             q.bind([Value::Text(&message.id)])?;
             while q.step()? {
                 message.recipients.push(ClaimedRecipient {
@@ -205,7 +211,12 @@ pub(super) fn claim(
                 });
             }
         }
-        event(db, &message.id, now, "sending", None, None)?;
+        event(
+            db,
+            &message.id,
+            now,
+            rules::status_event(MessageStatus::Sending),
+        )?;
     }
     Ok(claimed)
 }
@@ -215,7 +226,8 @@ pub(super) fn record(
     owner: &str,
     outcomes: &[AttemptOutcome],
     now: Millis,
-) -> DbResult<()> {
+) -> WriteResult<()> {
+    let mut statuses = Vec::new();
     for outcome in outcomes {
         let id = outcome.id.as_str();
         // Only the lease holder records: a node that lost the lease (taken over, or released as dead) would
@@ -227,18 +239,16 @@ pub(super) fn record(
             .bind([id.into(), owner.into()])?
             .step()?;
         if !holds_lease {
-            let detail = format!(
-                "from {owner}, which no longer held the lease (not applied): {}",
-                outcome.detail
-            );
-            event(db, id, now, EVENT_STALE_OUTCOME, None, Some(&detail))?;
+            let detail = rules::stale_outcome_detail(owner, &outcome.detail);
+            event(db, id, now, rules::stale_outcome_event(&detail))?;
             continue;
         }
         for r in &outcome.recipients {
-            db.stmt(
+            db.stmt(concat!(
                 "UPDATE recipients SET status = ?1, smtp_code = ?2, enhanced_status = ?3, reply = ?4
-                 WHERE message_id = ?5 AND position = ?6 AND status NOT IN ('delivered', 'failed', 'cancelled')",
-            )?
+                 WHERE message_id = ?5 AND position = ?6 AND status NOT IN ",
+                final_recipients_sql!()
+            ))?
             .bind([
                 r.status.as_str().into(),
                 r.smtp_code.map(i64::from).into(),
@@ -248,89 +258,101 @@ pub(super) fn record(
                 i64::from(r.position).into(),
             ])?
             .execute()?;
-            let position = r.position.to_string();
-            event(
-                db,
-                id,
-                now,
-                r.status.as_str(),
-                Some(&position),
-                r.reply.as_deref(),
-            )?;
+            event(db, id, now, rules::recipient_event(r))?;
         }
-        let mut statuses = Vec::new();
+        statuses.clear();
         {
             let mut q = db.stmt("SELECT status FROM recipients WHERE message_id = ?1")?;
             q.bind([id.into()])?;
             while q.step()? {
-                if let Ok(status) = RecipientStatus::from_str(&q.text(0)) {
-                    statuses.push(status);
-                }
+                statuses.push(Unreadable::parse("recipients", "status", &q.str(0))?);
             }
         }
-        let mut status = message_status_from(&statuses);
-        // Deferred recipients with no retry time left: the message gave up on them.
-        if matches!(status, MessageStatus::Deferred | MessageStatus::Queued)
-            && outcome.retry_at.is_none()
-        {
-            db.stmt(
-                "UPDATE recipients SET status = 'failed' WHERE message_id = ?1 AND status IN ('pending', 'deferred')",
-            )?
+        let settled = rules::settle(&statuses, outcome.retry_at, now);
+        if settled.gave_up {
+            db.stmt(concat!(
+                "UPDATE recipients SET status = 'failed' WHERE message_id = ?1 AND status IN ",
+                open_recipients_sql!()
+            ))?
             .bind([id.into()])?
             .execute()?;
-            status = if statuses.contains(&RecipientStatus::Delivered) {
-                MessageStatus::Delivered
-            } else {
-                MessageStatus::Failed
-            };
         }
-        let next_attempt_at = if status.is_final() {
-            None
-        } else {
-            outcome.retry_at.or(Some(now))
-        };
-        let finished_at = status.is_final().then_some(now);
         db.stmt(
             "UPDATE messages SET status = ?1, attempts = attempts + ?6, next_attempt_at = ?2, lease_owner = NULL,
              finished_at = ?3 WHERE id = ?4 AND lease_owner = ?5",
         )?
         .bind([
-            status.as_str().into(),
-            next_attempt_at.into(),
-            finished_at.into(),
+            settled.status.as_str().into(),
+            settled.next_attempt_at.into(),
+            settled.finished_at.into(),
             id.into(),
             owner.into(),
             i64::from(outcome.counts_attempt).into(),
         ])?
         .execute()?;
-        let kind = format!("attempt_{status}");
-        event(db, id, now, &kind, None, Some(&outcome.detail))?;
+        event(
+            db,
+            id,
+            now,
+            rules::attempt_event(settled.status, &outcome.detail),
+        )?;
     }
     Ok(())
 }
 
-pub(super) fn cancel(db: &mut RawDb, id: &str, now: Millis) -> DbResult<CancelOutcome> {
+pub(super) fn cancel(db: &mut RawDb, id: &str, now: Millis) -> WriteResult<CancelOutcome> {
     let done = db
-        .stmt(
+        .stmt(concat!(
             "UPDATE messages SET status = 'cancelled', next_attempt_at = NULL, finished_at = ?1
-             WHERE id = ?2 AND status IN ('scheduled', 'queued', 'deferred')",
-        )?
+             WHERE id = ?2 AND status IN ",
+            cancellable_sql!()
+        ))?
         .bind([now.into(), id.into()])?
         .execute()?;
     if done == 1 {
-        db.stmt("UPDATE recipients SET status = 'cancelled' WHERE message_id = ?1 AND status IN ('pending', 'deferred')")?
-            .bind([id.into()])?
-            .execute()?;
-        event(db, id, now, "cancelled", None, None)?;
+        db.stmt(concat!(
+            "UPDATE recipients SET status = 'cancelled' WHERE message_id = ?1 AND status IN ",
+            open_recipients_sql!()
+        ))?
+        .bind([id.into()])?
+        .execute()?;
+        event(db, id, now, rules::status_event(MessageStatus::Cancelled))?;
         return Ok(CancelOutcome::Cancelled);
     }
     let mut q = db.stmt("SELECT status FROM messages WHERE id = ?1")?;
     q.bind([id.into()])?;
     Ok(if q.step()? {
-        CancelOutcome::NotCancellable(
-            MessageStatus::from_str(&q.text(0)).unwrap_or(MessageStatus::Sending),
-        )
+        CancelOutcome::NotCancellable(Unreadable::parse("messages", "status", &q.str(0))?)
     } else {
         CancelOutcome::NotFound
     })
+}
+
+/// Gives back every lease `owner` holds: those messages are due again at once, as they were before the claim.
+pub(super) fn release(db: &mut RawDb, owner: &str, now: Millis) -> WriteResult<u64> {
+    Ok(db
+        .stmt(concat!(
+            "UPDATE messages SET status = ",
+            given_back_status_sql!(),
+            ", lease_owner = NULL, next_attempt_at = ?1 WHERE lease_owner = ?2 AND status = 'sending'"
+        ))?
+        .bind([now.into(), owner.into()])?
+        .execute()?)
+}
+
+/// Extends the leases `owner` still holds on `ids` to `until`.
+pub(super) fn renew(
+    db: &mut RawDb,
+    owner: &str,
+    until: Millis,
+    ids: &[String],
+) -> WriteResult<u64> {
+    let ids = serde_json::to_string(ids).expect("a list of strings is JSON");
+    Ok(db
+        .stmt(
+            "UPDATE messages SET next_attempt_at = ?1
+             WHERE id IN (SELECT value FROM json_each(?3)) AND lease_owner = ?2 AND status = 'sending'",
+        )?
+        .bind([until.into(), owner.into(), Value::Text(&ids)])?
+        .execute()?)
 }

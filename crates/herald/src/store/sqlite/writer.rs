@@ -11,12 +11,36 @@ use super::{
     archive::prune,
     nodes::recover,
     queue::{Claimed, cancel, claim, record},
-    raw_db::{self, DbResult, RawDb, Value},
+    queue::{release, renew},
+    raw_db::{DbResult, RawDb, SqliteError},
 };
 use crate::{
     clock::Clock,
-    store::{Accepted, AttemptOutcome, CancelOutcome, Millis, NewMessage},
+    store::{
+        Accepted, AttemptOutcome, CancelOutcome, Millis, NewMessage, StoreError, Unreadable,
+        rules::{self, EventLine},
+    },
 };
+
+/// Why a write op failed in the writer. Clone: one failed group commit answers every caller in the group.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(super) enum WriteError {
+    #[error(transparent)]
+    Sqlite(#[from] SqliteError),
+    #[error(transparent)]
+    Corrupt(#[from] Unreadable),
+}
+
+impl From<WriteError> for StoreError {
+    fn from(error: WriteError) -> Self {
+        match error {
+            WriteError::Sqlite(error) => StoreError::Sqlite(error),
+            WriteError::Corrupt(error) => StoreError::Corrupt(error),
+        }
+    }
+}
+
+pub(super) type WriteResult<T> = Result<T, WriteError>;
 
 /// One request to the writer task.
 pub(super) enum WriteOp {
@@ -24,44 +48,44 @@ pub(super) enum WriteOp {
     Execute {
         sql: &'static str,
         params: Vec<Param>,
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<WriteResult<u64>>,
     },
     Accept {
         messages: Vec<NewMessage>,
-        reply: oneshot::Sender<Result<Vec<Accepted>, String>>,
+        reply: oneshot::Sender<WriteResult<Vec<Accepted>>>,
     },
     Claim {
         owner: String,
         lease: Duration,
         limit: u32,
-        reply: oneshot::Sender<Result<Vec<Claimed>, String>>,
+        reply: oneshot::Sender<WriteResult<Vec<Claimed>>>,
     },
     Record {
         owner: String,
         outcomes: Vec<AttemptOutcome>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<WriteResult<()>>,
     },
     Cancel {
         id: String,
-        reply: oneshot::Sender<Result<CancelOutcome, String>>,
+        reply: oneshot::Sender<WriteResult<CancelOutcome>>,
     },
     Release {
         owner: String,
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<WriteResult<u64>>,
     },
     Renew {
         owner: String,
         lease: Duration,
         ids: Vec<String>,
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<WriteResult<u64>>,
     },
     /// Takes back every `sending` message (the previous owner of the file died).
     Recover {
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<WriteResult<u64>>,
     },
     Prune {
         finished_before: Millis,
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<WriteResult<u64>>,
     },
 }
 
@@ -98,7 +122,7 @@ pub(super) fn checkpoint_loop(mut db: RawDb, written: std::sync::mpsc::Receiver<
 }
 
 /// Runs a PASSIVE checkpoint; answers how many frames the WAL holds.
-pub(super) fn wal_frames_after_passive_checkpoint(db: &mut RawDb) -> Result<i64, raw_db::DbError> {
+pub(super) fn wal_frames_after_passive_checkpoint(db: &mut RawDb) -> DbResult<i64> {
     let mut stmt = db.stmt("PRAGMA wal_checkpoint(PASSIVE)")?;
     // One row: busy, frames in the WAL, frames copied.
     Ok(if stmt.step()? { stmt.int(1) } else { 0 })
@@ -118,17 +142,9 @@ impl Writer {
     pub(super) fn run(mut self, mut ops: mpsc::Receiver<WriteOp>) {
         while let Some(first) = ops.blocking_recv() {
             // Group commit: everything already waiting joins this transaction, up to the bound.
-            let mut weight = first.weight();
-            let mut group = vec![first];
-            while weight < self.max_group {
-                match ops.try_recv() {
-                    Ok(op) => {
-                        weight += op.weight();
-                        group.push(op);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let group = rules::gather(first, WriteOp::weight, self.max_group, || {
+                ops.try_recv().ok()
+            });
             self.apply(group);
             let _ = self.written.send(());
         }
@@ -137,12 +153,12 @@ impl Writer {
     fn apply(&mut self, group: Vec<WriteOp>) {
         let now = self.clock.now();
         let mut answers = Vec::with_capacity(group.len());
-        let result = (|| {
+        let result = (|| -> WriteResult<()> {
             self.db.exec("BEGIN IMMEDIATE")?;
             for op in &group {
                 answers.push(apply_one(&mut self.db, &mut self.order, op, now)?);
             }
-            self.db.exec("COMMIT")
+            Ok(self.db.exec("COMMIT")?)
         })();
         match result {
             Ok(()) => {
@@ -153,10 +169,13 @@ impl Writer {
             Err(error) => {
                 // Nothing of the group was committed: every caller hears the error, none is told "stored".
                 let _ = self.db.exec("ROLLBACK");
-                let message = error.to_string();
-                tracing::error!(error = %message, ops = group.len(), "store write failed; group rolled back");
+                tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    ops = group.len(),
+                    "store write failed; group rolled back"
+                );
                 for op in group {
-                    op.answer(Err(message.clone()));
+                    op.answer(Err(error.clone()));
                 }
             }
         }
@@ -181,7 +200,7 @@ impl WriteOp {
         }
     }
 
-    fn answer(self, result: Result<Answer, String>) {
+    fn answer(self, result: WriteResult<Answer>) {
         // A caller that went away (request timed out) just doesn't hear the answer; the write stands.
         match (self, result) {
             (WriteOp::Accept { reply, .. }, Ok(Answer::Accepted(v))) => drop(reply.send(Ok(v))),
@@ -218,65 +237,55 @@ pub(super) fn apply_one(
     order: &mut CreatedOrder,
     op: &WriteOp,
     now: Millis,
-) -> DbResult<Answer> {
+) -> WriteResult<Answer> {
     Ok(match op {
-        WriteOp::Execute { sql, params, .. } => {
-            Answer::Count(db.stmt(sql)?.bind(params.iter().map(Param::value))?.execute()?)
-        }
+        WriteOp::Execute { sql, params, .. } => Answer::Count(
+            db.stmt(sql)?
+                .bind(params.iter().map(Param::value))?
+                .execute()?,
+        ),
         WriteOp::Accept { messages, .. } => Answer::Accepted(accept(db, order, messages, now)?),
-        WriteOp::Claim { owner, lease, limit, .. } => {
-            Answer::Claimed(claim(db, owner, now, now + lease.as_millis() as Millis, *limit)?)
-        }
-        WriteOp::Record { owner, outcomes, .. } => {
+        WriteOp::Claim {
+            owner,
+            lease,
+            limit,
+            ..
+        } => Answer::Claimed(claim(
+            db,
+            owner,
+            now,
+            now + lease.as_millis() as Millis,
+            *limit,
+        )?),
+        WriteOp::Record {
+            owner, outcomes, ..
+        } => {
             record(db, owner, outcomes, now)?;
             Answer::Unit
         }
         WriteOp::Cancel { id, .. } => Answer::Cancel(cancel(db, id, now)?),
-        WriteOp::Release { owner, .. } => Answer::Count(
-            db.stmt(
-                "UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
-                 lease_owner = NULL, next_attempt_at = ?1 WHERE lease_owner = ?2 AND status = 'sending'",
-            )?
-            .bind([now.into(), owner.into()])?
-            .execute()?,
-        ),
-        WriteOp::Prune { finished_before, .. } => Answer::Count(prune(db, *finished_before)?),
-        WriteOp::Renew { owner, lease, ids, .. } => {
-            let ids = serde_json::to_string(ids).expect("a list of strings is JSON");
-            Answer::Count(
-                db.stmt(
-                    "UPDATE messages SET next_attempt_at = ?1
-                     WHERE id IN (SELECT value FROM json_each(?3)) AND lease_owner = ?2 AND status = 'sending'",
-                )?
-                .bind([
-                    (now + lease.as_millis() as Millis).into(),
-                    owner.into(),
-                    Value::Text(&ids),
-                ])?
-                .execute()?,
-            )
-        }
+        WriteOp::Release { owner, .. } => Answer::Count(release(db, owner, now)?),
+        WriteOp::Prune {
+            finished_before, ..
+        } => Answer::Count(prune(db, *finished_before)?),
+        WriteOp::Renew {
+            owner, lease, ids, ..
+        } => Answer::Count(renew(db, owner, now + lease.as_millis() as Millis, ids)?),
         WriteOp::Recover { .. } => Answer::Count(recover(db, now)?),
     })
 }
 
-pub(super) fn event(
-    db: &mut RawDb,
-    id: &str,
-    now: Millis,
-    kind: &str,
-    recipient: Option<&str>,
-    detail: Option<&str>,
-) -> DbResult<()> {
+/// Writes one timeline line (see `rules` for what each change writes).
+pub(super) fn event(db: &mut RawDb, id: &str, now: Millis, line: EventLine<'_>) -> DbResult<()> {
     db.stmt(
         "INSERT INTO events (message_id, at, type, recipient, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .bind([
         id.into(),
         now.into(),
-        kind.into(),
-        recipient.into(),
-        detail.into(),
+        line.kind.into(),
+        line.recipient.into(),
+        line.detail.into(),
     ])?
     .execute()?;
     Ok(())
