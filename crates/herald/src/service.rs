@@ -224,7 +224,7 @@ impl Service {
             .iter()
             .map(|r| NewRecipient {
                 address: r.address.clone(),
-                kind: r.kind.parse().unwrap_or(RecipientKind::To),
+                kind: r.kind,
             })
             .collect();
         let mut metadata = view.metadata.clone();

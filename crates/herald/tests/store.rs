@@ -11,8 +11,8 @@ use herald::{
     clock::Clock,
     store::{
         Accepted, AttemptOutcome, CancelOutcome, MessageStatus, NewMessage, RawSegment,
-        RecipientResult, RecipientStatus, SearchPage, SearchQuery, SharedBlob, Store,
-        TemplateSource,
+        RecipientResult, RecipientStatus, SearchPage, SearchQuery, SharedBlob, Store, StoreError,
+        TemplateSource, Unreadable,
     },
 };
 
@@ -30,6 +30,7 @@ on_both_stores!(
     releasing_leases_makes_messages_due_at_once,
     templates_and_tokens_are_stored,
     the_timeline_names_each_recipient_by_address,
+    an_unreadable_value_is_a_corrupt_error_not_a_guess,
 );
 
 fn message(n: usize, recipients: &[&str]) -> NewMessage {
@@ -335,6 +336,78 @@ async fn the_timeline_names_each_recipient_by_address(t: TestStore) {
             ),
             ("attempt_deferred", None, Some("1 delivered, 1 deferred")),
         ]
+    );
+}
+
+/// Runs one statement on the test's database, beside the store (to write what Herald itself never writes).
+async fn execute_directly(t: &TestStore, sql: &'static str) {
+    use sqlx::Connection;
+    match t.backend {
+        Backend::Sqlite => {
+            let url = format!("sqlite://{}", t.dir.path().join("herald.db").display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(t.pg_url.as_deref().unwrap())
+                .await
+                .unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+    }
+}
+
+/// A status or kind this code does not know is refused, naming where it is, instead of read as `queued`.
+async fn an_unreadable_value_is_a_corrupt_error_not_a_guess(t: TestStore) {
+    t.store
+        .accept(vec![message(1, &["ann@example.test"])])
+        .await
+        .unwrap();
+    let claimed = t
+        .store
+        .claim("w1", Duration::from_secs(300), 10)
+        .await
+        .unwrap();
+    execute_directly(
+        &t,
+        "UPDATE recipients SET kind = 'resent-to', status = 'bounced'",
+    )
+    .await;
+    let read = t.store.message("msg-000001").await.unwrap_err();
+    assert!(
+        matches!(
+            &read,
+            StoreError::Corrupt(Unreadable { table: "recipients", column: "kind", value })
+                if value == "resent-to"
+        ),
+        "{read:?}"
+    );
+    // On the write path too (inside the SQLite writer, in the PostgreSQL transaction): nothing is recorded.
+    let recorded = t
+        .store
+        .record(
+            "w1",
+            vec![AttemptOutcome {
+                id: claimed[0].id.clone(),
+                recipients: vec![],
+                retry_at: Some(T0 + 60_000),
+                detail: "relay down".into(),
+                counts_attempt: false,
+            }],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &recorded,
+            StoreError::Corrupt(Unreadable { table: "recipients", column: "status", value })
+                if value == "bounced"
+        ),
+        "{recorded:?}"
+    );
+    assert_eq!(
+        recorded.to_string(),
+        r#"unreadable value "bounced" in recipients.status"#
     );
 }
 

@@ -32,7 +32,9 @@ use crate::{
     dashboard,
     delivery::RelayBoard,
     service::{Service, SubmitError, format_rfc3339, join, parse_rfc3339},
-    store::{Accepted, CancelOutcome, MessageStatus, MessageView, SearchQuery, StoreError},
+    store::{
+        Accepted, CancelOutcome, MessageStatus, MessageView, RecipientKind, SearchQuery, StoreError,
+    },
 };
 
 /// What every handler shares.
@@ -414,7 +416,7 @@ fn view_json(view: MessageView) -> Value {
     let to: Vec<&str> = view
         .recipients
         .iter()
-        .filter(|r| r.kind != "bcc")
+        .filter(|r| r.kind != RecipientKind::Bcc)
         .map(|r| r.address.as_str())
         .collect();
     json!({
@@ -609,7 +611,7 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::InvalidQuery(message) => ApiError::invalid("cursor", message),
             other => {
-                tracing::error!(error = %other, "store error");
+                tracing::error!(error = &other as &dyn std::error::Error, "store error");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",

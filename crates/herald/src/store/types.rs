@@ -238,7 +238,8 @@ pub struct AttemptOutcome {
     pub counts_attempt: bool,
 }
 
-/// One line of a message's timeline.
+/// One line of a message's timeline. Its kind stays text: besides the store's own kinds (see `rules`), callers
+/// add theirs (`resent`, through `append_event`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Event {
     pub at: Millis,
@@ -253,8 +254,8 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RecipientView {
     pub address: String,
-    pub kind: String,
-    pub status: String,
+    pub kind: RecipientKind,
+    pub status: RecipientStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smtp_code: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -267,7 +268,7 @@ pub struct RecipientView {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MessageView {
     pub id: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub created_at: Millis,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_at: Option<Millis>,
@@ -286,7 +287,7 @@ pub struct MessageView {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MessageSummary {
     pub id: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub created_at: Millis,
     pub from: String,
     pub subject: String,

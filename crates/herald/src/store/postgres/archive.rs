@@ -127,11 +127,15 @@ impl PgStore {
         .bind(id)
         .fetch_all(&mut *tx)
         .await?;
+        let recipients = recipients
+            .iter()
+            .map(rows::recipient)
+            .collect::<Result<_, _>>()?;
         Ok(Some(rows::message_view(
             &row,
-            recipients.iter().map(rows::recipient).collect(),
+            recipients,
             events.iter().map(rows::event).collect(),
-        )))
+        )?))
     }
 
     pub async fn append_event(

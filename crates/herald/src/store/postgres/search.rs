@@ -102,7 +102,8 @@ impl PgStore {
         // Not a prepared statement: after five runs PostgreSQL may keep a generic plan made without the
         // values, and for a busy address that plan took 0.5 s where the planned-for-the-value one takes 5 ms.
         let rows = sql.build().persistent(false).fetch_all(&self.pool).await?;
-        let mut page = rows::page(rows.iter().map(rows::summary).collect(), limit);
+        let items = rows.iter().map(rows::summary).collect::<Result<_, _>>()?;
+        let mut page = rows::page(items, limit);
         self.attach_recipients(&mut page.items).await?;
         Ok(page)
     }

@@ -98,11 +98,15 @@ impl SqliteStore {
         .bind(id)
         .fetch_all(&mut *tx)
         .await?;
+        let recipients = recipients
+            .iter()
+            .map(rows::recipient)
+            .collect::<Result<_, _>>()?;
         Ok(Some(rows::message_view(
             &row,
-            recipients.iter().map(rows::recipient).collect(),
+            recipients,
             events.iter().map(rows::event).collect(),
-        )))
+        )?))
     }
 
     /// Adds a line to a message's timeline, at the store's clock; `false` when there is no such message.

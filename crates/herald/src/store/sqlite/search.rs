@@ -66,7 +66,7 @@ impl SqliteStore {
                 }
                 sql.push(order).push_bind(want);
                 let rows = sql.build().fetch_all(&self.reader).await?;
-                rows.iter().map(rows::summary).collect()
+                rows.iter().map(rows::summary).collect::<Result<_, _>>()?
             }
         };
         items.truncate(want as usize);
@@ -149,7 +149,8 @@ impl SqliteStore {
                 .push_bind(want);
         });
         let rows = sql.build().fetch_all(&self.reader).await?;
-        let mut items: Vec<MessageSummary> = rows.iter().map(rows::summary).collect();
+        let mut items: Vec<MessageSummary> =
+            rows.iter().map(rows::summary).collect::<Result<_, _>>()?;
         if rows.len() as i64 == want {
             let last = &rows[rows.len() - 1];
             let (last_at, last_rowid): (Millis, i64) = (last.get(2), last.get(6));
@@ -167,7 +168,9 @@ impl SqliteStore {
                     .push(") ORDER BY messages_fts.rowid DESC");
             });
             let more = ties.build().fetch_all(&self.reader).await?;
-            items.extend(more.iter().map(rows::summary));
+            for row in &more {
+                items.push(rows::summary(row)?);
+            }
         }
         items.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
         Ok(items)
