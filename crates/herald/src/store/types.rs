@@ -4,8 +4,8 @@ use std::{fmt, str::FromStr};
 
 use super::raw::RawSegment;
 
-/// Milliseconds since the Unix epoch: the one time unit of the store, the same in both dialects.
-pub type Millis = i64;
+/// The store's one time unit, the same in both dialects; defined with the clock that tells it.
+pub use crate::clock::Millis;
 
 /// A stored value this code cannot read: where it is and what it holds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
