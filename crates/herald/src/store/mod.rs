@@ -252,3 +252,41 @@ impl From<Unreadable> for StoreError {
         StoreError::Corrupt(error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages of an error and its sources, top first, as a chain printer shows them.
+    fn chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        std::iter::successors(Some(error), |e| e.source())
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn each_cause_is_printed_once_in_the_chain() {
+        let written = StoreError::Sqlite(SqliteError {
+            code: 5,
+            message: "database is locked".into(),
+        });
+        assert_eq!(
+            chain(&written),
+            ["SQLite write failed", "sqlite error 5: database is locked"]
+        );
+        let read = StoreError::from(sqlx::Error::Protocol("connection reset".into()));
+        let levels = chain(&read);
+        assert_eq!(levels.len(), 2, "{levels:?}");
+        assert_eq!(levels[0], "database error");
+        assert!(levels[1].ends_with("connection reset"), "{levels:?}");
+        let corrupt = StoreError::from(Unreadable {
+            table: "messages",
+            column: "status",
+            value: "bounced".into(),
+        });
+        assert_eq!(
+            chain(&corrupt),
+            [r#"unreadable value "bounced" in messages.status"#]
+        );
+    }
+}
