@@ -16,7 +16,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 pub use postgres::{PgStore, Upkeep};
 pub use raw::{RawSegment, SharedBlob};
-pub use rules::{EVENT_INTERRUPTED, EVENT_STALE_OUTCOME};
+pub use rules::{EVENT_INTERRUPTED, EVENT_STALE_OUTCOME, message_status_from};
 pub use search::{fold, index_terms, query_terms};
 pub use sqlite::{SqliteError, SqliteOptions, SqliteStore};
 use tokio::sync::Notify;

@@ -6,7 +6,7 @@
 //! cannot drift apart again (they once did: the per-recipient timeline line named the recipient by its
 //! position on SQLite and by its address on PostgreSQL).
 
-use super::{MessageStatus, Millis, RecipientResult, RecipientStatus, message_status_from};
+use super::{MessageStatus, Millis, RecipientResult, RecipientStatus};
 
 /// The timeline event of an attempt cut short by its node stopping (crash, kill, partition). It does not count
 /// as an attempt: the message is due again at once with its attempts unspent.
@@ -73,6 +73,26 @@ pub fn given_back_status(attempts: u32) -> MessageStatus {
         MessageStatus::Deferred
     } else {
         MessageStatus::Queued
+    }
+}
+
+/// Derives a message's status from its recipients' (the API contract's rule): `delivered` when all were
+/// accepted, `failed` when none can be, `deferred` while any will be retried. A finished message with some
+/// recipients accepted and some failed for good is `delivered` (it left for someone), and its recipients tell
+/// which failed, as Postmark and SES report per recipient.
+pub fn message_status_from(recipients: &[RecipientStatus]) -> MessageStatus {
+    use RecipientStatus as R;
+    let any = |wanted: R| recipients.contains(&wanted);
+    if any(R::Deferred) {
+        MessageStatus::Deferred
+    } else if any(R::Pending) {
+        MessageStatus::Queued
+    } else if any(R::Delivered) {
+        MessageStatus::Delivered
+    } else if !recipients.is_empty() && recipients.iter().all(|s| *s == R::Cancelled) {
+        MessageStatus::Cancelled
+    } else {
+        MessageStatus::Failed
     }
 }
 

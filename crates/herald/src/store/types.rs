@@ -350,26 +350,6 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// Derives a message's status from its recipients' (the API contract's rule): `delivered` when all were
-/// accepted, `failed` when none can be, `deferred` while any will be retried. A finished message with some
-/// recipients accepted and some failed for good is `delivered` (it left for someone), and its recipients tell
-/// which failed, as Postmark and SES report per recipient.
-pub fn message_status_from(recipients: &[RecipientStatus]) -> MessageStatus {
-    use RecipientStatus as R;
-    let any = |wanted: R| recipients.contains(&wanted);
-    if any(R::Deferred) {
-        MessageStatus::Deferred
-    } else if any(R::Pending) {
-        MessageStatus::Queued
-    } else if any(R::Delivered) {
-        MessageStatus::Delivered
-    } else if !recipients.is_empty() && recipients.iter().all(|s| *s == R::Cancelled) {
-        MessageStatus::Cancelled
-    } else {
-        MessageStatus::Failed
-    }
-}
-
 /// A stored template's source: Jinja for the subject, the text and the HTML.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TemplateSource {
