@@ -3,6 +3,9 @@
 //! that Python (policy.default) decodes the same subject, addresses, text,
 //! HTML, file names and attachment bytes.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 use std::{path::Path, process::Command};
 
 #[test]

@@ -10,6 +10,7 @@ mod rows;
 pub mod rules;
 mod search;
 mod sqlite;
+mod template_sources;
 mod types;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};

@@ -7,7 +7,10 @@
 //! the PDF again. With `--batch` the image and the PDF are encoded once and
 //! every message shares those segments, as Herald does for a batch send.
 
-use super::fixtures::{Fixtures, Notification};
+use super::{
+    fixtures::{Fixtures, Notification},
+    measure::print_whole_run,
+};
 use std::{hint::black_box, path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::{Context, bail};
@@ -15,7 +18,7 @@ use bytes::Bytes;
 use herald_mime::{Address, ComposeOptions, Composed, EncodedPart, Mailbox, Message, Part};
 
 #[derive(Debug, clap::Args)]
-pub struct BenchComposeArgs {
+pub struct ComposeArgs {
     /// Messages per round.
     #[arg(long, default_value_t = 20_000)]
     pub count: usize,
@@ -124,7 +127,8 @@ impl Workload {
     }
 }
 
-pub fn run(args: BenchComposeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ComposeArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
     let w = Workload::load(&Fixtures::find(args.fixtures.as_deref())?, args.eight_bit)?;
     let shared = args.batch.then(|| {
         let (logo, pdf) = w.parts();
@@ -146,7 +150,8 @@ pub fn run(args: BenchComposeArgs) -> anyhow::Result<ExitCode> {
     }
     let bytes = w.build(0, shared.as_ref()).len();
     // Warm-up: page in the buffers and the allocator.
-    for i in 0..args.count.min(1000) {
+    let warm_up = args.count.min(1000);
+    for i in 0..warm_up {
         black_box(w.build(i, shared.as_ref()));
     }
     // Wall time per round, and this thread's CPU time (Linux schedstat, ns):
@@ -195,6 +200,14 @@ pub fn run(args: BenchComposeArgs) -> anyhow::Result<ExitCode> {
         bytes,
         args.rounds,
         args.count
+    );
+    print_whole_run(
+        args.rounds * args.count + warm_up,
+        started,
+        &format!(
+            " ({} rounds × {} messages + {warm_up} to warm up)",
+            args.rounds, args.count
+        ),
     );
     Ok(ExitCode::SUCCESS)
 }
