@@ -81,6 +81,9 @@ pub enum SubmitError {
     /// The template renderer is saturated; nothing was stored.
     #[error("{0}")]
     Busy(templates::PoolError),
+    /// DKIM signing failed (issue 13); nothing was stored.
+    #[error(transparent)]
+    Signing(#[from] crate::dkim::DkimError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -121,6 +124,8 @@ pub struct Service {
     pub limits: Limits,
     /// The threads every template compile and render runs on (never the async workers).
     pub renderer: Renderer,
+    /// DKIM keys every composed message is signed with (issue 13; see `dkim::signer`).
+    pub dkim: crate::dkim::Signing,
 }
 
 /// The fields of `POST /v1/messages` that are about queueing, not about the message's content.
@@ -140,6 +145,7 @@ impl Service {
             message_id_domain: None,
             limits: Limits::default(),
             renderer: Renderer::default(),
+            dkim: crate::dkim::Signing::default(),
         }
     }
 
@@ -151,6 +157,8 @@ impl Service {
     ) -> Result<Accepted, SubmitError> {
         let mut object = parse_object(body)?;
         let queueing = self.queueing_with_header(&mut object, idempotency_header)?;
+        // `compose` signs with the ring as read; read it again here when it is old (issue 13).
+        self.dkim.refresh(&self.store).await;
         if object.contains_key("template") {
             self.render_into(&mut object).await?;
         } else if object.contains_key("data") {
@@ -312,6 +320,7 @@ impl Service {
             queueing,
             batch_id: batch_id.clone(),
             options: self.compose_options(),
+            keys: self.dkim.refresh(&self.store).await,
             recipient_limit: self.limits.recipients,
             budget: self.limits.request_bytes,
             spent: AtomicUsize::new(shared_bytes),
@@ -489,14 +498,16 @@ impl Service {
         let search_text = search_text(request.text.as_deref(), request.html.as_deref());
         let subject = request.subject.clone().unwrap_or_default();
         let message = request.into_message(Files::Forbidden)?;
-        Ok(ComposedMessage::new(
+        let mut composed = ComposedMessage::new(
             &message,
             subject,
             kinds,
             search_text,
             self.compose_options(),
             &[],
-        ))
+        );
+        composed.sign(&self.dkim.current(), &message)?;
+        Ok(composed)
     }
 
     pub fn compose_options(&self) -> ComposeOptions {
@@ -517,6 +528,39 @@ pub struct ComposedMessage {
 }
 
 impl ComposedMessage {
+    /// Puts a `DKIM-Signature` first when `keys` has a key for the From domain (issue 13). The signature
+    /// covers the bytes as stored, so every attempt sends what was signed.
+    pub fn sign(
+        &mut self,
+        keys: &crate::dkim::KeyRing,
+        message: &Message,
+    ) -> Result<(), crate::dkim::DkimError> {
+        let domain = message.from().address().ascii_domain();
+        if keys.selector_for(domain).is_none() {
+            return Ok(());
+        }
+        // mail-auth reads one buffer: a message of one segment is signed in place, one with shared parts
+        // is joined for the signer (the stored segments stay shared).
+        let joined;
+        let bytes: &[u8] = match self.raw.as_slice() {
+            [only] => only.bytes(),
+            segments => {
+                joined = join(segments);
+                &joined
+            }
+        };
+        if let Some(header) = keys.sign(domain, bytes)? {
+            self.raw.insert(
+                0,
+                RawSegment::Literal {
+                    bytes: Bytes::from(header),
+                    dot_safe: true,
+                },
+            );
+        }
+        Ok(())
+    }
+
     /// Composes `message`; segments that are the bytes of one of `shared` are stored as shared blobs.
     pub fn new(
         message: &Message,
@@ -757,6 +801,8 @@ struct BatchShared {
     queueing: Queueing,
     batch_id: String,
     options: ComposeOptions,
+    /// The DKIM keys the batch's messages are signed with, read once for the batch.
+    keys: Arc<crate::dkim::KeyRing>,
     recipient_limit: usize,
     /// [`Limits::request_bytes`], and the bytes the batch's messages have taken of it so far.
     budget: usize,
@@ -933,7 +979,7 @@ fn compose_one(
     let message = request
         .into_message_with(Files::Forbidden, &shared.encoded)
         .map_err(|e| BatchFailure::Invalid(Box::new(locate(e))))?;
-    let composed = ComposedMessage::new(
+    let mut composed = ComposedMessage::new(
         &message,
         subject,
         kinds,
@@ -941,6 +987,9 @@ fn compose_one(
         shared.options.clone(),
         &shared.blobs,
     );
+    composed
+        .sign(&shared.keys, &message)
+        .map_err(|e| BatchFailure::Invalid(Box::new(e.into())))?;
     let size = composed.stored_bytes();
     if shared.spent.fetch_add(size, Ordering::Relaxed) + size > shared.budget {
         return Err(over_budget());

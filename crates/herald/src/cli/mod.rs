@@ -6,6 +6,8 @@ mod bench_queries;
 mod bench_smtp;
 mod bench_store;
 mod compose;
+// Issue 13.
+mod dkim;
 mod fixtures;
 mod send;
 mod serve;
@@ -38,6 +40,8 @@ pub enum Command {
     Bench(BenchCommand),
     /// Manage API tokens: create (printed once), list, revoke.
     Token(token::TokenArgs),
+    /// Manage DKIM keys: generate (prints the DNS record), list, rotate, remove.
+    Dkim(dkim::DkimArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,5 +73,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Queue(args)) => bench_store::run_queue(args),
         Command::Bench(BenchCommand::Queries(args)) => bench_queries::run(args),
         Command::Token(args) => token::run(args),
+        Command::Dkim(args) => dkim::run(args),
     }
 }

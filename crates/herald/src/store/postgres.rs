@@ -35,6 +35,10 @@ use super::{
 };
 use crate::clock::Clock;
 
+// DKIM keys (issue 13), in their own file; a child module so it reaches the pool.
+#[path = "postgres_dkim.rs"]
+mod dkim;
+
 const CHANNEL: &str = "herald_work";
 
 /// Matches above which a search filter is common enough to walk the archive newest first (see `search`).
@@ -138,6 +142,12 @@ fn migrator() -> Migrator {
             5,
             "lease index",
             include_str!("../../migrations/postgres/0005_lease_index.sql"),
+        ),
+        // Issue 13; numbered after the issue so that migrations added meanwhile by other work do not collide.
+        migration(
+            13,
+            "dkim keys",
+            include_str!("../../migrations/postgres/0013_dkim_keys.sql"),
         ),
     ])
 }

@@ -41,6 +41,8 @@ use super::{
 };
 use crate::clock::Clock;
 
+// DKIM keys (issue 13).
+mod dkim;
 mod raw_db;
 
 use raw_db::{DbResult, RawDb, Value};
@@ -230,6 +232,12 @@ fn migrator() -> Migrator {
             4,
             "nodes",
             include_str!("../../../migrations/sqlite/0004_nodes.sql"),
+        ),
+        // Issue 13; numbered after the issue so that migrations added meanwhile by other work do not collide.
+        migration(
+            13,
+            "dkim keys",
+            include_str!("../../../migrations/sqlite/0013_dkim_keys.sql"),
         ),
     ])
 }
