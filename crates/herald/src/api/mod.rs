@@ -1,6 +1,8 @@
 //! The HTTP API: axum routes, bearer authentication, errors as JSON naming the field.
 
 mod batches;
+// Issue 13.
+mod dkim;
 mod error;
 mod guard;
 mod openapi;
@@ -19,7 +21,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post, put},
+    routing::{delete, get, post, put},
 };
 pub use error::ApiError;
 pub use guard::AllowedHosts;
@@ -160,6 +162,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             "/templates/{name}/preview",
             post(templates::preview_template),
         )
+        // Issue 13: DKIM keys.
+        .route("/dkim", get(dkim::list_keys).post(dkim::generate_key))
+        .route("/dkim/{domain}/rotate", post(dkim::rotate_key))
+        .route("/dkim/{domain}/{selector}", delete(dkim::delete_key))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)
