@@ -1,7 +1,8 @@
-//! Herald's service library: the store, the queue, delivery, the API and the dashboard, shared by the binary
-//! and its tests.
+//! Herald's service library: the store, the queue, delivery, the service, the application state and the
+//! faces over it (the API and the dashboard), shared by the binary and its tests.
 
 pub mod api;
+pub mod app;
 pub mod clock;
 pub mod config;
 mod dashboard;

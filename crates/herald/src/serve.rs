@@ -1,13 +1,21 @@
-//! `herald serve`: the HTTP API, the delivery engine and housekeeping in one process.
+//! `herald serve`: one node — the delivery engine, housekeeping, and the listeners in front of the service —
+//! in one process. Here the application state is built and each face is given it: the HTTP listener serves
+//! the API router and the dashboard router side by side (neither knows the other), and the SMTP submission
+//! listener will start beside it in [`start_listeners`].
 //!
-//! Shutdown order matters for "nothing accepted is lost": first the HTTP server stops taking requests and
-//! finishes the ones in flight (each answered only after its commit), then the engine stops claiming,
+//! Shutdown order matters for "nothing accepted is lost": first the listeners stop taking requests and
+//! finish the ones in flight (each answered only after its commit), then the engine stops claiming,
 //! finishes its SMTP transactions within the grace period, records them and gives back its leases.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use axum::extract::ConnectInfo;
+use axum::{
+    Router,
+    extract::{ConnectInfo, DefaultBodyLimit},
+    http::StatusCode,
+    middleware,
+};
 use herald_smtp::{Client, Pool};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
@@ -19,9 +27,11 @@ use tower::ServiceExt as _;
 use tower_http::timeout::RequestBodyDeadlineLayer;
 
 use crate::{
-    api::{self, AppState},
+    api,
+    app::{self, ApiError, AppState},
     clock::{Clock, SystemClock},
     config::{Config, HttpLimits, redact_url},
+    dashboard,
     delivery::{
         CaptureTransport, Engine, EngineOptions, RelayBoard, Route, Routes, SmtpTransport,
         Transport as _, host_name, run_heartbeat,
@@ -160,25 +170,21 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     state.relays = relays;
     state.capture_inbox = capture_inbox;
     state.stopping = Some(stopped.clone());
-    state.hosts = Arc::new(api::AllowedHosts::new(addr, config.public_url.as_ref()));
-    state.metrics_token_hash = config.metrics_token.as_deref().map(api::token_hash);
-    let app = api::router(state, config.body_limit);
+    state.hosts = Arc::new(app::AllowedHosts::new(addr, config.public_url.as_ref()));
+    state.metrics_token_hash = config.metrics_token.as_deref().map(app::token_hash);
 
     let housekeeping = tokio::spawn(prune_periodically(
         store.clone(),
         config.retention,
         stopped.clone(),
     ));
-    let http = tokio::spawn(serve_http(
-        listener,
-        app,
-        config.http.clone(),
-        stopped.clone(),
-    ));
+    let listeners = start_listeners(state, listener, &config, stopped.clone());
     let store_for_leave = store.clone();
     let task = tokio::spawn(async move {
-        http.await.context("HTTP server panicked")?;
-        // The API has answered its last request; now the engine may stop.
+        for (name, listener) in listeners {
+            listener.await.with_context(|| format!("{name} panicked"))?;
+        }
+        // Every listener has answered its last request; now the engine may stop.
         let result = engine.await.context("delivery engine panicked");
         // The engine gave back its leases: the node may now leave (on SQLite, the lock goes with it).
         heartbeat.abort();
@@ -200,6 +206,42 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         stop,
         task,
     })
+}
+
+/// A listener's task, by the name its panic is reported under; it ends once `stopped` turns true and what it
+/// was serving is done.
+type Listener = (&'static str, JoinHandle<()>);
+
+/// Starts this node's listeners, each given the same application state: today the HTTP listener on `http`
+/// (bound by the caller, so that the allowed hosts know its address). The SMTP submission listener starts
+/// here too, beside it.
+fn start_listeners(
+    state: AppState,
+    http: TcpListener,
+    config: &Config,
+    stopped: watch::Receiver<bool>,
+) -> Vec<Listener> {
+    let routes = http_router(state, config.body_limit);
+    vec![(
+        "HTTP server",
+        tokio::spawn(serve_http(http, routes, config.http.clone(), stopped)),
+    )]
+}
+
+/// The whole HTTP surface of `herald serve`: the API and the dashboard side by side, under the layers every
+/// request passes (request metrics, the open-mode guard, the body limit), and one JSON 404 for any other path.
+pub fn http_router(state: AppState, body_limit: usize) -> Router {
+    Router::new()
+        .merge(api::router(state.clone()))
+        .merge(dashboard::router(state.clone()))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            app::open_mode_guard,
+        ))
+        .layer(middleware::from_fn(app::count_requests))
+        .with_state(state)
 }
 
 /// The answer to a connection over `HERALD_HTTP_MAX_CONNECTIONS`: short, so that it fits the socket buffer

@@ -44,7 +44,7 @@ async fn status_with(app: &TestApp, token: Option<&str>) -> u16 {
 }
 
 /// Polls until `GET /v1/templates` with `token` answers `status` (the API trusts what it learnt about
-/// stored tokens for `herald::api::TOKEN_CACHE_TTL`).
+/// stored tokens for `herald::app::TOKEN_CACHE_TTL`).
 async fn wait_for(app: &TestApp, token: Option<&str>, status: u16) {
     let start = Instant::now();
     loop {
@@ -53,7 +53,7 @@ async fn wait_for(app: &TestApp, token: Option<&str>, status: u16) {
             return;
         }
         assert!(
-            start.elapsed() < herald::api::TOKEN_CACHE_TTL + Duration::from_secs(5),
+            start.elapsed() < herald::app::TOKEN_CACHE_TTL + Duration::from_secs(5),
             "still {now}, expected {status}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -9,7 +9,8 @@ use axum::{
 };
 use serde_json::json;
 
-use super::{ApiError, AppState, body_or_error, idempotency_header};
+use super::{body_or_error, idempotency_header};
+use crate::app::{ApiError, AppState};
 
 pub async fn post_batch(
     State(state): State<AppState>,

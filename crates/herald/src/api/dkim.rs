@@ -12,10 +12,13 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, body_or_error};
-use crate::dkim::{
-    Algorithm, DkimError,
-    manage::{self, ManageError},
+use super::body_or_error;
+use crate::{
+    app::{ApiError, AppState},
+    dkim::{
+        Algorithm, DkimError,
+        manage::{self, ManageError},
+    },
 };
 
 /// The body of `POST /v1/dkim` and `POST /v1/dkim/{domain}/rotate`.
@@ -71,7 +74,7 @@ fn algorithm(request: &KeyRequest) -> Result<Algorithm, ApiError> {
 
 /// `GET /v1/dkim`: every key, its state and its DNS record.
 pub async fn list_keys(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let keys = state.service.store.dkim_keys().await?;
+    let keys = state.service.dkim_keys().await?;
     let items: Vec<Value> = keys
         .iter()
         .map(|k| manage::key_json(k, manage::is_active(k, &keys)))
@@ -86,17 +89,10 @@ async fn create(
     rotate: bool,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let algorithm = algorithm(request)?;
-    let signing = &state.service.dkim;
-    let key = manage::generate_key(
-        &state.service.store,
-        signing.secret(),
-        domain,
-        &request.selector,
-        algorithm,
-        rotate,
-    )
-    .await?;
-    signing.invalidate();
+    let key = state
+        .service
+        .generate_dkim_key(domain, &request.selector, algorithm, rotate)
+        .await?;
     Ok((StatusCode::CREATED, Json(manage::key_json(&key, true))))
 }
 
@@ -133,8 +129,7 @@ pub async fn delete_key(
     State(state): State<AppState>,
     Path((domain, selector)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    if manage::remove_key(&state.service.store, &domain, &selector).await? {
-        state.service.dkim.invalidate();
+    if state.service.remove_dkim_key(&domain, &selector).await? {
         Ok(Json(json!({ "deleted": true })))
     } else {
         Err(ApiError::new(

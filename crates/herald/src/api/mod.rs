@@ -1,148 +1,33 @@
-//! The HTTP API: axum routes, bearer authentication, errors as JSON naming the field.
+//! The HTTP API under `/v1`, with `/healthz`, `/readyz`, `/metrics` and `/openapi.json`: axum routes, bearer
+//! authentication, errors as JSON naming the field. It takes the application state from `app` and asks the
+//! service for everything; `serve` mounts it beside the dashboard.
 
 mod batches;
 // Issue 13.
 mod dkim;
-mod error;
-mod guard;
 mod openapi;
 mod templates;
-
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, Query, Request, State, rejection::BytesRejection},
+    extract::{Path, Query, Request, State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{delete, get, post, put},
 };
-pub use error::ApiError;
-pub use guard::AllowedHosts;
-pub(crate) use guard::{FailureThrottle, client_key, too_many_failures};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::{
-    dashboard,
-    delivery::RelayBoard,
-    service::{Service, SubmitError, format_rfc3339, join, parse_rfc3339},
-    store::{Accepted, CancelOutcome, MessageStatus, MessageView, SearchQuery, StoreError},
+    app::{ApiError, AppState, client_key, prometheus, token_hash, too_many_failures},
+    service::{check_search_text, format_rfc3339, parse_rfc3339},
+    store::{Accepted, CancelOutcome, MessageStatus, MessageView, SearchQuery},
 };
 
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub service: Service,
-    /// SHA-256 of `HERALD_API_TOKEN`, when set.
-    pub token_hashes: Arc<Vec<[u8; 32]>>,
-    /// What the store said about tokens created with `herald token create`, for a moment.
-    stored_tokens: Arc<StoredTokens>,
-    /// Each relay's state, kept by the delivery engine, for the dashboard.
-    pub relays: RelayBoard,
-    /// No relay is configured: delivered mail is in the built-in capture inbox.
-    pub capture_inbox: bool,
-    /// Turns true when the server stops, so that live streams end and let it.
-    pub stopping: Option<tokio::sync::watch::Receiver<bool>>,
-    /// The `Host` values accepted in the open mode (empty: not checked, e.g. a router without a listener).
-    pub hosts: Arc<AllowedHosts>,
-    /// SHA-256 of `HERALD_METRICS_TOKEN`: then `/metrics` needs it as a bearer token.
-    pub metrics_token_hash: Option<[u8; 32]>,
-    /// Wrong bearer tokens on `/v1`, per client.
-    pub(crate) bearer_failures: Arc<FailureThrottle>,
-    /// Wrong tokens at the dashboard's sign-in, per client.
-    pub(crate) sign_in_failures: Arc<FailureThrottle>,
-}
-
-/// Wrong tokens a client may present in [`FAILURE_WINDOW`] (at `/v1` and at sign-in, counted apart) before
-/// it is refused with `429` until the oldest is that old: guessing a token is slow whatever its strength, and
-/// one client's guessing never locks out another.
-pub const MAX_TOKEN_FAILURES: usize = 20;
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-
-/// SHA-256 of a token, the form in which tokens are kept and compared.
-pub fn token_hash(token: &str) -> [u8; 32] {
-    Sha256::digest(token.trim().as_bytes()).into()
-}
-
-/// How long the API trusts what it learnt from the store about tokens. A token revoked with `herald token
-/// revoke` stops working within this time on every node, and the first token created on a server that had
-/// none closes the API within it; in exchange, an authenticated request costs no store read.
-pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(2);
-
-#[derive(Default)]
-struct StoredTokens {
-    /// Hashes found in the store, with when.
-    valid: Mutex<HashMap<[u8; 32], Instant>>,
-    /// Whether the store holds any token, with when that was asked.
-    any: Mutex<Option<(bool, Instant)>>,
-}
-
-impl AppState {
-    pub fn new(service: Service, api_token: Option<&str>) -> Self {
-        let token_hashes = api_token
-            .map(|t| Sha256::digest(t.as_bytes()).into())
-            .into_iter()
-            .collect();
-        Self {
-            service,
-            token_hashes: Arc::new(token_hashes),
-            stored_tokens: Arc::default(),
-            relays: RelayBoard::default(),
-            capture_inbox: false,
-            stopping: None,
-            hosts: Arc::default(),
-            metrics_token_hash: None,
-            bearer_failures: Arc::new(FailureThrottle::new(MAX_TOKEN_FAILURES, FAILURE_WINDOW)),
-            sign_in_failures: Arc::new(FailureThrottle::new(MAX_TOKEN_FAILURES, FAILURE_WINDOW)),
-        }
-    }
-
-    /// Whether `hash` is the hash of a token in the store (`herald token create`).
-    pub(crate) async fn is_stored_token(&self, hash: &[u8; 32]) -> Result<bool, StoreError> {
-        let fresh = |at: &Instant| at.elapsed() < TOKEN_CACHE_TTL;
-        if self
-            .stored_tokens
-            .valid
-            .lock()
-            .expect("not poisoned")
-            .get(hash)
-            .is_some_and(fresh)
-        {
-            return Ok(true);
-        }
-        // Unknown hashes are not remembered: the map holds real tokens only, so it cannot be grown by guessing.
-        let found = self.service.store.token_hash_exists(hash).await?;
-        let mut valid = self.stored_tokens.valid.lock().expect("not poisoned");
-        valid.retain(|_, at| fresh(at));
-        if found {
-            valid.insert(*hash, Instant::now());
-        }
-        Ok(found)
-    }
-
-    /// Whether the store holds any token: then the API requires one even without `HERALD_API_TOKEN`.
-    pub(crate) async fn any_stored_token(&self) -> Result<bool, StoreError> {
-        if let Some((any, at)) = *self.stored_tokens.any.lock().expect("not poisoned")
-            && at.elapsed() < TOKEN_CACHE_TTL
-        {
-            return Ok(any);
-        }
-        let any = !self.service.store.tokens().await?.is_empty();
-        *self.stored_tokens.any.lock().expect("not poisoned") = Some((any, Instant::now()));
-        Ok(any)
-    }
-}
-
-/// The whole HTTP surface of `herald serve`.
-pub fn router(state: AppState, body_limit: usize) -> Router {
+/// The API's routes (`serve` adds the layers every request passes, and the fallback).
+pub fn router(state: AppState) -> Router<AppState> {
     // Install the metrics recorder before anything is counted.
     prometheus();
     let v1 = Router::new()
@@ -166,80 +51,13 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/dkim", get(dkim::list_keys).post(dkim::generate_key))
         .route("/dkim/{domain}/rotate", post(dkim::rotate_key))
         .route("/dkim/{domain}/{selector}", delete(dkim::delete_key))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state, require_token));
     Router::new()
         .nest("/v1", v1)
-        .merge(dashboard::router(state.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            guard::open_mode_guard,
-        ))
-        .layer(middleware::from_fn(count_requests))
-        .with_state(state)
-}
-
-/// The process-wide Prometheus recorder (installed once; every server in the process shares it).
-fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-        std::sync::OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Full(
-                    "herald_http_request_duration_seconds".into(),
-                ),
-                &[
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                ],
-            )
-            .expect("bucket list is not empty")
-            .build_recorder();
-        let handle = recorder.handle();
-        // Another recorder may already be installed (a test binary, an embedding application): then the
-        // metrics go there and this handle renders what it has.
-        let _ = metrics::set_global_recorder(recorder);
-        handle
-    })
-}
-
-/// Counts every request by route pattern (never the raw path: ids would make unbounded label values),
-/// method and status, and times it. Every label has a bounded set of values: a method that is not a standard
-/// one is counted as `other`, or each junk method a client invents would add series to `/metrics` forever.
-async fn count_requests(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = method_label(request.method());
-    let start = std::time::Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("herald_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
-        .increment(1);
-    metrics::histogram!("herald_http_request_duration_seconds", "route" => route, "method" => method)
-        .record(start.elapsed().as_secs_f64());
-    response
-}
-
-/// The `method` label of a request: one of the standard methods, or `other`.
-fn method_label(method: &axum::http::Method) -> &'static str {
-    use axum::http::Method;
-    match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    }
 }
 
 /// Bearer authentication on `/v1/*`. A request passes with `HERALD_API_TOKEN` or with any token made by
@@ -247,8 +65,9 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 /// `HERALD_API_TOKEN` is set, or the store holds at least one token. With neither, the API is open, which
 /// `herald serve` allows on a loopback address only. Tokens are compared by hash, so the comparison time says
 /// nothing about the secret, and no token is ever logged or echoed. A client that presented
-/// [`MAX_TOKEN_FAILURES`] wrong tokens within [`FAILURE_WINDOW`] gets `429` with `Retry-After` on every
-/// token until then, right or wrong, so that a guess cannot be confirmed during the pause.
+/// [`crate::app::MAX_TOKEN_FAILURES`] wrong tokens within [`crate::app::FAILURE_WINDOW`] gets `429` with
+/// `Retry-After` on every token until then, right or wrong, so that a guess cannot be confirmed during the
+/// pause.
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
@@ -350,52 +169,6 @@ fn timed_out(rejection: &BytesRejection) -> bool {
     false
 }
 
-/// Refuses control characters (NUL included) in a search value: no stored text contains them, and the
-/// database would reject them as an error of its own rather than the caller's.
-pub(crate) fn check_search_text(value: Option<&str>) -> Result<(), String> {
-    match value.and_then(|v| v.chars().find(|c| c.is_control())) {
-        Some(c) => Err(format!("control character {c:?} not allowed")),
-        None => Ok(()),
-    }
-}
-
-impl From<SubmitError> for ApiError {
-    fn from(error: SubmitError) -> Self {
-        match error {
-            SubmitError::Invalid(e) => ApiError::invalid(&e.field, e.message),
-            SubmitError::Template { field, error } => ApiError::template(&field, &error),
-            SubmitError::UnknownTemplate(name) => ApiError {
-                code: "unknown_template",
-                ..ApiError::invalid(
-                    "template",
-                    format!("no template named {name:?} (store it with PUT /v1/templates/{name})"),
-                )
-            },
-            SubmitError::OverBudget { limit } => {
-                let mut error = ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request_budget",
-                    SubmitError::OverBudget { limit }.to_string(),
-                );
-                error.details.insert("limit".into(), limit.into());
-                error
-            }
-            SubmitError::Busy(e) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "renderer_busy",
-                e.to_string(),
-            ),
-            SubmitError::Store(e) => e.into(),
-            // Issue 13: a stored key that cannot sign is the operator's problem, not the client's.
-            SubmitError::Signing(e) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "dkim_signing",
-                e.to_string(),
-            ),
-        }
-    }
-}
-
 async fn post_message(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -463,7 +236,7 @@ async fn get_message(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    match state.service.store.message(&id).await? {
+    match state.service.message(&id).await? {
         Some(view) => Ok(Json(view_json(view))),
         None => Err(ApiError::not_found(&id)),
     }
@@ -473,11 +246,9 @@ async fn get_raw(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match state.service.store.raw(&id).await? {
-        Some(segments) => {
-            Ok(([(header::CONTENT_TYPE, "message/rfc822")], join(&segments)).into_response())
-        }
-        None if state.service.store.message(&id).await?.is_some() => Err(ApiError::new(
+    match state.service.raw(&id).await? {
+        Some(bytes) => Ok(([(header::CONTENT_TYPE, "message/rfc822")], bytes).into_response()),
+        None if state.service.message(&id).await?.is_some() => Err(ApiError::new(
             StatusCode::GONE,
             "pruned",
             "the raw body of this message was removed by the retention policy (HERALD_RETENTION)",
@@ -545,7 +316,7 @@ async fn list_messages(
         limit,
         cursor: params.cursor,
     };
-    let page = state.service.store.search(&query).await?;
+    let page = state.service.search(&query).await?;
     Ok(Json(json!({
         "items": page.items.iter().map(|m| json!({
             "id": m.id,
@@ -565,7 +336,7 @@ async fn cancel_message(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    match state.service.store.cancel(&id).await? {
+    match state.service.cancel(&id).await? {
         CancelOutcome::Cancelled => Ok(Json(json!({"id": id, "status": "cancelled"}))),
         CancelOutcome::NotCancellable(status) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -579,7 +350,7 @@ async fn cancel_message(
 }
 
 async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    state.service.store.ping().await?;
+    state.service.ping().await?;
     Ok("ready")
 }
 
@@ -604,7 +375,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
             return Ok(response);
         }
     }
-    let counts = state.service.store.counts().await?;
+    let counts = state.service.counts().await?;
     let mut text = prometheus().render();
     text.push_str(
         "# HELP herald_messages Messages in the store by status.\n# TYPE herald_messages gauge\n",
@@ -614,20 +385,4 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
         text.push_str(&format!("herald_messages{{status=\"{status}\"}} {n}\n"));
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
-}
-
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::InvalidQuery(message) => ApiError::invalid("cursor", message),
-            other => {
-                tracing::error!(error = %other, "store error");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "the store could not complete the request; retry later",
-                )
-            }
-        }
-    }
 }

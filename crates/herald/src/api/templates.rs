@@ -9,8 +9,9 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, body_or_error};
+use super::body_or_error;
 use crate::{
+    app::{ApiError, AppState},
     service::{SubmitError, format_rfc3339},
     store::{StoredTemplate, TemplateSource},
     templates,
@@ -99,15 +100,7 @@ pub async fn put_template(
         text: body.text,
         html: body.html,
     };
-    let store = &state.service.store;
-    let checked = templates::check(
-        &state.service.renderer,
-        store,
-        &source,
-        &state.service.limits.template,
-    )
-    .await;
-    match checked {
+    match state.service.save_template(&source).await {
         Ok(()) => {}
         Err(templates::LoadError::Template(e)) => {
             let field = e.part().map_or("text", |p| p.as_str());
@@ -115,8 +108,8 @@ pub async fn put_template(
         }
         Err(e) => return Err(SubmitError::from_load(e, "data").into()),
     }
-    store.put_template(&source).await?;
-    let stored = store
+    let stored = state
+        .service
         .template(&name)
         .await?
         .ok_or_else(|| template_not_found(&name))?;
@@ -127,7 +120,7 @@ pub async fn get_template(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    match state.service.store.template(&name).await? {
+    match state.service.template(&name).await? {
         Some(stored) => Ok(Json(template_json(&stored))),
         None => Err(template_not_found(&name)),
     }
@@ -136,7 +129,7 @@ pub async fn get_template(
 /// `GET /v1/templates`: every template's name, subject and time of change, by name (a short list: the
 /// sources are fetched one at a time).
 pub async fn list_templates(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let all = state.service.store.templates().await?;
+    let all = state.service.templates().await?;
     Ok(Json(json!({
         "items": all.iter().map(|t| json!({
             "name": t.source.name,
@@ -152,7 +145,7 @@ pub async fn delete_template(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if state.service.store.delete_template(&name).await? {
+    if state.service.delete_template(&name).await? {
         Ok(Json(json!({"name": name, "deleted": true})))
     } else {
         Err(template_not_found(&name))

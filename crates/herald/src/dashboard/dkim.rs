@@ -5,13 +5,13 @@ use axum::{Extension, extract::State, response::Html};
 use minijinja::context;
 
 use super::{PageError, render, session::Viewer};
-use crate::{api::AppState, dkim::manage};
+use crate::{app::AppState, dkim::manage};
 
 pub async fn keys(
     State(state): State<AppState>,
     Extension(viewer): Extension<Viewer>,
 ) -> Result<Html<String>, PageError> {
-    let keys = state.service.store.dkim_keys().await?;
+    let keys = state.service.dkim_keys().await?;
     let items: Vec<serde_json::Value> = keys
         .iter()
         .map(|k| manage::key_json(k, manage::is_active(k, &keys)))

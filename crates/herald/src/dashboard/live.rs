@@ -19,7 +19,7 @@ use futures_util::Stream;
 use serde::Serialize;
 
 use crate::{
-    api::AppState,
+    app::AppState,
     clock::{Clock, SystemClock},
     delivery::RelaySnapshot,
     store::{MessageStatus, Millis, StoreError},
@@ -67,7 +67,7 @@ pub struct Snapshot {
 }
 
 pub async fn pulse(state: &AppState) -> Result<Pulse, StoreError> {
-    let counts = state.service.store.counts().await?;
+    let counts = state.service.counts().await?;
     let counts: Vec<StatusCount> = MessageStatus::ALL
         .iter()
         .map(|status| StatusCount {
@@ -85,7 +85,6 @@ pub async fn pulse(state: &AppState) -> Result<Pulse, StoreError> {
 async fn bars(state: &AppState, since: Millis, bucket: i64) -> Result<Vec<Bar>, StoreError> {
     Ok(state
         .service
-        .store
         .activity(since, bucket)
         .await?
         .into_iter()

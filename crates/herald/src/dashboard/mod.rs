@@ -5,6 +5,9 @@
 //! Pages: overview (`/`, live over server-sent events from `/events`), the archive (`/messages`), a message
 //! (`/messages/{id}`, its HTML in a sandboxed frame from `/messages/{id}/html`), templates with a live preview
 //! (`/templates`), the capture inbox (`/inbox`) and the DKIM records to publish (`/dkim`). Sign-in and CSRF are in `session`.
+//!
+//! Like the API, it takes the application state from `app` and asks the service for everything it shows or
+//! does; `serve` mounts it beside the API, and neither imports the other.
 
 // Issue 13: the DKIM records page.
 mod dkim;
@@ -25,7 +28,7 @@ use axum::{
 };
 use minijinja::Environment;
 
-use crate::{api::AppState, service::format_rfc3339, store::StoreError};
+use crate::{app::AppState, service::format_rfc3339, store::StoreError};
 
 /// The dashboard's routes; every one but the sign-in form and the assets goes through [`session::guard`].
 pub fn router(state: AppState) -> Router<AppState> {

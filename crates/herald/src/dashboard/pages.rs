@@ -17,10 +17,10 @@ use super::{
     urlencode,
 };
 use crate::{
-    api::{ApiError, AppState},
-    service::{join, parse_rfc3339},
+    app::{ApiError, AppState},
+    service::parse_rfc3339,
     store::{CancelOutcome, MessageStatus, Millis, SearchQuery, TemplateSource},
-    templates::{self, TemplateSet},
+    templates,
 };
 
 const PAGE_SIZE: u32 = 50;
@@ -117,7 +117,7 @@ impl ArchiveQuery {
             ("tag", &self.tag),
             ("id", &self.id),
         ] {
-            crate::api::check_search_text(Some(value))
+            crate::service::check_search_text(Some(value))
                 .map_err(|message| PageError::bad_request(field, message))?;
         }
         Ok(())
@@ -185,7 +185,7 @@ pub async fn messages(
     Query(query): Query<ArchiveQuery>,
 ) -> Result<Response, PageError> {
     let (status, error, result) = match query.to_search() {
-        Ok(search) => match state.service.store.search(&search).await {
+        Ok(search) => match state.service.search(&search).await {
             Ok(page) => (StatusCode::OK, None, Some(page)),
             Err(crate::store::StoreError::InvalidQuery(message)) => {
                 (StatusCode::BAD_REQUEST, Some(message), None)
@@ -235,8 +235,8 @@ pub async fn message(
     Path(id): Path<String>,
     Query(notice): Query<Notice>,
 ) -> Result<Html<String>, PageError> {
-    let store = &state.service.store;
-    let view = store
+    let view = state
+        .service
         .message(&id)
         .await?
         .ok_or_else(|| PageError::not_found(format!("There is no message with id {id:?}.")))?;
@@ -266,19 +266,17 @@ pub async fn message(
 async fn mail_of(state: &AppState, id: &str) -> Result<Option<mail::MailView>, PageError> {
     Ok(state
         .service
-        .store
         .raw(id)
         .await?
-        .and_then(|raw| mail::parse(&join(&raw))))
+        .and_then(|raw| mail::parse(&raw)))
 }
 
 async fn raw_bytes(state: &AppState, id: &str) -> Result<bytes::Bytes, PageError> {
-    let raw = state.service.store.raw(id).await?.ok_or_else(|| {
+    state.service.raw(id).await?.ok_or_else(|| {
         PageError::not_found(format!(
             "Message {id:?} does not exist, or its body was pruned by retention."
         ))
-    })?;
-    Ok(join(&raw))
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -418,7 +416,7 @@ pub async fn cancel(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, PageError> {
     viewer.verify(form.csrf.as_deref())?;
-    match state.service.store.cancel(&id).await? {
+    match state.service.cancel(&id).await? {
         CancelOutcome::Cancelled => {
             Ok(Redirect::to(&format!("/messages/{id}?notice=cancelled")).into_response())
         }
@@ -444,7 +442,7 @@ pub async fn resend(
     viewer.verify(form.csrf.as_deref())?;
     match state.service.resend(&id).await? {
         Some(new_id) => {
-            state.service.store.work_signal().notify();
+            state.service.wake_delivery();
             Ok(Redirect::to(&format!("/messages/{new_id}?notice=resent")).into_response())
         }
         None => Err(PageError::not_found(format!(
@@ -475,7 +473,6 @@ pub async fn templates(
     }
     let items: Vec<Value> = state
         .service
-        .store
         .templates()
         .await?
         .iter()
@@ -545,7 +542,7 @@ pub async fn template_editor(
     Query(notice): Query<Notice>,
 ) -> Result<Html<String>, PageError> {
     templates::check_name(&name).map_err(|e| PageError::bad_request("name", e))?;
-    let stored = state.service.store.template(&name).await?;
+    let stored = state.service.template(&name).await?;
     let exists = stored.is_some();
     // A new template starts from a small working example, so the preview shows something at once.
     let source = stored.map(|t| t.source).unwrap_or(TemplateSource {
@@ -597,14 +594,7 @@ pub async fn save_template(
         text: part_of(&form.text),
         html: part_of(&form.html),
     };
-    let checked = templates::check(
-        &state.service.renderer,
-        &state.service.store,
-        &source,
-        &state.service.limits.template,
-    )
-    .await;
-    if let Err(error) = checked {
+    if let Err(error) = state.service.save_template(&source).await {
         let error = match error {
             templates::LoadError::Template(error) => error,
             templates::LoadError::Store(e) => return Err(e.into()),
@@ -615,7 +605,7 @@ pub async fn save_template(
                 ));
             }
         };
-        let exists = state.service.store.template(&name).await?.is_some();
+        let exists = state.service.template(&name).await?.is_some();
         let html = editor(
             &state,
             &viewer,
@@ -626,7 +616,6 @@ pub async fn save_template(
         )?;
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, Html(html)).into_response());
     }
-    state.service.store.put_template(&source).await?;
     Ok(Redirect::to(&format!("/templates/{}?notice=saved", urlencode(&name))).into_response())
 }
 
@@ -682,15 +671,7 @@ pub async fn preview_template(
         text: part_of(&draft.text),
         html: part_of(&draft.html),
     };
-    let limits = state.service.limits.template.clone();
-    let service = &state.service;
-    match templates::check_source(&service.renderer, &source, &limits).await {
-        Ok(()) => {}
-        Err(templates::LoadError::Template(error)) => return Ok(preview_error(&error)),
-        Err(e) => return Err(load_error(e)),
-    }
-    let mut set = std::sync::Arc::new(TemplateSet::draft(source, limits));
-    match templates::render_loading(&mut set, &service.renderer, &service.store, &data).await {
+    match state.service.preview_draft(source, &data).await {
         Ok(rendered) => Ok(Json(json!({
             "subject": rendered.subject,
             "text": rendered.text,
@@ -729,11 +710,11 @@ pub async fn inbox(
     Extension(viewer): Extension<Viewer>,
     Query(query): Query<ArchiveQuery>,
 ) -> Result<Html<String>, PageError> {
-    let store = &state.service.store;
     query.check_text()?;
     let page_result = if state.capture_inbox {
         Some(
-            store
+            state
+                .service
                 .search(&SearchQuery {
                     status: Some(MessageStatus::Delivered),
                     text: non_empty(&query.q),
@@ -752,7 +733,7 @@ pub async fn inbox(
         .unwrap_or_default();
     let selected_id = non_empty(&query.id).or_else(|| items.first().map(|m| m.id.clone()));
     let selected = match &selected_id {
-        Some(id) => store.message(id).await?,
+        Some(id) => state.service.message(id).await?,
         None => None,
     };
     let mail = match &selected {

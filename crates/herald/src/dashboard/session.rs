@@ -25,7 +25,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{PageError, render};
-use crate::api::AppState;
+use crate::app::AppState;
 
 pub const SESSION_COOKIE: &str = "herald_session";
 pub const CSRF_COOKIE: &str = "herald_csrf";
@@ -105,7 +105,7 @@ async fn part_grant(
     let Some(session_hash) = unhex(&session) else {
         return Ok(None);
     };
-    let Some(info) = state.service.store.session(&session_hash).await? else {
+    let Some(info) = state.service.session(&session_hash).await? else {
         return Ok(None);
     };
     let expected = part_signature(&info.token_hash, &session, id, index);
@@ -191,12 +191,7 @@ async fn live_session<'a>(
     let Some(secret) = cookie(headers, SESSION_COOKIE) else {
         return Ok(None);
     };
-    let Some(session) = state
-        .service
-        .store
-        .session(&sha256(secret.as_bytes()))
-        .await?
-    else {
+    let Some(session) = state.service.session(&sha256(secret.as_bytes())).await? else {
         return Ok(None);
     };
     Ok(token_is_valid(state, &session.token_hash)
@@ -389,7 +384,7 @@ pub async fn login(
             "This request came from another site and was refused.",
         ));
     }
-    let client = crate::api::client_key(&extensions);
+    let client = crate::app::client_key(&extensions);
     if let Some(wait) = state.sign_in_failures.refused_for(client) {
         let seconds = wait.as_secs().max(1);
         let mut response = PageError::new(
@@ -422,10 +417,9 @@ pub async fn login(
         );
     }
     let secret = random_secret();
-    let store = &state.service.store;
-    let expires_at = store.clock().now() + SESSION_TTL.as_millis() as i64;
-    store
-        .create_session(&sha256(secret.as_bytes()), &token_hash, expires_at)
+    state
+        .service
+        .open_session(&sha256(secret.as_bytes()), &token_hash, SESSION_TTL)
         .await?;
     // Behind a TLS-terminating proxy the browser speaks HTTPS: then the cookie never travels in clear.
     let secure = headers
@@ -461,8 +455,7 @@ pub async fn logout(
     if let Some(secret) = cookie(&headers, SESSION_COOKIE) {
         state
             .service
-            .store
-            .delete_session(&sha256(secret.as_bytes()))
+            .close_session(&sha256(secret.as_bytes()))
             .await?;
     }
     let mut response = Redirect::to("/login").into_response();

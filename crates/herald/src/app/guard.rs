@@ -1,5 +1,5 @@
-//! What every request passes before its handler: the `Host` check and the cross-site check of the open
-//! (no-token) mode, and the per-client throttle on wrong tokens.
+//! What every HTTP request passes before its handler, API and dashboard alike: the `Host` check and the
+//! cross-site check of the open (no-token) mode, and the per-client throttle on wrong tokens.
 //!
 //! Without any token, anything that can make a request to the loopback port can use Herald. A web page in
 //! the operator's browser can too, unless the server refuses what browsers send on a page's behalf: a

@@ -1,4 +1,5 @@
-//! One error shape for the whole API: `{"error": {"code", "message", "field"}}`.
+//! One error shape for every JSON answer, the API's and the dashboard's scripts' alike:
+//! `{"error": {"code", "message", "field"}}`, with how the service's and the store's errors map onto it.
 
 use axum::{
     Json,
@@ -7,7 +8,7 @@ use axum::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::templates::TemplateError;
+use crate::{service::SubmitError, store::StoreError, templates::TemplateError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -86,5 +87,58 @@ impl IntoResponse for ApiError {
         error.insert("message".into(), json!(self.message));
         error.insert("field".into(), json!(self.field));
         (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> Self {
+        match error {
+            SubmitError::Invalid(e) => ApiError::invalid(&e.field, e.message),
+            SubmitError::Template { field, error } => ApiError::template(&field, &error),
+            SubmitError::UnknownTemplate(name) => ApiError {
+                code: "unknown_template",
+                ..ApiError::invalid(
+                    "template",
+                    format!("no template named {name:?} (store it with PUT /v1/templates/{name})"),
+                )
+            },
+            SubmitError::OverBudget { limit } => {
+                let mut error = ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_budget",
+                    SubmitError::OverBudget { limit }.to_string(),
+                );
+                error.details.insert("limit".into(), limit.into());
+                error
+            }
+            SubmitError::Busy(e) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "renderer_busy",
+                e.to_string(),
+            ),
+            SubmitError::Store(e) => e.into(),
+            // Issue 13: a stored key that cannot sign is the operator's problem, not the client's.
+            SubmitError::Signing(e) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "dkim_signing",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::InvalidQuery(message) => ApiError::invalid("cursor", message),
+            other => {
+                tracing::error!(error = %other, "store error");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store could not complete the request; retry later",
+                )
+            }
+        }
     }
 }

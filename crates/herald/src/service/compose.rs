@@ -1,0 +1,321 @@
+//! The single-message path (`POST /v1/messages`, `herald compose`): a request's fields, or a stored template
+//! rendered with its data, become one composed message, stored in one commit; and what a composed message
+//! is in stored form (raw segments, envelope recipients, the text indexed for search).
+
+use std::sync::Arc;
+
+use herald_mime::{ComposeOptions, Composed, Mailbox, Message};
+use serde_json::{Map, Value};
+
+use super::{Queueing, Service, SubmitError, invalid, parse_object, template_data, template_name};
+use crate::{
+    request::{Files, MessageRequest, RequestError},
+    store::{Accepted, NewMessage, NewRecipient, RawSegment, RecipientKind, SharedBlob},
+    templates::Rendered,
+};
+
+impl Service {
+    /// Validates, composes and durably stores one message (`POST /v1/messages`). Returns after the commit.
+    pub async fn submit(
+        &self,
+        body: &[u8],
+        idempotency_header: Option<&str>,
+    ) -> Result<Accepted, SubmitError> {
+        let mut object = parse_object(body)?;
+        let queueing = self.queueing_with_header(&mut object, idempotency_header)?;
+        // `compose` signs with the ring as read; read it again here when it is old (issue 13).
+        self.dkim.refresh(&self.store).await;
+        if object.contains_key("template") {
+            self.render_into(&mut object).await?;
+        } else if object.contains_key("data") {
+            return Err(invalid(
+                "data",
+                "data is for templates: give `template` (a stored template's name) too",
+            ));
+        }
+        let message = self.compose(object)?;
+        let size = message.stored_bytes();
+        if size > self.limits.request_bytes {
+            return Err(SubmitError::OverBudget {
+                limit: self.limits.request_bytes,
+            });
+        }
+        let mut accepted = self.store.accept(vec![message.into_new(queueing)]).await?;
+        Ok(accepted.remove(0))
+    }
+
+    /// Replaces `template` + `data` in a message request by the rendered `subject`, `text` and `html`.
+    async fn render_into(&self, object: &mut Map<String, Value>) -> Result<(), SubmitError> {
+        for field in ["subject", "text", "html"] {
+            if object.contains_key(field) {
+                return Err(invalid(
+                    field,
+                    "give either `template` and `data`, or subject/text/html, not both",
+                ));
+            }
+        }
+        let name = template_name(object.remove("template"))?;
+        let data = template_data(object.remove("data"), "data")?;
+        let rendered = self.render(&name, &data, "data").await?;
+        insert_rendered(object, rendered);
+        Ok(())
+    }
+
+    /// Composes the message fields of a request (the `herald compose` JSON) into stored form.
+    pub fn compose(&self, mut object: Map<String, Value>) -> Result<ComposedMessage, SubmitError> {
+        if !object.contains_key("from") {
+            match &self.default_from {
+                Some(from) => {
+                    object.insert("from".into(), Value::String(from.clone()));
+                }
+                None => {
+                    return Err(invalid(
+                        "from",
+                        "missing (and no HERALD_FROM default is configured)",
+                    ));
+                }
+            }
+        }
+        let request: MessageRequest = serde_json::from_value(Value::Object(object))
+            .map_err(|e| invalid("", format!("invalid request: {e}")))?;
+        let kinds = recipient_kinds(&request)?;
+        if kinds.len() > self.limits.recipients {
+            return Err(invalid(
+                "to",
+                format!("at most {} recipients per message", self.limits.recipients),
+            ));
+        }
+        let search_text = search_text(request.text.as_deref(), request.html.as_deref());
+        let subject = request.subject.clone().unwrap_or_default();
+        let message = request.into_message(Files::Forbidden)?;
+        let mut composed = ComposedMessage::new(
+            &message,
+            subject,
+            kinds,
+            search_text,
+            self.compose_options(),
+            &[],
+        );
+        composed.sign(&self.dkim.current(), &message)?;
+        Ok(composed)
+    }
+}
+
+/// A message composed and ready to store.
+pub struct ComposedMessage {
+    pub composed: Composed,
+    pub subject: String,
+    pub recipients: Vec<NewRecipient>,
+    pub search_text: String,
+    pub raw: Vec<RawSegment>,
+}
+
+impl ComposedMessage {
+    /// Puts a `DKIM-Signature` first when `keys` has a key for the From domain (issue 13). The signature
+    /// covers the bytes as stored, so every attempt sends what was signed.
+    pub fn sign(
+        &mut self,
+        keys: &crate::dkim::KeyRing,
+        message: &Message,
+    ) -> Result<(), crate::dkim::DkimError> {
+        let domain = message.from().address().ascii_domain();
+        if keys.selector_for(domain).is_none() {
+            return Ok(());
+        }
+        // mail-auth reads one buffer: a message of one segment is signed in place, one with shared parts
+        // is joined for the signer (the stored segments stay shared).
+        let joined;
+        let bytes: &[u8] = match self.raw.as_slice() {
+            [only] => only.bytes(),
+            segments => {
+                joined = super::join(segments);
+                &joined
+            }
+        };
+        if let Some(header) = keys.sign(domain, bytes)? {
+            self.raw.insert(
+                0,
+                RawSegment::Literal {
+                    bytes: bytes::Bytes::from(header),
+                    dot_safe: true,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Composes `message`; segments that are the bytes of one of `shared` are stored as shared blobs.
+    pub fn new(
+        message: &Message,
+        subject: String,
+        kinds: Vec<(String, RecipientKind)>,
+        search_text: String,
+        options: ComposeOptions,
+        shared: &[Arc<SharedBlob>],
+    ) -> Self {
+        let composed = message.compose(&options);
+        let raw = composed
+            .segments()
+            .iter()
+            .map(|segment| {
+                // Identity, not equality: a shared part is the very same allocation in every message.
+                match shared.iter().find(|blob| {
+                    blob.bytes.as_ptr() == segment.bytes.as_ptr()
+                        && blob.bytes.len() == segment.bytes.len()
+                }) {
+                    Some(blob) => RawSegment::Shared {
+                        blob: blob.clone(),
+                        dot_safe: segment.dot_safe,
+                    },
+                    None => RawSegment::Literal {
+                        bytes: segment.bytes.clone(),
+                        dot_safe: segment.dot_safe,
+                    },
+                }
+            })
+            .collect();
+        let envelope = composed.envelope();
+        // RCPT TO in ASCII (punycode domains) whenever the local part allows, so relays without SMTPUTF8
+        // take IDN recipients too.
+        let ascii = |a: &herald_mime::Address| a.to_ascii().unwrap_or_else(|_| a.to_string());
+        let recipients = envelope
+            .recipients
+            .iter()
+            .map(|address| {
+                let text = address.to_string();
+                let kind = kinds
+                    .iter()
+                    .find(|(a, _)| *a == text)
+                    .map_or(RecipientKind::To, |(_, k)| *k);
+                NewRecipient {
+                    address: ascii(address),
+                    kind,
+                }
+            })
+            .collect();
+        Self {
+            subject,
+            recipients,
+            search_text,
+            raw,
+            composed,
+        }
+    }
+
+    /// The bytes storing this message takes, shared blobs not counted (they are stored once per batch).
+    pub fn stored_bytes(&self) -> usize {
+        self.raw
+            .iter()
+            .map(|segment| match segment {
+                RawSegment::Literal { bytes, .. } => bytes.len(),
+                RawSegment::Shared { .. } => 0,
+            })
+            .sum::<usize>()
+            + self.search_text.len()
+    }
+
+    pub fn into_new(self, queueing: Queueing) -> NewMessage {
+        let sender = self
+            .composed
+            .envelope()
+            .sender
+            .to_ascii()
+            .unwrap_or_else(|_| self.composed.envelope().sender.to_string());
+        NewMessage {
+            id: uuid::Uuid::now_v7().to_string(),
+            sender,
+            subject: self.subject,
+            recipients: self.recipients,
+            search_text: self.search_text,
+            raw: self.raw,
+            send_at: queueing.send_at,
+            idempotency_key: queueing.idempotency_key,
+            batch_id: None,
+            tags: queueing.tags,
+            metadata: queueing.metadata,
+        }
+    }
+}
+
+/// Puts a rendered template into a message request as its subject, text and html.
+fn insert_rendered(object: &mut Map<String, Value>, rendered: Rendered) {
+    object.insert("subject".into(), Value::String(rendered.subject));
+    object.insert("text".into(), Value::String(rendered.text));
+    if let Some(html) = rendered.html {
+        object.insert("html".into(), Value::String(html));
+    }
+}
+
+/// Each address of to/cc/bcc with how it was addressed (first mention wins).
+pub(super) fn recipient_kinds(
+    request: &MessageRequest,
+) -> Result<Vec<(String, RecipientKind)>, RequestError> {
+    let mut kinds: Vec<(String, RecipientKind)> = Vec::new();
+    for (field, list, kind) in [
+        ("to", &request.to, RecipientKind::To),
+        ("cc", &request.cc, RecipientKind::Cc),
+        ("bcc", &request.bcc, RecipientKind::Bcc),
+    ] {
+        for (i, text) in list.items().into_iter().enumerate() {
+            let mailbox = Mailbox::parse(text).map_err(|e| RequestError {
+                field: if list.is_many() {
+                    format!("{field}[{i}]")
+                } else {
+                    field.to_owned()
+                },
+                message: e.to_string(),
+            })?;
+            let address = mailbox.address().to_string();
+            if !kinds.iter().any(|(a, _)| *a == address) {
+                kinds.push((address, kind));
+            }
+        }
+    }
+    if kinds.is_empty() {
+        return Err(RequestError {
+            field: "to".into(),
+            message: "at least one recipient (to, cc or bcc) is required".into(),
+        });
+    }
+    Ok(kinds)
+}
+
+/// The text indexed for search: the text part, or the HTML with its tags removed.
+pub fn search_text(text: Option<&str>, html: Option<&str>) -> String {
+    if let Some(text) = text {
+        return text.to_owned();
+    }
+    let Some(html) = html else {
+        return String::new();
+    };
+    let mut out = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                out.push(' ');
+            }
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_text_falls_back_to_html_without_tags() {
+        assert_eq!(
+            search_text(None, Some("<p>Hello <b>you</b></p>"))
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["Hello", "you"]
+        );
+        assert_eq!(search_text(Some("plain"), Some("<p>x</p>")), "plain");
+    }
+}

@@ -1,0 +1,43 @@
+//! Rendering without storing: a stored template with given data (the API's preview, and the first step of a
+//! templated message), and an unsaved draft (the dashboard editor's live preview).
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{Service, SubmitError};
+use crate::{
+    store::TemplateSource,
+    templates::{self, LoadError, Rendered, TemplateSet},
+};
+
+impl Service {
+    /// Renders the stored template `name` with `data` (fetching the templates it extends or includes). Errors
+    /// in the data are reported on `field`.
+    pub async fn render(
+        &self,
+        name: &str,
+        data: &Value,
+        field: &str,
+    ) -> Result<Rendered, SubmitError> {
+        let set = TemplateSet::load(&self.store, name, self.limits.template.clone())
+            .await
+            .map_err(|e| SubmitError::from_load(e, field))?;
+        templates::render_loading(&mut Arc::new(set), &self.renderer, &self.store, data)
+            .await
+            .map_err(|e| SubmitError::from_load(e, field))
+    }
+
+    /// Renders an unsaved draft with sample `data`, exactly as a message would carry it: its parts are
+    /// compiled first, and the stored templates it extends or includes are fetched.
+    pub async fn preview_draft(
+        &self,
+        source: TemplateSource,
+        data: &Value,
+    ) -> Result<Rendered, LoadError> {
+        let limits = self.limits.template.clone();
+        templates::check_source(&self.renderer, &source, &limits).await?;
+        let mut set = Arc::new(TemplateSet::draft(source, limits));
+        templates::render_loading(&mut set, &self.renderer, &self.store, data).await
+    }
+}
