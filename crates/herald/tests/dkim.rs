@@ -228,7 +228,8 @@ async fn api_keys_sign_messages_and_batches_verified_by_both(backend: Backend) {
 
 /// RSA-2048, then a rotation to a second selector while the server runs: messages before it carry the first
 /// selector, messages after it the second, and all verify while both records are published. A subdomain's mail
-/// is signed by the parent domain's key (DMARC relaxed alignment). Removing the retired key leaves one.
+/// is signed by the parent domain's key (DMARC relaxed alignment). A rotation made with `herald dkim` in another
+/// process is used within the key ring's TTL. Removing a retired key leaves the others.
 async fn rsa_and_rotation_between_two_selectors(backend: Backend) {
     let Some(app) = spawn_app(backend, SHOP).await else {
         return;
@@ -314,6 +315,53 @@ async fn rsa_and_rotation_between_two_selectors(backend: Backend) {
     );
     assert!(mail_auth_verify(&only_new, &before).await.is_err());
 
+    // A rotation made with the CLI, from another process, reaches the running server within the ring's TTL.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "dkim",
+            "rotate",
+            "example.test",
+            "--selector",
+            "cli2026c",
+            "--algorithm",
+            "ed25519",
+        ])
+        .env("HERALD_DATABASE_URL", &app.database_url)
+        .env_remove("HERALD_SECRET_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotated_at = std::time::Instant::now();
+    let deadline = herald::dkim::KEY_RING_TTL + std::time::Duration::from_secs(5);
+    let picked_up = loop {
+        let id = send(
+            &app,
+            json!({"to": "a@example.net", "subject": "three", "text": "after the CLI rotation"}),
+        )
+        .await;
+        let raw = app.get_raw(&id).await;
+        if header_tag(&raw, "s") == "cli2026c" {
+            break raw;
+        }
+        assert_eq!(header_tag(&raw, "s"), "e2026b");
+        assert!(
+            rotated_at.elapsed() < deadline,
+            "the CLI rotation was not used within {deadline:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    println!("CLI rotation used after {:?}", rotated_at.elapsed());
+    assert_both(
+        &Records::from_keys(&keys(&app).await),
+        &[("cli".to_owned(), picked_up)],
+        true,
+    )
+    .await;
+
     let response = app
         .send(
             app.client
@@ -328,7 +376,7 @@ async fn rsa_and_rotation_between_two_selectors(backend: Backend) {
         )
         .await;
     assert_eq!(error_of(response).await.0, 404);
-    assert_eq!(keys(&app).await.len(), 1);
+    assert_eq!(keys(&app).await.len(), 2);
     app.stop().await;
 }
 
