@@ -95,6 +95,13 @@ impl KeyRing {
         self.by_domain.is_empty()
     }
 
+    /// Some active key is RSA: a signature costs about a millisecond, work for a blocking thread.
+    pub fn has_rsa(&self) -> bool {
+        self.by_domain
+            .values()
+            .any(|key| matches!(key.signer.key, DkimKey::Rsa(_)))
+    }
+
     /// The signing domain and selector mail from `from_domain` is signed with: the domain's own key, or the
     /// nearest parent's (`alerts.example.com` signed by `example.com` aligns under DMARC's relaxed mode).
     pub fn selector_for(&self, from_domain: &str) -> Option<(&str, &str)> {

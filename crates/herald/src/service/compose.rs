@@ -33,7 +33,15 @@ impl Service {
                 "data is for templates: give `template` (a stored template's name) too",
             ));
         }
-        let message = self.compose(object)?;
+        // An RSA signature takes about a millisecond (see README, Benchmarks): off the async workers.
+        let message = if self.dkim.current().has_rsa() {
+            let service = self.clone();
+            tokio::task::spawn_blocking(move || service.compose(object))
+                .await
+                .map_err(|e| invalid("", format!("composing failed: {e}")))??
+        } else {
+            self.compose(object)?
+        };
         let size = message.stored_bytes();
         if size > self.limits.request_bytes {
             return Err(SubmitError::OverBudget {
