@@ -8,6 +8,9 @@
 //!
 //! `cargo bench -p herald-mime` (one core; figures in the commit log).
 
+// A benchmark: a failed unwrap is a failed run (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 use std::{hint::black_box, path::PathBuf};
 
 use bytes::Bytes;

@@ -2,6 +2,9 @@
 //! survive composing and parsing back with mail-parser, and every output
 //! keeps the byte invariants.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Spec, mb, roundtrip};

@@ -2,6 +2,9 @@
 //! back with mail-parser, compared field by field, with the byte invariants
 //! (CRLF only, lines ≤ 998, 7-bit clean, segment contract) on every output.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Spec, check_invariants, expected_tree, mb, roundtrip};

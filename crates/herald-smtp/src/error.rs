@@ -1,5 +1,6 @@
-//! Errors in the caller's terms: what failed, at which protocol stage, and whether trying again later
-//! can help (`is_transient()` / `is_permanent()`), so the delivery engine never matches strings.
+//! Errors in the caller's terms: what failed, at which protocol stage, whether trying again later
+//! can help (`is_transient()` / `is_permanent()`), and whether the relay itself is unusable right now
+//! (`relay_fault()`), so the delivery engine never matches variants or strings.
 //!
 //! An [`Error`] applies to every recipient of the message that was being sent: per-recipient refusals
 //! are not errors but [`crate::RecipientOutcome`]s. No variant ever carries a credential: AUTH
@@ -58,6 +59,23 @@ impl fmt::Display for Stage {
             Stage::Quit => "QUIT",
         })
     }
+}
+
+/// Why a relay (not one message) is unusable right now: every message sent to it now would fail the same
+/// way, so a caller pauses the relay instead of spending its messages' attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RelayFault {
+    /// Connection refused or timed out, 421, a broken TLS handshake, a session that breaks before MAIL
+    /// FROM: usually passes by itself.
+    Unreachable,
+    /// The relay refused the credentials (535, 454), offers no usable mechanism, or the connection is not
+    /// encrypted enough to send them: needs a person.
+    Authentication,
+    /// The relay's certificate did not verify, or the trust roots could not be loaded: needs a person (or
+    /// an attacker is in the way).
+    Certificate,
+    /// TLS is required but the relay does not offer STARTTLS or refuses it (or it was stripped on the way).
+    StartTls,
 }
 
 /// Everything that can make a connection or a whole transaction fail.
@@ -154,6 +172,49 @@ impl Error {
     /// True when retrying the same message against the same relay cannot succeed.
     pub fn is_permanent(&self) -> bool {
         !self.is_transient()
+    }
+
+    /// Whether this failure is the relay's rather than the message's, and which kind. Refused credentials,
+    /// an untrusted certificate and a missing STARTTLS fail every message the same way: failing them all
+    /// permanently after one try (as a per-message 5xx would) loses the queue to one configuration mistake.
+    /// `None` for failures tied to the message or its transaction (MAIL FROM refused, too big, lost during
+    /// DATA …).
+    pub fn relay_fault(&self) -> Option<RelayFault> {
+        match self {
+            Error::AuthFailed { .. }
+            | Error::AuthUnsupported { .. }
+            | Error::AuthWithoutTls { .. } => Some(RelayFault::Authentication),
+            Error::CertificateVerification { .. } | Error::TlsConfig(_) => {
+                Some(RelayFault::Certificate)
+            }
+            Error::StartTlsUnavailable { .. }
+            | Error::Rejected {
+                stage: Stage::StartTls,
+                ..
+            } => Some(RelayFault::StartTls),
+            Error::Connect { .. } | Error::Tls { .. } => Some(RelayFault::Unreachable),
+            // RFC 5321 §3.8: 421 is the server closing the session, whatever the command.
+            Error::Rejected { reply, .. } if reply.code == 421 => Some(RelayFault::Unreachable),
+            Error::Rejected {
+                stage: Stage::Greeting | Stage::Ehlo,
+                reply,
+            } if !reply.is_permanent() => Some(RelayFault::Unreachable),
+            Error::Timeout {
+                stage: Stage::Connect | Stage::Greeting | Stage::Ehlo | Stage::TlsHandshake,
+            }
+            | Error::ConnectionLost {
+                stage: Stage::Greeting | Stage::Ehlo | Stage::StartTls | Stage::TlsHandshake,
+                ..
+            } => Some(RelayFault::Unreachable),
+            _ => None,
+        }
+    }
+
+    /// True when the relay, not the message, is at fault ([`Self::relay_fault`]): the caller waits for the
+    /// relay and keeps the message's attempts, whatever the reply code (a 535 is permanent for the
+    /// credentials, not for the mail).
+    pub fn pauses_relay(&self) -> bool {
+        self.relay_fault().is_some()
     }
 
     /// The server's reply that caused the error, if there was one.
@@ -253,6 +314,135 @@ impl Error {
                 stage: *stage,
                 source: io(source),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(stage: Stage, code: u16) -> Error {
+        Error::Rejected {
+            stage,
+            reply: Reply::new(code, None, "no"),
+        }
+    }
+
+    fn refused_connect() -> Error {
+        Error::Connect {
+            host: "relay.example".into(),
+            port: 25,
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        }
+    }
+
+    #[test]
+    fn configuration_mistakes_are_the_relays_fault_whatever_the_code() {
+        let auth = Error::AuthFailed {
+            reply: Reply::new(535, None, "bad credentials"),
+        };
+        assert!(auth.is_permanent(), "535 is permanent for the credentials");
+        assert_eq!(auth.relay_fault(), Some(RelayFault::Authentication));
+        assert!(auth.pauses_relay());
+        let cases = [
+            (
+                Error::AuthUnsupported {
+                    host: "h".into(),
+                    offered: "GSSAPI".into(),
+                },
+                RelayFault::Authentication,
+            ),
+            (
+                Error::AuthWithoutTls { host: "h".into() },
+                RelayFault::Authentication,
+            ),
+            (
+                Error::CertificateVerification {
+                    host: "h".into(),
+                    reason: "unknown issuer".into(),
+                },
+                RelayFault::Certificate,
+            ),
+            (Error::TlsConfig("no roots".into()), RelayFault::Certificate),
+            (
+                Error::StartTlsUnavailable { host: "h".into() },
+                RelayFault::StartTls,
+            ),
+            (rejected(Stage::StartTls, 454), RelayFault::StartTls),
+        ];
+        for (error, fault) in cases {
+            assert_eq!(error.relay_fault(), Some(fault), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_relay_that_is_down_is_unreachable() {
+        let cases = [
+            refused_connect(),
+            Error::Tls {
+                host: "h".into(),
+                reason: "reset".into(),
+            },
+            rejected(Stage::Greeting, 421),
+            rejected(Stage::MailFrom, 421),
+            rejected(Stage::Greeting, 450),
+            rejected(Stage::Ehlo, 451),
+            Error::Timeout {
+                stage: Stage::Connect,
+            },
+            Error::Timeout {
+                stage: Stage::TlsHandshake,
+            },
+            Error::ConnectionLost {
+                stage: Stage::Greeting,
+                outcome_unknown: false,
+            },
+            Error::ConnectionLost {
+                stage: Stage::StartTls,
+                outcome_unknown: false,
+            },
+        ];
+        for error in cases {
+            assert_eq!(
+                error.relay_fault(),
+                Some(RelayFault::Unreachable),
+                "{error}"
+            );
+            assert!(error.pauses_relay(), "{error}");
+        }
+    }
+
+    #[test]
+    fn failures_of_the_message_or_its_transaction_are_not_the_relays() {
+        let cases = [
+            rejected(Stage::MailFrom, 550),
+            rejected(Stage::MailFrom, 451),
+            rejected(Stage::Greeting, 554),
+            rejected(Stage::DataEnd, 552),
+            Error::MessageTooBig {
+                size: 20,
+                limit: 10,
+            },
+            Error::ExtensionRequired {
+                extension: "SMTPUTF8",
+            },
+            Error::InvalidEnvelope("no recipients".into()),
+            Error::Timeout {
+                stage: Stage::DataEnd,
+            },
+            Error::ConnectionLost {
+                stage: Stage::DataBlock,
+                outcome_unknown: false,
+            },
+            Error::Protocol {
+                stage: Stage::RcptTo,
+                detail: "garbage".into(),
+            },
+        ];
+        for error in cases {
+            assert_eq!(error.relay_fault(), None, "{error}");
+            assert!(!error.pauses_relay(), "{error}");
         }
     }
 }

@@ -26,8 +26,8 @@
 //!
 //! Results: `Ok(Delivery)` holds one [`RecipientOutcome`] per recipient (accepted / transient /
 //! permanent, with the reply that decided it); `Err(Error)` applies to the whole message and
-//! answers [`Error::is_transient`], [`Error::is_permanent`], [`Error::reply`] and
-//! [`Error::outcome_unknown`].
+//! answers [`Error::is_transient`], [`Error::is_permanent`], [`Error::reply`],
+//! [`Error::outcome_unknown`] and [`Error::relay_fault`] (the relay, not the message, is unusable).
 //!
 //! Modules are named after the protocol stage they implement, as in Stalwart's mail-send.
 
@@ -49,7 +49,7 @@ pub use connection::{Client, Connection};
 pub use dot_stuff::{BodySegment, dot_stuff};
 pub use ehlo::Extensions;
 pub use envelope::{Dsn, DsnNotify, DsnReturn, Envelope};
-pub use error::{Error, Stage};
+pub use error::{Error, RelayFault, Stage};
 pub use pool::{Pool, PoolConfig, PoolStats};
 pub use reply::{EnhancedStatus, Reply, Status};
 pub use transaction::{Delivery, RecipientOutcome};

@@ -2,6 +2,9 @@
 //! certificate made here, AUTH). Each test prints SKIPPED and passes when its peer is missing,
 //! unless HERALD_REQUIRE_PEERS is set (CI), then it fails.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{

@@ -1,5 +1,8 @@
 //! The per-relay pool: hard cap, reuse without NOOP, reconnection, limits.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{sync::Arc, time::Duration};

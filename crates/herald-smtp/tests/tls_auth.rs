@@ -1,5 +1,8 @@
 //! STARTTLS, implicit TLS and AUTH against the test server with certificates made by rcgen.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::PathBuf;

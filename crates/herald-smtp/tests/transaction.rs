@@ -1,6 +1,9 @@
 //! Transactions against the capture / fault server over real sockets: pipelining, per-recipient
 //! outcomes, 421 handling, lost connections, timeouts, SIZE, dot-stuffing, BDAT.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

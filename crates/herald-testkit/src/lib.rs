@@ -10,6 +10,9 @@
 //!
 //! [`TestPki`] makes a CA and server certificates with rcgen for the TLS tests.
 
+// Test servers, used only by tests: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod pki;
 mod server;
 

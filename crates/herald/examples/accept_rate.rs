@@ -1,4 +1,8 @@
 //! Quick durable-accept throughput probe (the real bench moves to `herald bench accept`).
+
+// A measuring example: a failed unwrap is a failed run (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;

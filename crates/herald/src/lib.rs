@@ -15,3 +15,4 @@ pub mod serve;
 pub mod service;
 pub mod store;
 pub mod templates;
+pub mod text;

@@ -1,5 +1,6 @@
 //! The `herald` binary: one command line for every part of the service.
 
+mod bench;
 mod cli;
 
 use std::process::ExitCode;

@@ -1,6 +1,9 @@
 //! The HTTP API end to end: a real `herald serve` (in process, port 0, a fresh database) delivering to the
 //! herald-testkit capture server over real sockets. Every test runs on SQLite and on PostgreSQL.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod app;
 mod common;
 

@@ -5,6 +5,9 @@
 //! search. For each: the process stays up, `/healthz` answers within 100 ms while the attack runs, the attack
 //! gets a clear 4xx (or its connection is closed by a timeout), and nothing is stored.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{

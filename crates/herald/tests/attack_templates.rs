@@ -4,6 +4,9 @@
 //! the process stays up, that `/healthz` answers within 100 ms while the attack runs, that the request gets a
 //! clear 4xx naming what is wrong, and that nothing is stored.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{

@@ -1,6 +1,9 @@
 //! `POST /v1/batches` end to end: one personalized message per recipient from one template, accepted in one
 //! commit, the shared attachment stored once. Every test runs on SQLite and on PostgreSQL.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod app;
 mod common;
 

@@ -1,5 +1,9 @@
 //! The browser harness's own helpers (`tests/browser`), on a small page of its own (a `data:` URL), so that a
 //! dashboard test that fails points at the dashboard, not at the harness.
+
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod browser;
 
 use std::time::Duration;

@@ -4,6 +4,9 @@
 //! hand and a herald-testkit relay over real sockets measures what arrives. The limits do not depend on
 //! the store, so these run on SQLite only.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -3,6 +3,9 @@
 //! herald-testkit relay that counts what arrives. `rate=100`: the relay sees 90–105 messages per second over
 //! 30 s (not 300); `pool=6`: never more than 6 sessions at once in all (not 18).
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{

@@ -1,6 +1,9 @@
 //! `herald compose` and `herald bench compose` as a user runs them: the
 //! built binary, real files, exit codes and messages.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 use std::{
     io::Write,
     path::{Path, PathBuf},

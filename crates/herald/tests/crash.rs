@@ -9,6 +9,9 @@
 //! mid-run, and the others take its messages over within one lease. A relay slower than the lease proves a
 //! live node never loses a message it is still delivering.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{

@@ -1,6 +1,9 @@
 //! The dashboard over HTTP: pages, the message's sandboxed HTML, actions, sign-in and CSRF, the live stream.
 //! (The same pages in a real browser are in `dashboard_browser.rs`.) Every test runs on SQLite and PostgreSQL.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod app;
 mod common;
 

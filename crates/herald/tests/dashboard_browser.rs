@@ -2,6 +2,9 @@
 //! in through the API; the tests then use the pages as a person would. Screenshots of every page land in
 //! `target/screenshots/`.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod app;
 mod browser;
 mod common;

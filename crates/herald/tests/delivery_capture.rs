@@ -1,5 +1,8 @@
 //! The delivery engine with the built-in capture inbox, on a real SQLite file.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

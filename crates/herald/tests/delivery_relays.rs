@@ -2,6 +2,9 @@
 //! domain picks the relay, a relay that is down pauses only itself, the message rate and the per-domain
 //! session cap hold, and a pipelined batch keeps every recipient's own outcome.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,9 @@
 //! retries after 4xx, permanent failures with the reply kept, per-recipient outcomes, a relay that is down
 //! and comes back, and a connection dropped after the data. Retry delays pass on the injected clock.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

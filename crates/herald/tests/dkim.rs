@@ -3,6 +3,9 @@
 //! dkimpy against DNS records served in the test, tampered copies refused by both, RSA and Ed25519, and a
 //! rotation between two selectors during a run. Every server test runs on SQLite and on PostgreSQL.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod app;
 mod common;
 mod dkim_check;

@@ -4,6 +4,9 @@
 //! shows them. The headers the big providers expect of transactional mail are checked too: Message-ID on the
 //! sender's domain, Date, MIME-Version, a Subject, a text part, and the DKIM signature.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod app;
 mod common;
 

@@ -4,6 +4,9 @@
 //! PostgreSQL a node whose heartbeat stopped has its messages released by the others. Time moves through a
 //! ManualClock.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{sync::Arc, time::Duration};

@@ -4,6 +4,9 @@
 //! a wrong password, herald-testkit with an untrusted certificate or without STARTTLS), on both stores.
 //! Also: a relay that echoes the AUTH line in its refusal never gets the credential into the archive.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{

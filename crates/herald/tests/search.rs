@@ -2,6 +2,9 @@
 //! German text is found, through the store and through `GET /v1/messages?q=` and the dashboard, while Latin
 //! words keep matching whole words as before. And PostgreSQL's own statistics upkeep.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod app;
 mod common;
 

@@ -1,5 +1,8 @@
 //! `herald send` end to end: the real binary against the test SMTP server.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},

@@ -1,6 +1,9 @@
 //! `herald bench smtp` end to end against the test server (small counts: it checks the command,
 //! not the speed).
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 use herald_testkit::TestServer;

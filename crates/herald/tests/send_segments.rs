@@ -1,6 +1,9 @@
 //! The contract between herald-mime and herald-smtp: composed segments (dot-safe base64/QP parts,
 //! scanned headers and text) arrive at the server byte for byte as composed.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 use bytes::Bytes;
 use herald_mime::{Address, ComposeOptions, Mailbox, Message, Part};
 use herald_smtp::{BodySegment, Client, Envelope, Pool, PoolConfig, RelayConfig, Security};

@@ -3,6 +3,9 @@
 //! API leaves through the relay its sender's domain names, everything else through the default, and a relay
 //! whose limits are in its URL (pool, rate, domain_concurrency, batch) is accepted.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 use std::{
     collections::HashMap,
     time::{Duration, Instant},

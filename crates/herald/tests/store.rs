@@ -1,6 +1,9 @@
 //! The store against real databases (a SQLite file, a fresh PostgreSQL database): durability, group commit,
 //! claims and leases, outcomes, cancellation, search and pruning. Time moves through a ManualClock.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{sync::Arc, time::Duration};

@@ -1,6 +1,9 @@
 //! Templates through the HTTP API: store, validate, preview, and messages made from them, checked against
 //! what the relay receives. Every test runs on SQLite and on PostgreSQL.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod app;
 mod common;
 

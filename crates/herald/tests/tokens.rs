@@ -2,6 +2,9 @@
 //! open the API, revoked ones stop working, and a store holding tokens closes an API that had no
 //! `HERALD_API_TOKEN`. Every test runs on SQLite and on PostgreSQL.
 
+// A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
+#![allow(clippy::unwrap_used)]
+
 mod app;
 mod common;
 

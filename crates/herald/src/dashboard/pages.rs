@@ -688,7 +688,7 @@ pub async fn preview_template(
 }
 
 /// A preview that could not run: the store's error, or a busy renderer (503).
-fn load_error(error: templates::LoadError) -> ApiError {
+fn load_error(error: templates::LoadError<crate::store::StoreError>) -> ApiError {
     match error {
         templates::LoadError::Store(e) => e.into(),
         other => ApiError::from(crate::service::SubmitError::from_load(other, "data")),

@@ -1,6 +1,6 @@
 //! Delivery through an SMTP relay, on herald-smtp's pool.
 
-use herald_smtp::{BodySegment, Delivery as SmtpDelivery, Error, Pool, Stage, Status};
+use herald_smtp::{BodySegment, Delivery as SmtpDelivery, Error, Pool, RelayFault, Status};
 
 use super::{Delivery, Envelope, RecipientReply, RelayProblem, Transport, Verdict};
 use crate::store::RawSegment;
@@ -142,36 +142,13 @@ impl Transport for SmtpTransport {
     }
 }
 
-/// Failures that say the relay (not this message) is unusable right now, and why: the engine pauses the relay
-/// instead of spending the message's attempts. Refused credentials, an untrusted certificate and a missing
-/// STARTTLS would fail every message the same way; failing them all permanently after one try (as a
-/// per-message 5xx would) loses the queue to one configuration mistake.
+/// The engine's name for a failure that is the relay's, not the message's (herald-smtp decides which are):
+/// the engine pauses the relay instead of spending the message's attempts.
 fn relay_problem(error: &Error) -> Option<RelayProblem> {
-    match error {
-        Error::AuthFailed { .. } | Error::AuthUnsupported { .. } | Error::AuthWithoutTls { .. } => {
-            Some(RelayProblem::Authentication)
-        }
-        Error::CertificateVerification { .. } | Error::TlsConfig(_) => {
-            Some(RelayProblem::Certificate)
-        }
-        Error::StartTlsUnavailable { .. }
-        | Error::Rejected {
-            stage: Stage::StartTls,
-            ..
-        } => Some(RelayProblem::StartTls),
-        Error::Connect { .. } | Error::Tls { .. } => Some(RelayProblem::Unreachable),
-        Error::Rejected { reply, .. } if reply.code == 421 => Some(RelayProblem::Unreachable),
-        Error::Rejected {
-            stage: Stage::Greeting | Stage::Ehlo,
-            reply,
-        } if !reply.is_permanent() => Some(RelayProblem::Unreachable),
-        Error::Timeout {
-            stage: Stage::Connect | Stage::Greeting | Stage::Ehlo | Stage::TlsHandshake,
-        }
-        | Error::ConnectionLost {
-            stage: Stage::Greeting | Stage::Ehlo | Stage::StartTls | Stage::TlsHandshake,
-            ..
-        } => Some(RelayProblem::Unreachable),
-        _ => None,
-    }
+    Some(match error.relay_fault()? {
+        RelayFault::Unreachable => RelayProblem::Unreachable,
+        RelayFault::Authentication => RelayProblem::Authentication,
+        RelayFault::Certificate => RelayProblem::Certificate,
+        RelayFault::StartTls => RelayProblem::StartTls,
+    })
 }

@@ -24,11 +24,9 @@ use bytes::Bytes;
 use herald_mime::ComposeOptions;
 use serde_json::{Map, Value};
 
-pub use self::{
-    archive::check_search_text,
-    batch::BatchAccepted,
-    compose::{ComposedMessage, search_text},
-};
+pub use self::{archive::check_search_text, batch::BatchAccepted, compose::ComposedMessage};
+// Moved to `text` (the templates use it too); re-exported so that `service::search_text` still works.
+pub use crate::text::search_text;
 use crate::{
     request::RequestError,
     store::{Millis, RawSegment, Store, StoreError},
@@ -100,7 +98,7 @@ pub enum SubmitError {
 }
 
 impl SubmitError {
-    pub fn from_load(error: LoadError, field: impl Into<String>) -> Self {
+    pub fn from_load(error: LoadError<StoreError>, field: impl Into<String>) -> Self {
         match error {
             LoadError::NotFound(name) => SubmitError::UnknownTemplate(name),
             LoadError::Template(error) => SubmitError::Template {

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{Service, SubmitError};
 use crate::{
-    store::TemplateSource,
+    store::{StoreError, TemplateSource},
     templates::{self, LoadError, Rendered, TemplateSet},
 };
 
@@ -34,7 +34,7 @@ impl Service {
         &self,
         source: TemplateSource,
         data: &Value,
-    ) -> Result<Rendered, LoadError> {
+    ) -> Result<Rendered, LoadError<StoreError>> {
         let limits = self.limits.template.clone();
         templates::check_source(&self.renderer, &source, &limits).await?;
         let mut set = Arc::new(TemplateSet::draft(source, limits));

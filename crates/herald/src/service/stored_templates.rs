@@ -19,9 +19,15 @@ impl Service {
     /// Compiles every part and makes a trial render on the render threads ([`templates::check`]), then
     /// stores the template, replacing one of the same name. A template error is returned as
     /// [`LoadError::Template`] and nothing is stored.
-    pub async fn save_template(&self, source: &TemplateSource) -> Result<(), LoadError> {
+    pub async fn save_template(
+        &self,
+        source: &TemplateSource,
+    ) -> Result<(), LoadError<StoreError>> {
         templates::check(&self.renderer, &self.store, source, &self.limits.template).await?;
-        self.store.put_template(source).await?;
+        self.store
+            .put_template(source)
+            .await
+            .map_err(LoadError::Store)?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@ pub mod raw;
 mod rows;
 mod search;
 mod sqlite;
+mod template_sources;
 mod types;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};

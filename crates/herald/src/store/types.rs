@@ -318,14 +318,7 @@ pub fn message_status_from(recipients: &[RecipientStatus]) -> MessageStatus {
     }
 }
 
-/// A stored template's source: Jinja for the subject, the text and the HTML.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TemplateSource {
-    pub name: String,
-    pub subject: String,
-    pub text: Option<String>,
-    pub html: Option<String>,
-}
+pub use crate::templates::TemplateSource;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredTemplate {

@@ -4,8 +4,7 @@ use std::{collections::HashMap, fmt};
 
 use minijinja::ErrorKind;
 
-use super::{Limits, PartKind, split_engine_name};
-use crate::store::TemplateSource;
+use super::{Limits, PartKind, TemplateSource, split_engine_name};
 
 /// Where in a stored template an error is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

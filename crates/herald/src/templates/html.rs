@@ -236,7 +236,7 @@ pub fn text_from_html(html: &str) -> String {
         .string_from_read(html.as_bytes(), TEXT_WIDTH)
         // html2text fails only on a writer error or a width too small for its layout; fall back to the
         // tags-stripped text rather than fail the message.
-        .unwrap_or_else(|_| crate::service::search_text(None, Some(html)));
+        .unwrap_or_else(|_| crate::text::search_text(None, Some(html)));
     let mut out = String::with_capacity(rendered.len());
     let mut blank = 0;
     for line in rendered.lines() {

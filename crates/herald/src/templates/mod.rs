@@ -14,6 +14,10 @@
 //! After rendering, CSS from `<style>` is inlined into `style=""` attributes (mail clients drop `<style>`
 //! blocks) and, when the template has no text part, one is made from the HTML. [`Rendered`] is then exactly
 //! what goes into the message, which is why the preview endpoint shows it unchanged.
+//!
+//! This module sits below the service and the store: it is given its templates, as [`TemplateSource`]s
+//! passed in or through a [`TemplateSources`] it asks by name (the store implements it in
+//! `store/template_sources.rs`), and imports nothing from `service`, `store` or `api`.
 
 mod complexity;
 mod error;
@@ -22,6 +26,8 @@ mod pool;
 
 use std::{
     collections::{BTreeSet, HashMap},
+    convert::Infallible,
+    future::Future,
     io,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -33,7 +39,28 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value, syntax::Synta
 pub use pool::{PoolConfig, PoolError, Renderer};
 use serde_json::Value as Json;
 
-use crate::store::{Store, StoreError, TemplateSource};
+/// A stored template's source: Jinja for the subject, the text and the HTML.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TemplateSource {
+    pub name: String,
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+}
+
+/// Where a render finds the templates a template refers to (`{% extends %}`, `{% include %}`,
+/// `{% import %}`) by name: the store in the service. Rendering asks only for the names it meets, so a
+/// template that includes nothing costs one lookup.
+pub trait TemplateSources: Sync {
+    /// Why a lookup failed (the store's error): carried to the caller in [`LoadError::Store`].
+    type Error;
+
+    /// The template named `name`, or `None` when there is none.
+    fn template_source(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<TemplateSource>, Self::Error>> + Send;
+}
 
 /// Bounds on what one template may cost (DESIGN.md invariant 5).
 #[derive(Debug, Clone)]
@@ -206,19 +233,26 @@ fn check_part(
 }
 
 /// Checks a template before it is stored, on a render thread: [`validate`], then a trial render without
-/// data (missing values render as empty), fetching the templates it refers to from the store. A template
+/// data (missing values render as empty), fetching the templates it refers to from `sources`. A template
 /// whose trial render is too large, too deep, too slow or out of fuel would be so for every message, so it
 /// is refused now rather than at send time; errors that depend on the data (an undefined value, a layout
 /// not stored yet) are left to the real render.
-pub async fn check(
+pub async fn check<S: TemplateSources>(
     renderer: &Renderer,
-    store: &Store,
+    sources: &S,
     source: &TemplateSource,
     limits: &Limits,
-) -> Result<(), LoadError> {
+) -> Result<(), LoadError<S::Error>> {
     check_source(renderer, source, limits).await?;
     let mut set = Arc::new(TemplateSet::draft(source.clone(), limits.clone()).lenient());
-    match render_loading(&mut set, renderer, store, &Json::Object(Default::default())).await {
+    match render_loading(
+        &mut set,
+        renderer,
+        sources,
+        &Json::Object(Default::default()),
+    )
+    .await
+    {
         Ok(_) => Ok(()),
         Err(LoadError::Template(e)) if e.is_resource_limit() => Err(LoadError::Template(e)),
         Err(LoadError::Template(_) | LoadError::NotFound(_)) => Ok(()),
@@ -227,11 +261,11 @@ pub async fn check(
 }
 
 /// [`validate`] on a render thread, within the render's wall-time budget.
-pub async fn check_source(
+pub async fn check_source<E>(
     renderer: &Renderer,
     source: &TemplateSource,
     limits: &Limits,
-) -> Result<(), LoadError> {
+) -> Result<(), LoadError<E>> {
     let (job_source, job_limits) = (source.clone(), limits.clone());
     renderer
         .run(limits.render_time, move || {
@@ -242,14 +276,14 @@ pub async fn check_source(
         .map_err(LoadError::Template)
 }
 
-/// Renders `set` with `data` on a render thread, fetching referenced templates from the store (and
+/// Renders `set` with `data` on a render thread, fetching referenced templates from `sources` (and
 /// replacing `set` by the extended one) as rendering asks for them.
-pub async fn render_loading(
+pub async fn render_loading<S: TemplateSources>(
     set: &mut Arc<TemplateSet>,
     renderer: &Renderer,
-    store: &Store,
+    sources: &S,
     data: &Json,
-) -> Result<Rendered, LoadError> {
+) -> Result<Rendered, LoadError<S::Error>> {
     let data = Arc::new(data.clone());
     loop {
         let (job_set, job_data) = (set.clone(), data.clone());
@@ -272,7 +306,9 @@ pub async fn render_loading(
         match outcome {
             Ok(rendered) => return Ok(rendered),
             Err(RenderError::Template(e)) => return Err(e.into()),
-            Err(RenderError::Missing(names)) => *set = Arc::new(set.extended(store, &names).await?),
+            Err(RenderError::Missing(names)) => {
+                *set = Arc::new(set.extended(sources, &names).await?)
+            }
         }
     }
 }
@@ -313,21 +349,23 @@ pub enum RenderError {
     Template(TemplateError),
 }
 
-/// Why a template could not be loaded or rendered.
+/// Why a template could not be loaded or rendered; `E` is the error of the [`TemplateSources`] it was
+/// loaded from.
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub enum LoadError<E> {
     #[error("no template named {0:?}")]
     NotFound(String),
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// The sources (the store) could not be read.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(E),
     /// Every render thread is taken and the queue is full (or stopped): try again.
     #[error("{0}")]
     Busy(PoolError),
 }
 
-impl LoadError {
+impl<E> LoadError<E> {
     /// A render that did not come back: a time-out or a panic is the template's error (422), a full queue
     /// is the server's (503).
     pub fn from_pool(error: PoolError, template: &str) -> Self {
@@ -351,9 +389,9 @@ impl LoadError {
 #[derive(Debug, Default)]
 struct Catalog {
     sources: HashMap<String, TemplateSource>,
-    /// Names looked up in the store and not found there.
+    /// Names looked up in the sources and not found there.
     absent: BTreeSet<String>,
-    /// No store behind the catalog: every name not in `sources` is absent.
+    /// No sources behind the catalog: every name not in `sources` is absent.
     closed: bool,
     /// Names the engine asked for that are neither in `sources` nor known to be absent.
     misses: Mutex<BTreeSet<String>>,
@@ -412,13 +450,18 @@ fn base_environment(limits: &Limits, undefined: UndefinedBehavior) -> Environmen
 
 impl TemplateSet {
     /// Loads the stored template `name` and then, as rendering asks for them, the templates it refers to.
-    pub async fn load(store: &Store, name: &str, limits: Limits) -> Result<Self, LoadError> {
-        let root = store
-            .template(name)
-            .await?
+    pub async fn load<S: TemplateSources>(
+        sources: &S,
+        name: &str,
+        limits: Limits,
+    ) -> Result<Self, LoadError<S::Error>> {
+        let root = sources
+            .template_source(name)
+            .await
+            .map_err(LoadError::Store)?
             .ok_or_else(|| LoadError::NotFound(name.to_owned()))?;
         let catalog = Catalog {
-            sources: HashMap::from([(name.to_owned(), root.source)]),
+            sources: HashMap::from([(name.to_owned(), root)]),
             ..Default::default()
         };
         Ok(Self::with_catalog(
@@ -430,7 +473,7 @@ impl TemplateSet {
     }
 
     /// A set whose root is an unsaved draft (the dashboard's editor); the templates it extends or includes
-    /// are loaded from the store as rendering asks for them, as for a stored template.
+    /// are loaded from the sources as rendering asks for them, as for a stored template.
     pub fn draft(source: TemplateSource, limits: Limits) -> Self {
         let name = source.name.clone();
         let catalog = Catalog {
@@ -440,12 +483,12 @@ impl TemplateSet {
         Self::with_catalog(name, catalog, limits, UndefinedBehavior::Strict)
     }
 
-    /// A set over sources given directly, with no store behind it: a name not given does not exist.
+    /// A set over sources given directly, with nothing behind them: a name not given does not exist.
     pub fn from_sources(
         root: &str,
         sources: impl IntoIterator<Item = TemplateSource>,
         limits: Limits,
-    ) -> Result<Self, LoadError> {
+    ) -> Result<Self, LoadError<Infallible>> {
         let sources: HashMap<String, TemplateSource> =
             sources.into_iter().map(|s| (s.name.clone(), s)).collect();
         if !sources.contains_key(root) {
@@ -563,31 +606,43 @@ impl TemplateSet {
         &self.catalog.sources[&self.root]
     }
 
-    /// Fetches the named templates from the store (remembering the ones that do not exist) and rebuilds the
+    /// Fetches the named templates from `sources` (remembering the ones that do not exist) and rebuilds the
     /// engine over them.
-    pub async fn load_more(&mut self, store: &Store, names: &[String]) -> Result<(), LoadError> {
-        *self = self.extended(store, names).await?;
+    pub async fn load_more<S: TemplateSources>(
+        &mut self,
+        sources: &S,
+        names: &[String],
+    ) -> Result<(), LoadError<S::Error>> {
+        *self = self.extended(sources, names).await?;
         Ok(())
     }
 
-    /// A new set with the named templates fetched from the store as well (this one is left as it is, so a
+    /// A new set with the named templates fetched from `sources` as well (this one is left as it is, so a
     /// set shared with rendering threads can be extended without taking it back).
-    pub async fn extended(&self, store: &Store, names: &[String]) -> Result<Self, LoadError> {
-        let mut sources = self.catalog.sources.clone();
+    pub async fn extended<S: TemplateSources>(
+        &self,
+        sources: &S,
+        names: &[String],
+    ) -> Result<Self, LoadError<S::Error>> {
+        let mut known = self.catalog.sources.clone();
         let mut absent = self.catalog.absent.clone();
         for name in names {
-            if sources.contains_key(name) || absent.contains(name) {
+            if known.contains_key(name) || absent.contains(name) {
                 continue;
             }
-            if sources.len() >= self.limits.templates_per_render {
+            if known.len() >= self.limits.templates_per_render {
                 return Err(LoadError::Template(TemplateError::TooManyTemplates {
                     template: self.root.clone(),
                     limit: self.limits.templates_per_render,
                 }));
             }
-            match store.template(name).await? {
-                Some(stored) => {
-                    sources.insert(name.clone(), stored.source);
+            match sources
+                .template_source(name)
+                .await
+                .map_err(LoadError::Store)?
+            {
+                Some(source) => {
+                    known.insert(name.clone(), source);
                 }
                 None => {
                     absent.insert(name.clone());
@@ -595,7 +650,7 @@ impl TemplateSet {
             }
         }
         let catalog = Catalog {
-            sources,
+            sources: known,
             absent,
             closed: self.catalog.closed,
             ..Default::default()

@@ -203,6 +203,8 @@ impl Renderer {
 
 /// Sets the calling thread's nice value (on Linux the nice value is per thread). Failing is harmless: the
 /// thread keeps the process's priority.
+// setpriority has no safe wrapper in std: the one system call of the render pool.
+#[allow(unsafe_code)]
 fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
     {
@@ -236,6 +238,7 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
+    #[allow(unsafe_code)] // getpriority, to read back what lower_priority set
     async fn render_threads_yield_the_cpu_to_the_async_workers() {
         let pool = small(1, 4);
         // SAFETY: a plain system call about the calling thread.

@@ -518,3 +518,84 @@ fn stack_probe() {
         let _ = set.render(&json!({"x": {"y": 1}}));
     });
 }
+
+/// Templates in memory, looked up by name as the service looks them up in the store; counts the lookups.
+/// `broken` stands for a store that cannot be read.
+struct InMemory {
+    templates: HashMap<String, TemplateSource>,
+    lookups: Mutex<Vec<String>>,
+}
+
+impl InMemory {
+    fn new(templates: Vec<TemplateSource>) -> Self {
+        Self {
+            templates: templates.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            lookups: Mutex::default(),
+        }
+    }
+}
+
+impl TemplateSources for InMemory {
+    type Error = String;
+
+    async fn template_source(&self, name: &str) -> Result<Option<TemplateSource>, String> {
+        self.lookups.lock().unwrap().push(name.to_owned());
+        if name == "broken" {
+            return Err("the disk is on fire".into());
+        }
+        Ok(self.templates.get(name).cloned())
+    }
+}
+
+#[tokio::test]
+async fn a_render_asks_its_sources_for_what_it_extends_and_nothing_else() {
+    let sources = InMemory::new(vec![
+        source(
+            "page",
+            "Hi {{ name }}",
+            Some("{% extends \"layout\" %}{% block body %}Hi {{ name }}{% endblock %}"),
+            None,
+        ),
+        source(
+            "layout",
+            "-",
+            Some("[{% block body %}{% endblock %}]"),
+            None,
+        ),
+        source("unrelated", "-", Some("never read"), None),
+    ]);
+    let renderer = Renderer::default();
+    let mut set = Arc::new(
+        TemplateSet::load(&sources, "page", Limits::default())
+            .await
+            .unwrap(),
+    );
+    let rendered = render_loading(&mut set, &renderer, &sources, &json!({"name": "Ana"}))
+        .await
+        .unwrap();
+    assert_eq!(rendered.subject, "Hi Ana");
+    assert_eq!(rendered.text, "[Hi Ana]");
+    assert_eq!(*sources.lookups.lock().unwrap(), ["page", "layout"]);
+
+    let missing = TemplateSet::load(&sources, "nope", Limits::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&missing, LoadError::NotFound(name) if name == "nope"),
+        "{missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_source_that_cannot_be_read_is_the_sources_error() {
+    let sources = InMemory::new(vec![]);
+    let draft = source("draft", "s", Some("{% include \"broken\" %}"), None);
+    let mut set = Arc::new(TemplateSet::draft(draft, Limits::default()));
+    let error = render_loading(&mut set, &Renderer::default(), &sources, &json!({}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, LoadError::Store(e) if e == "the disk is on fire"),
+        "{error:?}"
+    );
+}

@@ -5,6 +5,7 @@
 //! calls and 250 µs of kernel time per message, capping durable accepts near 2,500/s. The writer is one
 //! thread doing one transaction per group, so it needs none of that: it owns a plain connection, keeps its
 //! statements prepared, and steps them directly. Reads still go through sqlx's pool.
+#![allow(unsafe_code)] // SQLite's C API, called directly for the reason above; each block says why it holds.
 
 use std::{
     collections::HashMap,

@@ -10,7 +10,10 @@
 //! CPU is `getrusage(RUSAGE_SELF)` user + system over the timed part (all threads), which includes
 //! connect, EHLO and QUIT, as smtp-source's timing does.
 
-use super::fixtures::Fixtures;
+use super::{
+    fixtures::Fixtures,
+    measure::{cpu_time, print_whole_run},
+};
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
@@ -18,7 +21,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context, bail};
@@ -37,7 +40,7 @@ pub enum RuntimeKind {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct BenchSmtpArgs {
+pub struct SmtpArgs {
     /// The relay, e.g. smtp://127.0.0.1:2525?tls=none (see `herald send --help`).
     #[arg(long, value_name = "URL")]
     pub relay: String,
@@ -72,10 +75,11 @@ struct Prepared {
     len: usize,
 }
 
-pub fn run(args: BenchSmtpArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: SmtpArgs) -> anyhow::Result<ExitCode> {
     if args.connections == 0 || args.count == 0 || args.distinct == 0 || args.batch == 0 {
         bail!("--connections, --count, --distinct and --batch must be at least 1");
     }
+    let run_started = Instant::now();
     let mut relay = Relay::parse(&args.relay, std::env::var(PASSWORD_ENV).ok())?;
     let messages = Arc::new(match &args.message {
         Some(path) => vec![prepared_file(path)?],
@@ -173,6 +177,14 @@ pub fn run(args: BenchSmtpArgs) -> anyhow::Result<ExitCode> {
     );
     // One line for scripts/bench-smtp.
     println!("RESULT msg_per_s={rate:.1} cpu_us_per_msg={cpu_per_message:.1} sent={sent}");
+    print_whole_run(
+        count,
+        run_started,
+        &format!(
+            " ({sent} sent, {} failed; composing or reading them included)",
+            failures.len()
+        ),
+    );
     if let Some(first) = failures.first() {
         eprintln!(
             "herald: {} messages failed; the first: {first}",
@@ -251,34 +263,4 @@ fn compose_notifications(fixtures: &Fixtures, distinct: usize) -> anyhow::Result
         });
     }
     Ok(prepared)
-}
-
-/// User + system CPU time of this process, all threads (getrusage, RUSAGE_SELF).
-fn cpu_time() -> Duration {
-    #[repr(C)]
-    struct Timeval {
-        seconds: std::ffi::c_long,
-        microseconds: std::ffi::c_long,
-    }
-    #[repr(C)]
-    struct Rusage {
-        user: Timeval,
-        system: Timeval,
-        rest: [std::ffi::c_long; 14],
-    }
-    unsafe extern "C" {
-        fn getrusage(who: std::ffi::c_int, usage: *mut Rusage) -> std::ffi::c_int;
-    }
-    const RUSAGE_SELF: std::ffi::c_int = 0;
-    let mut usage = std::mem::MaybeUninit::<Rusage>::zeroed();
-    // SAFETY: getrusage writes one `struct rusage` (two timevals and 14 longs on Linux) into the
-    // zeroed buffer it is given, and reads nothing from it.
-    let usage = unsafe {
-        if getrusage(RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
-            return Duration::ZERO;
-        }
-        usage.assume_init()
-    };
-    let micros = |t: &Timeval| t.seconds as u64 * 1_000_000 + t.microseconds as u64;
-    Duration::from_micros(micros(&usage.user) + micros(&usage.system))
 }

@@ -13,10 +13,13 @@
 //!   from its 202 to the sink's 250 after its data, matched by the number in its subject.
 //!
 //! The HTTP client is a minimal HTTP/1.1 keep-alive client (one connection per client task), so that the
-//! client takes as little of a shared 2-core machine as it can. The last line is machine-readable
-//! (`RESULT key=value ...`).
+//! client takes as little of a shared 2-core machine as it can. One line is machine-readable (`RESULT
+//! key=value ...`); the last gives the messages sent in all and the whole run's wall time.
 
-use super::fixtures::{Fixtures, Notification};
+use super::{
+    fixtures::{Fixtures, Notification},
+    measure::print_whole_run,
+};
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -53,7 +56,7 @@ pub enum Via {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct BenchE2eArgs {
+pub struct E2eArgs {
     /// What to send.
     #[arg(long, value_enum)]
     pub workload: E2eWorkload,
@@ -92,7 +95,7 @@ pub struct BenchE2eArgs {
     pub timeout_s: u64,
 }
 
-pub fn run(args: BenchE2eArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
     if args.count == 0 || args.clients == 0 || args.batch_size == 0 {
         bail!("--count, --clients and --batch-size must be at least 1");
     }
@@ -101,13 +104,15 @@ pub fn run(args: BenchE2eArgs) -> anyhow::Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let started = Instant::now();
+    let messages = runtime.block_on(async move {
         match args.workload {
             E2eWorkload::Standard => standard(&args).await,
             E2eWorkload::Alert => alert(&args).await,
             E2eWorkload::Latency => latency(&args).await,
         }
     })?;
+    print_whole_run(messages, started, "");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -342,7 +347,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// Posts `bodies(i)` for `i` in `0..jobs` from `clients` connections; returns the accept latencies (ms).
 async fn post_all(
-    args: &BenchE2eArgs,
+    args: &E2eArgs,
     jobs: usize,
     path: &'static str,
     body: Arc<dyn Fn(usize) -> Vec<u8> + Send + Sync>,
@@ -401,7 +406,8 @@ async fn wait_delivered(
     }
 }
 
-async fn standard(args: &BenchE2eArgs) -> anyhow::Result<()> {
+/// Returns the number of messages it sent (as do `alert` and `latency`).
+async fn standard(args: &E2eArgs) -> anyhow::Result<usize> {
     let standard = Arc::new(Standard::load(&Fixtures::find(args.fixtures.as_deref())?)?);
     let mut probe = Http::connect(args.api, args.token.as_deref()).await?;
     if args.via == Via::Batches {
@@ -470,10 +476,10 @@ async fn standard(args: &BenchE2eArgs) -> anyhow::Result<()> {
         quantile(&latencies, 0.5),
         quantile(&latencies, 0.99),
     );
-    Ok(())
+    Ok(args.count)
 }
 
-async fn alert(args: &BenchE2eArgs) -> anyhow::Result<()> {
+async fn alert(args: &E2eArgs) -> anyhow::Result<usize> {
     let mut probe = Http::connect(args.api, args.token.as_deref()).await?;
     let before = probe.counts().await?.get("delivered").copied().unwrap_or(0);
     let start = Instant::now();
@@ -507,7 +513,7 @@ async fn alert(args: &BenchE2eArgs) -> anyhow::Result<()> {
         quantile(&latencies, 0.5),
         quantile(&latencies, 0.99),
     );
-    Ok(())
+    Ok(args.count)
 }
 
 /// When the sink answered 250 to each message's data, by the number in its subject.
@@ -516,7 +522,7 @@ type Arrivals = Arc<Mutex<HashMap<usize, Instant>>>;
 /// Per message: when its request left and when its 202 was read.
 type Accepts = Arc<Mutex<Vec<Option<(Instant, Instant)>>>>;
 
-async fn latency(args: &BenchE2eArgs) -> anyhow::Result<()> {
+async fn latency(args: &E2eArgs) -> anyhow::Result<usize> {
     if !(args.rate > 0.0 && args.seconds > 0.0) {
         bail!("--rate and --seconds must be more than 0");
     }
@@ -624,7 +630,7 @@ async fn latency(args: &BenchE2eArgs) -> anyhow::Result<()> {
         quantile(&accept, 0.99),
         n as f64 / sending.as_secs_f64(),
     );
-    Ok(())
+    Ok(n)
 }
 
 /// A minimal SMTP sink session (PIPELINING): answers every command in order, and after each message's data

@@ -10,7 +10,10 @@
 //! `--dkim ed25519|rsa` signs every message as `herald serve` does (issue 13), with a key made for the run,
 //! so the figure includes the signature; `--sample` then writes the signed message.
 
-use super::fixtures::{Fixtures, Notification};
+use super::{
+    fixtures::{Fixtures, Notification},
+    measure::print_whole_run,
+};
 use std::{hint::black_box, path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::{Context, bail};
@@ -18,7 +21,7 @@ use bytes::Bytes;
 use herald_mime::{Address, ComposeOptions, Composed, EncodedPart, Mailbox, Message, Part};
 
 #[derive(Debug, clap::Args)]
-pub struct BenchComposeArgs {
+pub struct ComposeArgs {
     /// Messages per round.
     #[arg(long, default_value_t = 20_000)]
     pub count: usize,
@@ -153,7 +156,8 @@ impl Workload {
     }
 }
 
-pub fn run(args: BenchComposeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ComposeArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
     let w = Workload::load(&Fixtures::find(args.fixtures.as_deref())?, args.eight_bit)?;
     let shared = args.batch.then(|| {
         let (logo, pdf) = w.parts();
@@ -187,9 +191,9 @@ pub fn run(args: BenchComposeArgs) -> anyhow::Result<ExitCode> {
         bail!("--count and --rounds must be at least 1");
     }
     let bytes = w.build(0, shared.as_ref()).len();
-    let whole_run = Instant::now();
     // Warm-up: page in the buffers and the allocator.
-    for i in 0..args.count.min(1000) {
+    let warm_up = args.count.min(1000);
+    for i in 0..warm_up {
         black_box(build(i));
     }
     // Wall time per round, and this thread's CPU time (Linux schedstat, ns):
@@ -223,9 +227,8 @@ pub fn run(args: BenchComposeArgs) -> anyhow::Result<ExitCode> {
         ),
         None => String::new(),
     };
-    let total = args.count * args.rounds + args.count.min(1000);
     println!(
-        "herald compose ({}{}): {:.0} messages/s (min–max {:.0}–{:.0}), {:.2} µs/msg{}, {} bytes/msg; median of {} rounds × {} messages, one thread; {total} messages in {:.2} s wall",
+        "herald compose ({}{}): {:.0} messages/s (min–max {:.0}–{:.0}), {:.2} µs/msg{}, {} bytes/msg; median of {} rounds × {} messages, one thread",
         if args.batch {
             "batch, shared parts encoded once"
         } else {
@@ -242,8 +245,15 @@ pub fn run(args: BenchComposeArgs) -> anyhow::Result<ExitCode> {
         cpu_note,
         bytes,
         args.rounds,
-        args.count,
-        whole_run.elapsed().as_secs_f64()
+        args.count
+    );
+    print_whole_run(
+        args.rounds * args.count + warm_up,
+        started,
+        &format!(
+            " ({} rounds × {} messages + {warm_up} to warm up)",
+            args.rounds, args.count
+        ),
     );
     Ok(ExitCode::SUCCESS)
 }

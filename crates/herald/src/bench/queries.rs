@@ -24,10 +24,10 @@ use herald::{
     },
 };
 
-use super::bench_store::{runtime, small};
+use super::{measure::runtime, store::small};
 
 #[derive(Debug, clap::Args)]
-pub struct BenchQueriesArgs {
+pub struct QueriesArgs {
     /// Messages in the archive.
     #[arg(long, default_value_t = 1_000_000)]
     pub messages: usize,
@@ -169,7 +169,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-pub fn run(args: BenchQueriesArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: QueriesArgs) -> anyhow::Result<ExitCode> {
     if args.messages < PER_ACCEPT || args.runs == 0 {
         bail!("--messages must be at least {PER_ACCEPT} and --runs at least 1");
     }

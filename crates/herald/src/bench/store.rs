@@ -1,10 +1,6 @@
-//! `herald bench store` and `herald bench queue`: the durable store's hot paths.
-//!
-//! - `store`: standard notifications (../shared/bench), personalized, shared parts encoded once, accepted
-//!   durably by concurrent clients through the group commit; prints accepts/s, CPU µs per message, accept
-//!   latency percentiles and bytes stored per message.
-//! - `queue`: fills the store with many queued messages and measures claim latency and this process's
-//!   resident memory at several queue lengths.
+//! `herald bench store`: standard notifications (../shared/bench), personalized, shared parts encoded
+//! once, accepted durably by concurrent clients through the group commit; prints accepts/s, CPU µs per
+//! message, accept latency percentiles and bytes stored per message.
 
 use std::{
     process::ExitCode,
@@ -20,10 +16,14 @@ use herald::{
 };
 use tokio::sync::Mutex;
 
-use super::{bench_compose::Workload, fixtures::Fixtures};
+use super::{
+    compose::Workload,
+    fixtures::Fixtures,
+    measure::{cpu_time, print_whole_run, runtime, thread_cpu},
+};
 
 #[derive(Debug, clap::Args)]
-pub struct BenchStoreArgs {
+pub struct StoreArgs {
     /// Messages to accept.
     #[arg(long, default_value_t = 50_000)]
     pub count: usize,
@@ -44,90 +44,7 @@ pub struct BenchStoreArgs {
     pub fixtures: Option<std::path::PathBuf>,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct BenchQueueArgs {
-    /// Queue lengths at which to measure, ascending.
-    #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
-    pub sizes: Vec<usize>,
-    /// Messages claimed per claim (the engine's batch).
-    #[arg(long, default_value_t = 64)]
-    pub claim: u32,
-    /// Store URL; default: a fresh SQLite file in a temporary directory (kept with --keep).
-    #[arg(long)]
-    pub database: Option<String>,
-    /// Keep the temporary database and print its path (e.g. to time `herald serve` starting on it).
-    #[arg(long)]
-    pub keep: bool,
-}
-
-pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
-}
-
-/// This process's user+system CPU time.
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage fills the struct it is given.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc_rusage::Rusage>();
-        libc_rusage::getrusage(0, &mut usage);
-        usage
-    };
-    let tv = |t: libc_rusage::Timeval| Duration::new(t.sec as u64, (t.usec * 1000) as u32);
-    tv(usage.utime) + tv(usage.stime)
-}
-
-/// The one libc call this file needs, declared here rather than adding a crate for it.
-mod libc_rusage {
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    pub struct Timeval {
-        pub sec: i64,
-        pub usec: i64,
-    }
-    #[repr(C)]
-    pub struct Rusage {
-        pub utime: Timeval,
-        pub stime: Timeval,
-        pub rest: [i64; 14],
-    }
-    unsafe extern "C" {
-        pub fn getrusage(who: i32, usage: *mut Rusage) -> i32;
-    }
-}
-
-/// CPU time of this process's thread named `name` (the store writer), from /proc: on a busy machine this
-/// tells the writer's own cost per message, and so its ceiling, whatever the other processes take.
-fn thread_cpu(name: &str) -> Option<Duration> {
-    let ticks_per_second = 100.0; // USER_HZ on Linux
-    for entry in std::fs::read_dir("/proc/self/task").ok()? {
-        let dir = entry.ok()?.path();
-        if std::fs::read_to_string(dir.join("comm")).ok()?.trim() == name {
-            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            let ticks: f64 =
-                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-            return Some(Duration::from_secs_f64(ticks / ticks_per_second));
-        }
-    }
-    None
-}
-
-/// Resident memory of this process (VmRSS), in MB.
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-async fn open_store(
+pub(super) async fn open_store(
     database: Option<&str>,
     dir: &tempfile::TempDir,
 ) -> anyhow::Result<(Store, String)> {
@@ -204,10 +121,11 @@ fn stored(
     }
 }
 
-pub fn run_store(args: BenchStoreArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: StoreArgs) -> anyhow::Result<ExitCode> {
     if args.count == 0 || args.clients == 0 || args.per_call == 0 {
         bail!("--count, --clients and --per-call must be at least 1");
     }
+    let started = Instant::now();
     let workload = Arc::new(Workload::load(
         &Fixtures::find(args.fixtures.as_deref())?,
         false,
@@ -305,6 +223,11 @@ pub fn run_store(args: BenchStoreArgs) -> anyhow::Result<ExitCode> {
                 (after - before) as f64 / args.count as f64
             );
         }
+        print_whole_run(
+            args.count,
+            started,
+            &format!(" (accepting them: {:.2} s)", wall.as_secs_f64()),
+        );
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -330,49 +253,4 @@ pub(super) fn small(i: usize) -> NewMessage {
         tags: vec![],
         metadata: serde_json::Value::Object(Default::default()),
     }
-}
-
-pub fn run_queue(args: BenchQueueArgs) -> anyhow::Result<ExitCode> {
-    let mut sizes = args.sizes.clone();
-    sizes.sort_unstable();
-    let dir = tempfile::tempdir()?;
-    runtime()?.block_on(async {
-        let (store, url) = open_store(args.database.as_deref(), &dir).await?;
-        let mut filled = 0;
-        for size in sizes {
-            let fill_start = Instant::now();
-            while filled < size {
-                let n = (size - filled).min(5_000);
-                store.accept((filled..filled + n).map(small).collect()).await?;
-                filled += n;
-            }
-            let fill = fill_start.elapsed();
-            // Claim latency: claim a batch and give it back, many times; median and p99.
-            let mut times = Vec::new();
-            for _ in 0..50 {
-                let t = Instant::now();
-                let claimed = store.claim("bench", Duration::from_secs(60), args.claim).await?;
-                times.push(t.elapsed());
-                if claimed.len() != args.claim as usize {
-                    bail!("claimed {} of {}", claimed.len(), args.claim);
-                }
-                store.release_leases("bench").await?;
-            }
-            times.sort();
-            println!(
-                "queue {size:>9}: claim of {} p50 {:.2} ms p99 {:.2} ms; resident memory {:.0} MB (filled in {:.1} s)",
-                args.claim,
-                times[times.len() / 2].as_secs_f64() * 1e3,
-                times[times.len() * 99 / 100].as_secs_f64() * 1e3,
-                rss_mb(),
-                fill.as_secs_f64(),
-            );
-        }
-        if args.keep {
-            let kept = dir.keep();
-            println!("kept {url} (in {})", kept.display());
-        }
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
 }
