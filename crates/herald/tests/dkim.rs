@@ -113,6 +113,12 @@ async fn api_keys_sign_messages_and_batches_verified_by_both(backend: Backend) {
         (422, Some("selector"))
     );
     let records = Records::from_keys(&keys(&app).await);
+    // The dashboard's page lists the record to publish.
+    let page = app.get("/dkim").await;
+    assert_eq!(page.status().as_u16(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("ed1._domainkey.example.test"), "{page}");
+    assert!(page.contains(key["dns_record"].as_str().unwrap()), "{page}");
 
     let id = send(
         &app,
