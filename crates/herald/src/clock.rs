@@ -1,4 +1,7 @@
 //! Wall-clock time, injectable so that scheduling, retries and leases are tested without sleeping.
+//!
+//! This module owns time ([`Millis`]); the store and everything else take it from here (the store re-exports
+//! it), so the clock depends on nothing.
 
 use std::{
     sync::{
@@ -8,7 +11,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::store::Millis;
+/// Milliseconds since the Unix epoch: the one time unit of Herald's clock and of its store, the same in both
+/// dialects.
+pub type Millis = i64;
 
 /// Tells the time in Unix milliseconds.
 pub trait Clock: Send + Sync + std::fmt::Debug {

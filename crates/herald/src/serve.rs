@@ -114,7 +114,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let live_at_start = match store.heartbeat(&node, config.lease).await {
         Ok(report) => report.live_nodes,
         Err(error) => {
-            tracing::warn!(%error, "first heartbeat failed; starting as if alone until the next");
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "first heartbeat failed; starting as if alone until the next"
+            );
             1
         }
     };
@@ -190,7 +193,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         heartbeat.abort();
         let _ = heartbeat.await;
         if let Err(error) = store_for_leave.leave(&node).await {
-            tracing::warn!(%error, "could not remove this node's heartbeat row; the others will");
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "could not remove this node's heartbeat row; the others will"
+            );
         }
         drop(membership);
         let result = result?;
@@ -422,13 +428,19 @@ async fn prune_periodically(
                 Ok(pruned) => {
                     tracing::info!(pruned, "pruned raw bodies past the retention period")
                 }
-                Err(error) => tracing::warn!(%error, "pruning failed; will retry"),
+                Err(error) => tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "pruning failed; will retry"
+                ),
             }
         }
         // Activity is counted in wall-clock time (not the store's clock), so it is pruned by it too.
         let cutoff = SystemClock.now() - ACTIVITY_RETENTION.as_millis() as i64;
         if let Err(error) = store.prune_activity(cutoff).await {
-            tracing::warn!(%error, "pruning old activity failed; will retry");
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "pruning old activity failed; will retry"
+            );
         }
         // Hourly pruning; the store's own upkeep every minute.
         for _ in 0..60 {
@@ -437,7 +449,10 @@ async fn prune_periodically(
                     tracing::info!(analyzed = ?done.analyzed, "store upkeep refreshed statistics")
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "store upkeep failed; will retry"),
+                Err(error) => tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "store upkeep failed; will retry"
+                ),
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(60)) => {}

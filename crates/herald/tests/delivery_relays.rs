@@ -435,7 +435,7 @@ async fn a_pipelined_batch_keeps_each_recipients_outcome(t: TestStore) {
         .map(|v| {
             v.recipients
                 .iter()
-                .map(|r| (r.address.clone(), r.status.clone(), r.smtp_code))
+                .map(|r| (r.address.clone(), r.status.to_string(), r.smtp_code))
                 .collect()
         })
         .collect();

@@ -14,8 +14,8 @@ use herald::{
     clock::Clock,
     store::{
         Accepted, AttemptOutcome, CancelOutcome, MessageStatus, NewMessage, RawSegment,
-        RecipientResult, RecipientStatus, SearchPage, SearchQuery, SharedBlob, Store,
-        TemplateSource,
+        RecipientResult, RecipientStatus, SearchPage, SearchQuery, SharedBlob, Store, StoreError,
+        TemplateSource, Unreadable,
     },
 };
 
@@ -32,6 +32,8 @@ on_both_stores!(
     shared_parts_are_stored_once_and_pruned_with_the_last_body,
     releasing_leases_makes_messages_due_at_once,
     templates_and_tokens_are_stored,
+    the_timeline_names_each_recipient_by_address,
+    an_unreadable_value_is_a_corrupt_error_not_a_guess,
 );
 
 fn message(n: usize, recipients: &[&str]) -> NewMessage {
@@ -270,6 +272,146 @@ async fn outcomes_are_kept_per_recipient_and_only_deferred_ones_are_retried(t: T
     assert_eq!(view.status, "delivered");
     assert_eq!(view.attempts, 2);
     assert_eq!(t.store.next_due().await.unwrap(), None);
+}
+
+/// Each recipient's result is a timeline line naming the recipient by address, the same on both stores (SQLite
+/// once wrote the position there: "delivered · 0" where PostgreSQL showed "delivered · ann@…").
+async fn the_timeline_names_each_recipient_by_address(t: TestStore) {
+    t.store
+        .accept(vec![message(1, &["ann@example.test", "bob@example.test"])])
+        .await
+        .unwrap();
+    let claimed = t
+        .store
+        .claim("w1", Duration::from_secs(300), 10)
+        .await
+        .unwrap();
+    // The results as the delivery engine makes them: from the claimed recipients.
+    let recipients = claimed[0]
+        .recipients
+        .iter()
+        .zip([
+            (RecipientStatus::Delivered, 250, "2.0.0 queued as A1"),
+            (RecipientStatus::Deferred, 451, "4.2.0 mailbox busy"),
+        ])
+        .map(|(r, (status, code, reply))| RecipientResult {
+            position: r.position,
+            address: r.address.clone(),
+            status,
+            smtp_code: Some(code),
+            enhanced_status: None,
+            reply: Some(reply.into()),
+        })
+        .collect();
+    t.store
+        .record(
+            "w1",
+            vec![AttemptOutcome {
+                id: claimed[0].id.clone(),
+                recipients,
+                retry_at: Some(T0 + 60_000),
+                detail: "1 delivered, 1 deferred".into(),
+                counts_attempt: true,
+            }],
+        )
+        .await
+        .unwrap();
+    let view = t.store.message("msg-000001").await.unwrap().unwrap();
+    let timeline: Vec<(&str, Option<&str>, Option<&str>)> = view
+        .events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.recipient.as_deref(), e.detail.as_deref()))
+        .collect();
+    assert_eq!(
+        timeline,
+        [
+            ("queued", None, None),
+            ("sending", None, None),
+            (
+                "delivered",
+                Some("ann@example.test"),
+                Some("2.0.0 queued as A1")
+            ),
+            (
+                "deferred",
+                Some("bob@example.test"),
+                Some("4.2.0 mailbox busy")
+            ),
+            ("attempt_deferred", None, Some("1 delivered, 1 deferred")),
+        ]
+    );
+}
+
+/// Runs one statement on the test's database, beside the store (to write what Herald itself never writes).
+async fn execute_directly(t: &TestStore, sql: &'static str) {
+    use sqlx::Connection;
+    match t.backend {
+        Backend::Sqlite => {
+            let url = format!("sqlite://{}", t.dir.path().join("herald.db").display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(t.pg_url.as_deref().unwrap())
+                .await
+                .unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+    }
+}
+
+/// A status or kind this code does not know is refused, naming where it is, instead of read as `queued`.
+async fn an_unreadable_value_is_a_corrupt_error_not_a_guess(t: TestStore) {
+    t.store
+        .accept(vec![message(1, &["ann@example.test"])])
+        .await
+        .unwrap();
+    let claimed = t
+        .store
+        .claim("w1", Duration::from_secs(300), 10)
+        .await
+        .unwrap();
+    execute_directly(
+        &t,
+        "UPDATE recipients SET kind = 'resent-to', status = 'bounced'",
+    )
+    .await;
+    let read = t.store.message("msg-000001").await.unwrap_err();
+    assert!(
+        matches!(
+            &read,
+            StoreError::Corrupt(Unreadable { table: "recipients", column: "kind", value })
+                if value == "resent-to"
+        ),
+        "{read:?}"
+    );
+    // On the write path too (inside the SQLite writer, in the PostgreSQL transaction): nothing is recorded.
+    let recorded = t
+        .store
+        .record(
+            "w1",
+            vec![AttemptOutcome {
+                id: claimed[0].id.clone(),
+                recipients: vec![],
+                retry_at: Some(T0 + 60_000),
+                detail: "relay down".into(),
+                counts_attempt: false,
+            }],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &recorded,
+            StoreError::Corrupt(Unreadable { table: "recipients", column: "status", value })
+                if value == "bounced"
+        ),
+        "{recorded:?}"
+    );
+    assert_eq!(
+        recorded.to_string(),
+        r#"unreadable value "bounced" in recipients.status"#
+    );
 }
 
 async fn giving_up_fails_the_recipients_still_deferred(t: TestStore) {

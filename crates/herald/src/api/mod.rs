@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use crate::{
     app::{ApiError, AppState, client_key, prometheus, token_hash, too_many_failures},
     service::{check_search_text, format_rfc3339, parse_rfc3339},
-    store::{Accepted, CancelOutcome, MessageStatus, MessageView, SearchQuery},
+    store::{Accepted, CancelOutcome, MessageStatus, MessageView, RecipientKind, SearchQuery},
 };
 
 /// The API's routes (`serve` adds the layers every request passes, and the fallback).
@@ -199,7 +199,7 @@ fn view_json(view: MessageView) -> Value {
     let to: Vec<&str> = view
         .recipients
         .iter()
-        .filter(|r| r.kind != "bcc")
+        .filter(|r| r.kind != RecipientKind::Bcc)
         .map(|r| r.address.as_str())
         .collect();
     json!({

@@ -132,7 +132,7 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::InvalidQuery(message) => ApiError::invalid("cursor", message),
             other => {
-                tracing::error!(error = %other, "store error");
+                tracing::error!(error = &other as &dyn std::error::Error, "store error");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",

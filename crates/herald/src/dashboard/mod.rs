@@ -162,7 +162,10 @@ impl From<StoreError> for PageError {
         match error {
             StoreError::InvalidQuery(message) => Self::new(StatusCode::BAD_REQUEST, message),
             other => {
-                tracing::error!(error = %other, "store error on a dashboard page");
+                tracing::error!(
+                    error = &other as &dyn std::error::Error,
+                    "store error on a dashboard page"
+                );
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "The store could not answer; try again in a moment.",

@@ -241,7 +241,7 @@ pub async fn message(
         .await?
         .ok_or_else(|| PageError::not_found(format!("There is no message with id {id:?}.")))?;
     let mail = mail_of(&state, &id).await?;
-    let status: Option<MessageStatus> = view.status.parse().ok();
+    let status = view.status;
     let resent_from = view
         .metadata
         .get("resent_from")
@@ -252,8 +252,8 @@ pub async fn message(
         context! {
             message => v(&view),
             mail => v(&mail),
-            cancellable => status.is_some_and(|s| matches!(s, MessageStatus::Scheduled | MessageStatus::Queued | MessageStatus::Deferred)),
-            resendable => status.is_some_and(MessageStatus::is_final),
+            cancellable => status.is_cancellable(),
+            resendable => status.is_final(),
             resent_from => resent_from,
             metadata => serde_json::to_string_pretty(&view.metadata).unwrap_or_default(),
             notice => notice_text(notice.notice.as_deref()),

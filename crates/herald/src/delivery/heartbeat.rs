@@ -39,7 +39,10 @@ pub async fn run_heartbeat(
                     changed
                 });
             }
-            Err(error) => tracing::warn!(%error, "heartbeat failed; retrying at the next beat"),
+            Err(error) => tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "heartbeat failed; retrying at the next beat"
+            ),
         }
     }
 }

@@ -251,7 +251,10 @@ impl<T: Transport> Engine<T> {
                     if let Err(error) = store.record(&owner, batch).await {
                         // No longer renewed: the leases run out and the messages are retried, at-least-once
                         // (invariant 3).
-                        tracing::error!(%error, "could not record delivery outcomes");
+                        tracing::error!(
+                            error = &error as &dyn std::error::Error,
+                            "could not record delivery outcomes"
+                        );
                     }
                     in_flight.remove(&ids);
                 }
@@ -332,7 +335,10 @@ impl<T: Transport> Engine<T> {
             {
                 Ok(claimed) => claimed,
                 Err(error) => {
-                    tracing::warn!(%error, "claiming due messages failed; retrying");
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "claiming due messages failed; retrying"
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(CLAIM_RETRY) => {}
                         _ = shutdown.changed() => {}
@@ -343,7 +349,10 @@ impl<T: Transport> Engine<T> {
             if claimed.is_empty() {
                 let now = store.clock().now();
                 let next_due = store.next_due().await.unwrap_or_else(|error| {
-                    tracing::warn!(%error, "reading the next due time failed; polling");
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "reading the next due time failed; polling"
+                    );
                     None
                 });
                 let wait = match next_due {
@@ -466,7 +475,11 @@ async fn renew_leases(store: Store, owner: String, lease: Duration, in_flight: I
                 tracing::debug!(renewed, held = ids.len(), "leases renewed");
             }
             Err(error) => {
-                tracing::warn!(%error, held = ids.len(), "renewing leases failed; retrying at the next renewal")
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    held = ids.len(),
+                    "renewing leases failed; retrying at the next renewal"
+                )
             }
         }
     }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{Service, join};
 use crate::store::{
     ActivityBucket, CancelOutcome, MessageStatus, MessageView, Millis, NewMessage, NewRecipient,
-    RecipientKind, SearchPage, SearchQuery, StoreError,
+    SearchPage, SearchQuery, StoreError,
 };
 
 impl Service {
@@ -70,7 +70,7 @@ impl Service {
             .iter()
             .map(|r| NewRecipient {
                 address: r.address.clone(),
-                kind: r.kind.parse().unwrap_or(RecipientKind::To),
+                kind: r.kind,
             })
             .collect();
         let mut metadata = view.metadata.clone();

@@ -7,6 +7,7 @@
 mod postgres;
 pub mod raw;
 mod rows;
+pub mod rules;
 mod search;
 mod sqlite;
 mod template_sources;
@@ -16,8 +17,9 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 pub use postgres::{PgStore, Upkeep};
 pub use raw::{RawSegment, SharedBlob};
+pub use rules::{EVENT_INTERRUPTED, EVENT_STALE_OUTCOME, message_status_from};
 pub use search::{fold, index_terms, query_terms};
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{SqliteError, SqliteOptions, SqliteStore};
 use tokio::sync::Notify;
 pub use types::*;
 
@@ -190,21 +192,42 @@ pub struct Membership {
     pub recovered: u64,
 }
 
-/// What went wrong in the store, in the caller's terms.
+/// What went wrong in the store, in the caller's terms. A variant's message says what failed; the cause it
+/// wraps is its `source()`, so a chain printer (`{:#}` at the top, `error = &e as &dyn Error` in logs) shows
+/// each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the database {url}: {source}")]
+    #[error("cannot open the database {url}")]
     Open {
         url: String,
         #[source]
         source: sqlx::Error,
     },
-    #[error("database migration failed: {0}")]
+    #[error("cannot open the database {url} for writing")]
+    OpenWriter {
+        url: String,
+        #[source]
+        source: SqliteError,
+    },
+    #[error("cannot start the store's thread for {url}")]
+    Thread {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    /// Shared, because one failed group commit answers every caller in the group with it.
+    #[error("database error")]
+    Database(#[source] Arc<sqlx::Error>),
+    #[error("SQLite write failed")]
+    Sqlite(#[source] SqliteError),
+    /// A row holds a value this code cannot read (a status it does not know, say): refused rather than
+    /// guessed at.
+    #[error(transparent)]
+    Corrupt(Unreadable),
     #[error("stored message {id} is corrupt: {reason}")]
-    Corrupt { id: String, reason: String },
+    CorruptBody { id: String, reason: String },
     #[error("the store is shutting down")]
     Closed,
     #[error("invalid search: {0}")]
@@ -216,10 +239,60 @@ pub enum StoreError {
          (stop it first, or use PostgreSQL for several nodes)"
     )]
     Locked { path: String, holder: String },
-    #[error("cannot use the lock file {path}: {source}")]
+    #[error("cannot use the lock file {path}")]
     LockFile {
         path: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Database(Arc::new(error))
+    }
+}
+
+impl From<Unreadable> for StoreError {
+    fn from(error: Unreadable) -> Self {
+        StoreError::Corrupt(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages of an error and its sources, top first, as a chain printer shows them.
+    fn chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        std::iter::successors(Some(error), |e| e.source())
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn each_cause_is_printed_once_in_the_chain() {
+        let written = StoreError::Sqlite(SqliteError {
+            code: 5,
+            message: "database is locked".into(),
+        });
+        assert_eq!(
+            chain(&written),
+            ["SQLite write failed", "sqlite error 5: database is locked"]
+        );
+        let read = StoreError::from(sqlx::Error::Protocol("connection reset".into()));
+        let levels = chain(&read);
+        assert_eq!(levels.len(), 2, "{levels:?}");
+        assert_eq!(levels[0], "database error");
+        assert!(levels[1].ends_with("connection reset"), "{levels:?}");
+        let corrupt = StoreError::from(Unreadable {
+            table: "messages",
+            column: "status",
+            value: "bounced".into(),
+        });
+        assert_eq!(
+            chain(&corrupt),
+            [r#"unreadable value "bounced" in messages.status"#]
+        );
+    }
 }

@@ -103,7 +103,7 @@ pub fn shared_hashes(framed: &[u8]) -> Result<Vec<[u8; 32]>, String> {
 }
 
 /// A stored body as segments: fetches the shared parts it refers to with `fetch_blobs` (the store's
-/// query), then decodes; a framing that does not read back is [`StoreError::Corrupt`] naming message `id`.
+/// query), then decodes; a framing that does not read back is [`StoreError::CorruptBody`] naming message `id`.
 pub async fn resolve<F, Fut>(
     id: &str,
     framed: Vec<u8>,
@@ -113,7 +113,7 @@ where
     F: FnOnce(std::collections::HashSet<[u8; 32]>) -> Fut,
     Fut: std::future::Future<Output = Result<HashMap<[u8; 32], Arc<SharedBlob>>, StoreError>>,
 {
-    let corrupt = |reason| StoreError::Corrupt {
+    let corrupt = |reason| StoreError::CorruptBody {
         id: id.to_owned(),
         reason,
     };

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use super::{
     ActivityBucket, Event, MessageStatus, MessageSummary, MessageView, RecipientView, SearchPage,
-    SessionInfo, StoredTemplate, TemplateSource,
+    SessionInfo, StoredTemplate, TemplateSource, Unreadable,
 };
 
 /// What a row type must decode for the mappings below.
@@ -52,14 +52,14 @@ pub(super) fn message_view<R: HeraldRow>(
     row: &R,
     recipients: Vec<RecipientView>,
     events: Vec<Event>,
-) -> MessageView
+) -> Result<MessageView, Unreadable>
 where
     usize: ColumnIndex<R>,
 {
     let json = |text: String| serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-    MessageView {
+    Ok(MessageView {
         id: row.text(0),
-        status: row.text(1),
+        status: Unreadable::parse("messages", "status", &row.text(1))?,
         created_at: row.int(2),
         send_at: row.opt_int(3),
         from: row.text(4),
@@ -71,22 +71,22 @@ where
         raw_size: row.int(10) as u64,
         recipients,
         events,
-    }
+    })
 }
 
 /// `SELECT address, kind, status, smtp_code, enhanced_status, reply`.
-pub(super) fn recipient<R: HeraldRow>(row: &R) -> RecipientView
+pub(super) fn recipient<R: HeraldRow>(row: &R) -> Result<RecipientView, Unreadable>
 where
     usize: ColumnIndex<R>,
 {
-    RecipientView {
+    Ok(RecipientView {
         address: row.text(0),
-        kind: row.text(1),
-        status: row.text(2),
+        kind: Unreadable::parse("recipients", "kind", &row.text(1))?,
+        status: Unreadable::parse("recipients", "status", &row.text(2))?,
         smtp_code: row.opt_int(3).map(|c| c as u16),
         enhanced_status: row.opt_text(4),
         smtp_reply: row.opt_text(5),
-    }
+    })
 }
 
 /// `SELECT at, type, recipient, detail`.
@@ -103,20 +103,20 @@ where
 }
 
 /// `SELECT id, status, created_at, sender, subject, attempts`.
-pub(super) fn summary<R: HeraldRow>(row: &R) -> MessageSummary
+pub(super) fn summary<R: HeraldRow>(row: &R) -> Result<MessageSummary, Unreadable>
 where
     usize: ColumnIndex<R>,
 {
-    MessageSummary {
+    Ok(MessageSummary {
         id: row.text(0),
-        status: row.text(1),
+        status: Unreadable::parse("messages", "status", &row.text(1))?,
         created_at: row.int(2),
         from: row.text(3),
         subject: row.text(4),
         attempts: row.int(5) as u32,
         to: Vec::new(),
         recipient_count: 0,
-    }
+    })
 }
 
 /// Fills `to` and `recipient_count` of a page's rows from

@@ -4,8 +4,32 @@ use std::{fmt, str::FromStr};
 
 use super::raw::RawSegment;
 
-/// Milliseconds since the Unix epoch: the one time unit of the store, the same in both dialects.
-pub type Millis = i64;
+/// The store's one time unit, the same in both dialects; defined with the clock that tells it.
+pub use crate::clock::Millis;
+
+/// A stored value this code cannot read: where it is and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unreadable value {value:?} in {table}.{column}")]
+pub struct Unreadable {
+    pub table: &'static str,
+    pub column: &'static str,
+    pub value: String,
+}
+
+impl Unreadable {
+    /// Parses the text of `table.column` as one of the store's enums.
+    pub fn parse<T: FromStr>(
+        table: &'static str,
+        column: &'static str,
+        text: &str,
+    ) -> Result<T, Self> {
+        text.parse().map_err(|_| Unreadable {
+            table,
+            column,
+            value: text.to_owned(),
+        })
+    }
+}
 
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
@@ -18,6 +42,25 @@ macro_rules! string_enum {
 
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        /// As its text, the same as the column stores and the API shows.
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
             }
         }
 
@@ -82,6 +125,14 @@ impl MessageStatus {
         matches!(
             self,
             MessageStatus::Delivered | MessageStatus::Failed | MessageStatus::Cancelled
+        )
+    }
+
+    /// Whether `cancel` may still stop it: not yet being sent, not finished.
+    pub fn is_cancellable(self) -> bool {
+        matches!(
+            self,
+            MessageStatus::Scheduled | MessageStatus::Queued | MessageStatus::Deferred
         )
     }
 }
@@ -187,7 +238,8 @@ pub struct AttemptOutcome {
     pub counts_attempt: bool,
 }
 
-/// One line of a message's timeline.
+/// One line of a message's timeline. Its kind stays text: besides the store's own kinds (see `rules`), callers
+/// add theirs (`resent`, through `append_event`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Event {
     pub at: Millis,
@@ -202,8 +254,8 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RecipientView {
     pub address: String,
-    pub kind: String,
-    pub status: String,
+    pub kind: RecipientKind,
+    pub status: RecipientStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smtp_code: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -216,7 +268,7 @@ pub struct RecipientView {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MessageView {
     pub id: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub created_at: Millis,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_at: Option<Millis>,
@@ -235,7 +287,7 @@ pub struct MessageView {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MessageSummary {
     pub id: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub created_at: Millis,
     pub from: String,
     pub subject: String,
@@ -298,26 +350,6 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// Derives a message's status from its recipients' (the API contract's rule): `delivered` when all were
-/// accepted, `failed` when none can be, `deferred` while any will be retried. A finished message with some
-/// recipients accepted and some failed for good is `delivered` (it left for someone), and its recipients tell
-/// which failed, as Postmark and SES report per recipient.
-pub fn message_status_from(recipients: &[RecipientStatus]) -> MessageStatus {
-    use RecipientStatus as R;
-    let any = |wanted: R| recipients.contains(&wanted);
-    if any(R::Deferred) {
-        MessageStatus::Deferred
-    } else if any(R::Pending) {
-        MessageStatus::Queued
-    } else if any(R::Delivered) {
-        MessageStatus::Delivered
-    } else if !recipients.is_empty() && recipients.iter().all(|s| *s == R::Cancelled) {
-        MessageStatus::Cancelled
-    } else {
-        MessageStatus::Failed
-    }
-}
-
 pub use crate::templates::TemplateSource;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -359,11 +391,3 @@ pub struct HeartbeatReport {
     /// Messages those nodes were delivering, due again now (their attempt recorded as interrupted).
     pub released: u64,
 }
-
-/// The timeline event of an attempt cut short by its node stopping (crash, kill, partition). It does not count
-/// as an attempt: the message is due again at once with its attempts unspent.
-pub const EVENT_INTERRUPTED: &str = "attempt_interrupted";
-
-/// The timeline event of an outcome reported by a node that had lost the message's lease: it is not applied
-/// (the message is someone else's now, or due again), only shown.
-pub const EVENT_STALE_OUTCOME: &str = "stale_outcome";

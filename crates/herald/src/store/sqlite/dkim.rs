@@ -6,7 +6,7 @@ use sqlx::Row as _;
 use super::{Param, SqliteStore};
 use crate::{
     dkim::{Algorithm, StoredKey},
-    store::{Millis, StoreError},
+    store::{Millis, StoreError, Unreadable},
 };
 
 impl SqliteStore {
@@ -42,16 +42,11 @@ impl SqliteStore {
         .await?;
         rows.into_iter()
             .map(|r| {
-                let domain: String = r.get(0);
                 let algorithm: String = r.get(2);
                 Ok(StoredKey {
-                    algorithm: algorithm
-                        .parse::<Algorithm>()
-                        .map_err(|e| StoreError::Corrupt {
-                            id: format!("dkim key of {domain}"),
-                            reason: e.to_string(),
-                        })?,
-                    domain,
+                    algorithm: Unreadable::parse::<Algorithm>("dkim_keys", "algorithm", &algorithm)
+                        .map_err(StoreError::Corrupt)?,
+                    domain: r.get(0),
                     selector: r.get(1),
                     public_key: r.get(3),
                     private_key: r.get(4),

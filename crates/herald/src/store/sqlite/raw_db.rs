@@ -16,20 +16,16 @@ use std::{
 
 use libsqlite3_sys as ffi;
 
-/// An error from SQLite, with its message.
-#[derive(Debug, Clone)]
-pub struct DbError {
+/// An error from SQLite on the writer's connection: its result code and message. Clone, because one failed
+/// group commit answers every caller in the group with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sqlite error {code}: {message}")]
+pub struct SqliteError {
     pub code: c_int,
     pub message: String,
 }
 
-impl std::fmt::Display for DbError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "sqlite error {}: {}", self.code, self.message)
-    }
-}
-
-pub type DbResult<T> = Result<T, DbError>;
+pub type DbResult<T> = Result<T, SqliteError>;
 
 /// One value to bind.
 pub enum Value<'a> {
@@ -77,7 +73,7 @@ unsafe impl Send for RawDb {}
 
 impl RawDb {
     pub fn open(path: &Path) -> DbResult<Self> {
-        let c_path = CString::new(path.to_string_lossy().as_bytes()).map_err(|_| DbError {
+        let c_path = CString::new(path.to_string_lossy().as_bytes()).map_err(|_| SqliteError {
             code: ffi::SQLITE_MISUSE,
             message: "database path contains NUL".into(),
         })?;
@@ -98,7 +94,7 @@ impl RawDb {
         Ok(this)
     }
 
-    fn error(&self, code: c_int) -> DbError {
+    fn error(&self, code: c_int) -> SqliteError {
         let message = if self.db.is_null() {
             "out of memory".to_owned()
         } else {
@@ -107,7 +103,7 @@ impl RawDb {
                 .to_string_lossy()
                 .into_owned()
         };
-        DbError { code, message }
+        SqliteError { code, message }
     }
 
     /// Runs SQL with no parameters and no rows (pragmas, BEGIN/COMMIT).
@@ -246,7 +242,12 @@ impl Stmt<'_> {
     }
 
     pub fn text(&self, column: c_int) -> String {
-        String::from_utf8_lossy(self.bytes(column)).into_owned()
+        self.str(column).into_owned()
+    }
+
+    /// The column's text, borrowed while it is valid UTF-8 (valid until the next step or reset).
+    pub fn str(&self, column: c_int) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.bytes(column))
     }
 
     /// The column's bytes, valid until the next step or reset.

@@ -1,11 +1,11 @@
-//! DKIM keys in PostgreSQL (issue 13): one row per signing domain and selector, shared by every node.
+//! DKIM keys on PostgreSQL (issue 13): one row per signing domain and selector, shared by every node.
 
 use sqlx::Row as _;
 
 use super::PgStore;
 use crate::{
     dkim::{Algorithm, StoredKey},
-    store::{Millis, StoreError},
+    store::{Millis, StoreError, Unreadable},
 };
 
 impl PgStore {
@@ -38,16 +38,11 @@ impl PgStore {
         .await?;
         rows.into_iter()
             .map(|r| {
-                let domain: String = r.get(0);
                 let algorithm: String = r.get(2);
                 Ok(StoredKey {
-                    algorithm: algorithm
-                        .parse::<Algorithm>()
-                        .map_err(|e| StoreError::Corrupt {
-                            id: format!("dkim key of {domain}"),
-                            reason: e.to_string(),
-                        })?,
-                    domain,
+                    algorithm: Unreadable::parse::<Algorithm>("dkim_keys", "algorithm", &algorithm)
+                        .map_err(StoreError::Corrupt)?,
+                    domain: r.get(0),
                     selector: r.get(1),
                     public_key: r.get(3),
                     private_key: r.get(4),

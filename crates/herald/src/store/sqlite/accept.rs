@@ -1,0 +1,206 @@
+//! Accepting messages on SQLite: the rows of one group of new messages (idempotency keys, shared blobs,
+//! full-text rows, tags, counters), written by the writer thread.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use super::{
+    SqliteStore,
+    raw_db::{RawDb, Value},
+    writer::{WriteOp, WriteResult, event},
+};
+use crate::store::{
+    Accepted, MessageStatus, Millis, NewMessage, StoreError, Unreadable,
+    raw::{self, RawSegment, SharedBlob},
+    rules,
+    search::index_terms,
+};
+
+impl SqliteStore {
+    /// Stores messages durably; returns when they are committed. Messages whose idempotency key was seen
+    /// before are not stored again: their entry says which message the key made.
+    pub async fn accept(&self, messages: Vec<NewMessage>) -> Result<Vec<Accepted>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let accepted = self
+            .call(|reply| WriteOp::Accept { messages, reply })
+            .await?;
+        // Same process, same database: the engine hears of new work with no polling delay.
+        self.work.notify();
+        Ok(accepted)
+    }
+}
+
+/// The writer's watch on creation order: the latest created_at stored, and the flag `search` reads.
+pub(super) struct CreatedOrder {
+    pub(super) latest: Millis,
+    pub(super) in_order: Arc<AtomicBool>,
+}
+
+impl CreatedOrder {
+    /// Called before storing a message created at `now`: a clock that went back breaks the order for good,
+    /// recorded in the same transaction (and at once in memory, so no search relies on it from now on).
+    fn check(&mut self, db: &mut RawDb, now: Millis) -> WriteResult<()> {
+        if now < self.latest && self.in_order.load(Ordering::Relaxed) {
+            self.in_order.store(false, Ordering::Relaxed);
+            db.stmt("UPDATE store_facts SET value = 1 WHERE name = 'created_out_of_order'")?
+                .execute()?;
+        }
+        self.latest = self.latest.max(now);
+        Ok(())
+    }
+}
+
+pub(super) fn accept(
+    db: &mut RawDb,
+    order: &mut CreatedOrder,
+    messages: &[NewMessage],
+    now: Millis,
+) -> WriteResult<Vec<Accepted>> {
+    let mut results = Vec::with_capacity(messages.len());
+    // Shared parts used by the messages stored now, with how many use each (one write per blob per op).
+    let mut blob_refs: HashMap<[u8; 32], (&SharedBlob, i64)> = HashMap::new();
+    // Keys made earlier in this same group (not yet visible to a SELECT of other rows' keys).
+    let mut made_here: HashMap<&str, (String, MessageStatus)> = HashMap::new();
+    for message in messages {
+        if let Some(key) = message.idempotency_key.as_deref() {
+            // Idempotency: a key seen before returns the message it made; nothing new is queued.
+            let existing = made_here.get(key).cloned().map_or_else(
+                || -> WriteResult<Option<(String, MessageStatus)>> {
+                    let mut q =
+                        db.stmt("SELECT id, status FROM messages WHERE idempotency_key = ?1")?;
+                    q.bind([key.into()])?;
+                    Ok(if q.step()? {
+                        Some((
+                            q.text(0),
+                            Unreadable::parse("messages", "status", &q.str(1))?,
+                        ))
+                    } else {
+                        None
+                    })
+                },
+                |found| Ok(Some(found)),
+            )?;
+            if let Some((id, status)) = existing {
+                results.push(Accepted::Existing { id, status });
+                continue;
+            }
+        }
+        let status = rules::accepted_status(message.send_at, now);
+        if let Some(key) = message.idempotency_key.as_deref() {
+            made_here.insert(key, (message.id.clone(), status));
+        }
+        order.check(db, now)?;
+
+        for segment in &message.raw {
+            if let RawSegment::Shared { blob, .. } = segment {
+                blob_refs.entry(blob.hash).or_insert((blob, 0)).1 += 1;
+            }
+        }
+        let framed = raw::encode(&message.raw);
+        let tags = serde_json::to_string(&message.tags).unwrap_or_else(|_| "[]".into());
+        let metadata = message.metadata.to_string();
+        db.stmt(
+            "INSERT INTO messages (id, status, sender, subject, created_at, send_at, next_attempt_at, attempts,
+             idempotency_key, batch_id, tags, metadata, raw, raw_size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?
+        .bind([
+            Value::Text(&message.id),
+            status.as_str().into(),
+            Value::Text(&message.sender),
+            Value::Text(&message.subject),
+            now.into(),
+            message.send_at.into(),
+            rules::first_due(message.send_at, now).into(),
+            message.idempotency_key.as_deref().into(),
+            message.batch_id.as_deref().into(),
+            Value::Text(&tags),
+            Value::Text(&metadata),
+            Value::Blob(&framed),
+            (raw::wire_size(&message.raw) as i64).into(),
+        ])?
+        .execute()?;
+        let rowid = db.last_insert_rowid();
+
+        let mut addresses = message.sender.clone();
+        for recipient in &message.recipients {
+            addresses.push(' ');
+            addresses.push_str(&recipient.address);
+        }
+        db.stmt(
+            "INSERT INTO messages_fts (rowid, subject, addresses, body) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        // Herald's own terms (see store::search), which unicode61 then only splits at the spaces.
+        .bind([
+            rowid.into(),
+            Value::Text(&index_terms(&message.subject)),
+            Value::Text(&index_terms(&addresses)),
+            Value::Text(&index_terms(&message.search_text)),
+        ])?
+        .execute()?;
+        for (position, recipient) in message.recipients.iter().enumerate() {
+            db.stmt(
+                "INSERT INTO recipients (message_id, position, address, kind, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
+            )?
+            .bind([
+                Value::Text(&message.id),
+                (position as i64).into(),
+                Value::Text(&recipient.address),
+                recipient.kind.as_str().into(),
+            ])?
+            .execute()?;
+        }
+        for tag in &message.tags {
+            // OR IGNORE: a tag listed twice is one row.
+            db.stmt(
+                "INSERT OR IGNORE INTO message_tags (tag, created_at, message_id) VALUES (?1, ?2, ?3)",
+            )?
+            .bind([Value::Text(tag), now.into(), Value::Text(&message.id)])?
+            .execute()?;
+        }
+        event(db, &message.id, now, rules::status_event(status))?;
+        results.push(Accepted::New {
+            id: message.id.clone(),
+            status,
+        });
+    }
+    // What the INSERT trigger on PostgreSQL counts, once per group here (see migrations/sqlite/0002).
+    let new = |wanted: MessageStatus| {
+        results
+            .iter()
+            .filter(|a| matches!(a, Accepted::New { status, .. } if *status == wanted))
+            .count() as i64
+    };
+    let (queued, scheduled) = (new(MessageStatus::Queued), new(MessageStatus::Scheduled));
+    if queued + scheduled > 0 {
+        db.stmt("UPDATE status_counts SET queued = queued + ?1, scheduled = scheduled + ?2 WHERE shard = 0")?
+            .bind([queued.into(), scheduled.into()])?
+            .execute()?;
+        db.stmt(
+            "INSERT INTO activity (minute, shard, accepted)
+             VALUES (CAST(unixepoch('subsec') * 1000 AS INTEGER) / 60000 * 60000, 0, ?1)
+             ON CONFLICT (minute, shard) DO UPDATE SET accepted = accepted + excluded.accepted",
+        )?
+        .bind([(queued + scheduled).into()])?
+        .execute()?;
+    }
+    for (hash, (blob, refs)) in blob_refs {
+        // Stored once; `blob_refs` counts the bodies that use it, so pruning knows when it is unused.
+        db.stmt("INSERT INTO blobs (hash, bytes, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (hash) DO NOTHING")?
+            .bind([Value::Blob(&hash), Value::Blob(&blob.bytes), now.into()])?
+            .execute()?;
+        db.stmt(
+            "INSERT INTO blob_refs (hash, refs) VALUES (?1, ?2) ON CONFLICT (hash) DO UPDATE SET refs = refs + excluded.refs",
+        )?
+        .bind([Value::Blob(&hash), refs.into()])?
+        .execute()?;
+    }
+    Ok(results)
+}

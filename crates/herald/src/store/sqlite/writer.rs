@@ -1,0 +1,292 @@
+//! The writer thread: group commit of every write op waiting in its channel, in one transaction; and the
+//! checkpointer beside it, which keeps the WAL bounded.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Param,
+    accept::{CreatedOrder, accept},
+    archive::prune,
+    nodes::recover,
+    queue::{Claimed, cancel, claim, record},
+    queue::{release, renew},
+    raw_db::{DbResult, RawDb, SqliteError},
+};
+use crate::{
+    clock::Clock,
+    store::{
+        Accepted, AttemptOutcome, CancelOutcome, Millis, NewMessage, StoreError, Unreadable,
+        rules::{self, EventLine},
+    },
+};
+
+/// Why a write op failed in the writer. Clone: one failed group commit answers every caller in the group.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(super) enum WriteError {
+    #[error(transparent)]
+    Sqlite(#[from] SqliteError),
+    #[error(transparent)]
+    Corrupt(#[from] Unreadable),
+}
+
+impl From<WriteError> for StoreError {
+    fn from(error: WriteError) -> Self {
+        match error {
+            WriteError::Sqlite(error) => StoreError::Sqlite(error),
+            WriteError::Corrupt(error) => StoreError::Corrupt(error),
+        }
+    }
+}
+
+pub(super) type WriteResult<T> = Result<T, WriteError>;
+
+/// One request to the writer task.
+pub(super) enum WriteOp {
+    /// One statement with owned parameters, for the rare writes (templates, tokens): rows changed.
+    Execute {
+        sql: &'static str,
+        params: Vec<Param>,
+        reply: oneshot::Sender<WriteResult<u64>>,
+    },
+    Accept {
+        messages: Vec<NewMessage>,
+        reply: oneshot::Sender<WriteResult<Vec<Accepted>>>,
+    },
+    Claim {
+        owner: String,
+        lease: Duration,
+        limit: u32,
+        reply: oneshot::Sender<WriteResult<Vec<Claimed>>>,
+    },
+    Record {
+        owner: String,
+        outcomes: Vec<AttemptOutcome>,
+        reply: oneshot::Sender<WriteResult<()>>,
+    },
+    Cancel {
+        id: String,
+        reply: oneshot::Sender<WriteResult<CancelOutcome>>,
+    },
+    Release {
+        owner: String,
+        reply: oneshot::Sender<WriteResult<u64>>,
+    },
+    Renew {
+        owner: String,
+        lease: Duration,
+        ids: Vec<String>,
+        reply: oneshot::Sender<WriteResult<u64>>,
+    },
+    /// Takes back every `sending` message (the previous owner of the file died).
+    Recover {
+        reply: oneshot::Sender<WriteResult<u64>>,
+    },
+    Prune {
+        finished_before: Millis,
+        reply: oneshot::Sender<WriteResult<u64>>,
+    },
+}
+
+/// WAL frames (pages of 4 KB) past which the checkpointer makes the WAL start over: about 64 MB.
+const WAL_RESTART_FRAMES: i64 = 16_384;
+
+/// What a WAL file is cut back to when it starts over (`journal_size_limit`).
+pub(super) const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Copies committed WAL pages into the database file, beside the writer. PASSIVE never blocks the writer or
+/// readers, but it alone does not bound the WAL: SQLite starts the WAL over only when a write begins while
+/// every frame is already copied, which under sustained writes never happens (a million accepts left a
+/// 17 GB WAL beside a 1.7 GB database). So past [`WAL_RESTART_FRAMES`] a RESTART checkpoint copies the rest
+/// while holding off the next write for that moment (little is left after the PASSIVE one), and the next
+/// write starts the WAL over, cut back to [`WAL_SIZE_LIMIT`]. Ends when the writer ends (its sender drops).
+pub(super) fn checkpoint_loop(mut db: RawDb, written: std::sync::mpsc::Receiver<()>) {
+    while written.recv().is_ok() {
+        // Let commits accumulate: one checkpoint per 100 ms at most.
+        std::thread::sleep(Duration::from_millis(100));
+        while written.try_recv().is_ok() {}
+        let result = wal_frames_after_passive_checkpoint(&mut db).and_then(|frames| {
+            if frames > WAL_RESTART_FRAMES {
+                db.exec("PRAGMA wal_checkpoint(RESTART)")
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(error) = result {
+            tracing::warn!(%error, "WAL checkpoint failed; will retry");
+        }
+    }
+    // Last one, so a clean shutdown leaves a small WAL.
+    let _ = db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+}
+
+/// Runs a PASSIVE checkpoint; answers how many frames the WAL holds.
+pub(super) fn wal_frames_after_passive_checkpoint(db: &mut RawDb) -> DbResult<i64> {
+    let mut stmt = db.stmt("PRAGMA wal_checkpoint(PASSIVE)")?;
+    // One row: busy, frames in the WAL, frames copied.
+    Ok(if stmt.step()? { stmt.int(1) } else { 0 })
+}
+
+/// The thread that owns the write connection.
+pub(super) struct Writer {
+    pub(super) db: RawDb,
+    /// Tells the checkpointer that commits happened (it checkpoints at most every 100 ms).
+    pub(super) written: std::sync::mpsc::Sender<()>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) max_group: usize,
+    pub(super) order: CreatedOrder,
+}
+
+impl Writer {
+    pub(super) fn run(mut self, mut ops: mpsc::Receiver<WriteOp>) {
+        while let Some(first) = ops.blocking_recv() {
+            // Group commit: everything already waiting joins this transaction, up to the bound.
+            let group = rules::gather(first, WriteOp::weight, self.max_group, || {
+                ops.try_recv().ok()
+            });
+            self.apply(group);
+            let _ = self.written.send(());
+        }
+    }
+
+    fn apply(&mut self, group: Vec<WriteOp>) {
+        let now = self.clock.now();
+        let mut answers = Vec::with_capacity(group.len());
+        let result = (|| -> WriteResult<()> {
+            self.db.exec("BEGIN IMMEDIATE")?;
+            for op in &group {
+                answers.push(apply_one(&mut self.db, &mut self.order, op, now)?);
+            }
+            Ok(self.db.exec("COMMIT")?)
+        })();
+        match result {
+            Ok(()) => {
+                for (op, answer) in group.into_iter().zip(answers) {
+                    op.answer(Ok(answer));
+                }
+            }
+            Err(error) => {
+                // Nothing of the group was committed: every caller hears the error, none is told "stored".
+                let _ = self.db.exec("ROLLBACK");
+                tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    ops = group.len(),
+                    "store write failed; group rolled back"
+                );
+                for op in group {
+                    op.answer(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// What one op produced inside the transaction, handed to its caller after the commit.
+pub(super) enum Answer {
+    Accepted(Vec<Accepted>),
+    Claimed(Vec<Claimed>),
+    Unit,
+    Cancel(CancelOutcome),
+    Count(u64),
+}
+
+impl WriteOp {
+    fn weight(&self) -> usize {
+        match self {
+            WriteOp::Accept { messages, .. } => messages.len(),
+            WriteOp::Record { outcomes, .. } => outcomes.len(),
+            _ => 1,
+        }
+    }
+
+    fn answer(self, result: WriteResult<Answer>) {
+        // A caller that went away (request timed out) just doesn't hear the answer; the write stands.
+        match (self, result) {
+            (WriteOp::Accept { reply, .. }, Ok(Answer::Accepted(v))) => drop(reply.send(Ok(v))),
+            (WriteOp::Execute { reply, .. }, Ok(Answer::Count(n))) => drop(reply.send(Ok(n))),
+            (WriteOp::Execute { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (WriteOp::Claim { reply, .. }, Ok(Answer::Claimed(v))) => drop(reply.send(Ok(v))),
+            (WriteOp::Record { reply, .. }, Ok(Answer::Unit)) => drop(reply.send(Ok(()))),
+            (WriteOp::Cancel { reply, .. }, Ok(Answer::Cancel(v))) => drop(reply.send(Ok(v))),
+            (
+                WriteOp::Release { reply, .. }
+                | WriteOp::Prune { reply, .. }
+                | WriteOp::Renew { reply, .. }
+                | WriteOp::Recover { reply },
+                Ok(Answer::Count(n)),
+            ) => drop(reply.send(Ok(n))),
+            (WriteOp::Accept { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (WriteOp::Claim { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (WriteOp::Record { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (WriteOp::Cancel { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (
+                WriteOp::Release { reply, .. }
+                | WriteOp::Prune { reply, .. }
+                | WriteOp::Renew { reply, .. }
+                | WriteOp::Recover { reply },
+                Err(e),
+            ) => drop(reply.send(Err(e))),
+            (_, Ok(_)) => unreachable!("each op yields its own answer kind"),
+        }
+    }
+}
+
+pub(super) fn apply_one(
+    db: &mut RawDb,
+    order: &mut CreatedOrder,
+    op: &WriteOp,
+    now: Millis,
+) -> WriteResult<Answer> {
+    Ok(match op {
+        WriteOp::Execute { sql, params, .. } => Answer::Count(
+            db.stmt(sql)?
+                .bind(params.iter().map(Param::value))?
+                .execute()?,
+        ),
+        WriteOp::Accept { messages, .. } => Answer::Accepted(accept(db, order, messages, now)?),
+        WriteOp::Claim {
+            owner,
+            lease,
+            limit,
+            ..
+        } => Answer::Claimed(claim(
+            db,
+            owner,
+            now,
+            now + lease.as_millis() as Millis,
+            *limit,
+        )?),
+        WriteOp::Record {
+            owner, outcomes, ..
+        } => {
+            record(db, owner, outcomes, now)?;
+            Answer::Unit
+        }
+        WriteOp::Cancel { id, .. } => Answer::Cancel(cancel(db, id, now)?),
+        WriteOp::Release { owner, .. } => Answer::Count(release(db, owner, now)?),
+        WriteOp::Prune {
+            finished_before, ..
+        } => Answer::Count(prune(db, *finished_before)?),
+        WriteOp::Renew {
+            owner, lease, ids, ..
+        } => Answer::Count(renew(db, owner, now + lease.as_millis() as Millis, ids)?),
+        WriteOp::Recover { .. } => Answer::Count(recover(db, now)?),
+    })
+}
+
+/// Writes one timeline line (see `rules` for what each change writes).
+pub(super) fn event(db: &mut RawDb, id: &str, now: Millis, line: EventLine<'_>) -> DbResult<()> {
+    db.stmt(
+        "INSERT INTO events (message_id, at, type, recipient, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .bind([
+        id.into(),
+        now.into(),
+        line.kind.into(),
+        line.recipient.into(),
+        line.detail.into(),
+    ])?
+    .execute()?;
+    Ok(())
+}
