@@ -116,7 +116,8 @@ async fn api_keys_sign_messages_and_batches_verified_by_both(backend: Backend) {
     // The dashboard's page lists the record to publish.
     let page = app.get("/dkim").await;
     assert_eq!(page.status().as_u16(), 200);
-    let page = page.text().await.unwrap();
+    // minijinja's HTML escaping writes '/' as an entity.
+    let page = page.text().await.unwrap().replace("&#x2f;", "/");
     assert!(page.contains("ed1._domainkey.example.test"), "{page}");
     assert!(page.contains(key["dns_record"].as_str().unwrap()), "{page}");
 
