@@ -101,6 +101,15 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .smtp
         .check_exposure(config.api_token.is_some() || stored_tokens)?;
     let smtp_listeners = crate::submission::Listeners::bind(&config.smtp)?;
+    // Issue 13: a DKIM key that cannot be unsealed stops the start, rather than mail going out unsigned.
+    let signing = crate::dkim::Signing::new(config.dkim_secret()?);
+    let keys = signing
+        .load(&store)
+        .await
+        .context("reading the DKIM keys")?;
+    if !keys.is_empty() {
+        tracing::info!(keys = ?keys, "signing with DKIM");
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -166,6 +175,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let mut service = Service::new(store.clone());
     service.default_from = config.default_from.clone();
     service.message_id_domain = config.message_id_domain.clone();
+    service.dkim = signing;
     service.limits.request_bytes = config.request_budget;
     let mut state = AppState::new(service, config.api_token.as_deref());
     state.relays = relays;

@@ -15,6 +15,8 @@ mod access;
 mod archive;
 mod batch;
 mod compose;
+// Issue 13: DKIM keys.
+mod dkim;
 mod preview;
 mod stored_templates;
 // SMTP submission (issue 11).
@@ -90,6 +92,9 @@ pub enum SubmitError {
     /// The template renderer is saturated; nothing was stored.
     #[error("{0}")]
     Busy(templates::PoolError),
+    /// DKIM signing failed (issue 13); nothing was stored.
+    #[error(transparent)]
+    Signing(#[from] crate::dkim::DkimError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -131,6 +136,8 @@ pub struct Service {
     pub limits: Limits,
     /// The threads every template compile and render runs on (never the async workers).
     renderer: Renderer,
+    /// DKIM keys every composed message is signed with (issue 13; see `dkim::signer`).
+    pub dkim: crate::dkim::Signing,
 }
 
 /// The fields of `POST /v1/messages` that are about queueing, not about the message's content.
@@ -150,6 +157,7 @@ impl Service {
             message_id_domain: None,
             limits: Limits::default(),
             renderer: Renderer::default(),
+            dkim: crate::dkim::Signing::default(),
         }
     }
 

@@ -15,6 +15,8 @@ mod accept;
 mod activity;
 mod archive;
 mod auth;
+// DKIM keys (issue 13).
+mod dkim;
 mod nodes;
 mod queue;
 mod search;
@@ -73,10 +75,17 @@ pub(super) fn migrator() -> Migrator {
             "lease index",
             include_str!("../../../migrations/postgres/0005_lease_index.sql"),
         ),
+        // Issue 11, numbered after the issue as issue 13 does.
         migration(
-            6,
+            11,
             "message source",
-            include_str!("../../../migrations/postgres/0006_message_source.sql"),
+            include_str!("../../../migrations/postgres/0011_message_source.sql"),
+        ),
+        // Issue 13; numbered after the issue so that migrations added meanwhile by other work do not collide.
+        migration(
+            13,
+            "dkim keys",
+            include_str!("../../../migrations/postgres/0013_dkim_keys.sql"),
         ),
     ])
 }

@@ -16,6 +16,8 @@ mod accept;
 mod activity;
 mod archive;
 mod auth;
+// DKIM keys (issue 13).
+mod dkim;
 mod nodes;
 mod queue;
 mod raw_db;
@@ -178,10 +180,17 @@ fn migrator() -> Migrator {
             "nodes",
             include_str!("../../../migrations/sqlite/0004_nodes.sql"),
         ),
+        // Issue 11, numbered after the issue as issue 13 does.
         migration(
-            5,
+            11,
             "message source",
-            include_str!("../../../migrations/sqlite/0005_message_source.sql"),
+            include_str!("../../../migrations/sqlite/0011_message_source.sql"),
+        ),
+        // Issue 13; numbered after the issue so that migrations added meanwhile by other work do not collide.
+        migration(
+            13,
+            "dkim keys",
+            include_str!("../../../migrations/sqlite/0013_dkim_keys.sql"),
         ),
     ])
 }
