@@ -2,7 +2,7 @@
 """Interop check: Python's `email` package (policy.default) reads what
 `herald compose` writes.
 
-usage: interop_python.py HERALD_BINARY
+usage: interop_python.py HERALD_BINARY [SIGNED_DIR]
 
 Composes a battery of tricky requests with the binary (subjects and names in
 Chinese, emoji and right-to-left scripts, 300-character subjects, 5,000-character
@@ -12,6 +12,11 @@ output with email.parser.BytesParser(policy=policy.default) and checks that
 Python decodes the same subject, addresses, text, HTML, file names and
 attachment bytes, with no parser defects. Also checks that invalid requests
 exit non-zero naming the field. Prints one summary line; exits 1 on failure.
+
+DKIM (issue 13): every message is composed with `--sign`, with an Ed25519 key for shop.example and an RSA-2048
+key for example.com made by `herald dkim generate` in a scratch database, and must verify with dkimpy against
+those records (served by its `dnsfunc`, no network); a copy with one body byte changed must not. With
+SIGNED_DIR, the signed messages and records.json are written there for the Rust side to check with mail-auth.
 """
 import base64
 import json
@@ -23,10 +28,17 @@ import tempfile
 from email import policy
 from email.parser import BytesParser
 
+import dkim
+
 HERALD = sys.argv[1] if len(sys.argv) > 1 else "herald"
 RNG = random.Random(20261126)
 FAILURES = []
 CHECKED = 0
+SIGNED = 0
+# Set up in main(): the scratch store with the keys, their DNS records, where signed messages go.
+DKIM_ENV = dict(os.environ)
+RECORDS = {}
+SIGNED_DIR = sys.argv[2] if len(sys.argv) > 2 else None
 
 
 def fail(case, what):
@@ -65,7 +77,7 @@ def compose(case, req, workdir, extra=()):
     path = os.path.join(workdir, "req.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(req, f, ensure_ascii=False)
-    p = subprocess.run([HERALD, "compose", path, *extra], capture_output=True)
+    p = subprocess.run([HERALD, "compose", "--sign", path, *extra], capture_output=True, env=DKIM_ENV)
     if p.returncode != 0:
         fail(case, "herald compose failed: %s" % p.stderr.decode(errors="replace").strip())
         return None
@@ -93,6 +105,7 @@ def check(case, req, workdir, eight_bit=False):
         return
     CHECKED += 1
     check_lines(case, raw, eight_bit)
+    check_dkim(case, raw, eight_bit)
     m = BytesParser(policy=policy.default).parsebytes(raw)
     if m.defects:
         fail(case, "defects %r" % m.defects)
@@ -143,6 +156,53 @@ def check(case, req, workdir, eight_bit=False):
             fail(case, "file %r not found in %r" % (a["filename"], [f[0] for f in files]))
         elif match[0][1] != data:
             fail(case, "bytes of %r differ (%d vs %d)" % (a["filename"], len(match[0][1] or b""), len(data)))
+
+
+def dnsfunc(name, timeout=5):
+    if isinstance(name, bytes):
+        name = name.decode()
+    return RECORDS.get(name.rstrip(".").lower())
+
+
+def check_dkim(case, raw, eight_bit):
+    global SIGNED
+    if not raw.startswith(b"DKIM-Signature: "):
+        fail(case, "not signed")
+        return
+    try:
+        if not dkim.verify(raw, dnsfunc=dnsfunc):
+            fail(case, "dkimpy: the signature does not verify")
+            return
+    except Exception as e:
+        fail(case, "dkimpy: %s: %s" % (type(e).__name__, e))
+        return
+    body_at = raw.index(b"\r\n\r\n") + 4
+    if body_at < len(raw) - 2:
+        altered = bytearray(raw)
+        altered[body_at] ^= 0x20 if altered[body_at] != 0x2E else 0x01
+        if dkim.verify(bytes(altered), dnsfunc=dnsfunc):
+            fail(case, "dkimpy: a body byte changed and the signature still verifies")
+    SIGNED += 1
+    if SIGNED_DIR:
+        name = case + ("-8bit" if eight_bit and not case.endswith("-8bit") else "")
+        with open(os.path.join(SIGNED_DIR, name + ".eml"), "wb") as f:
+            f.write(raw)
+
+
+def setup_dkim(workdir):
+    """Keys for the battery's two sender domains, one per algorithm, in a scratch store."""
+    DKIM_ENV["HERALD_DATABASE_URL"] = "sqlite://" + os.path.join(workdir, "dkim.db")
+    DKIM_ENV.pop("HERALD_SECRET_KEY", None)
+    for domain, selector, algorithm in (("shop.example", "py-ed", "ed25519"), ("example.com", "py-rsa", "rsa")):
+        subprocess.run([HERALD, "dkim", "generate", domain, "--selector", selector, "--algorithm", algorithm],
+                       check=True, capture_output=True, env=DKIM_ENV)
+    listed = subprocess.run([HERALD, "dkim", "list", "--json"], check=True, capture_output=True, env=DKIM_ENV)
+    for line in listed.stdout.decode().splitlines():
+        key = json.loads(line)
+        RECORDS[key["dns_name"]] = key["dns_record"].encode()
+    if SIGNED_DIR:
+        with open(os.path.join(SIGNED_DIR, "records.json"), "w") as f:
+            json.dump({name: value.decode() for name, value in RECORDS.items()}, f)
 
 
 def b64(data):
@@ -248,13 +308,14 @@ def errors(workdir):
 
 def main():
     with tempfile.TemporaryDirectory() as workdir:
+        setup_dkim(workdir)
         for case, req in battery():
             check(case, req, workdir)
             check(case + "-8bit", req, workdir, eight_bit=True)
         errors(workdir)
     for f in FAILURES[:40]:
         print("FAIL " + f)
-    print("python email interop: %d messages checked, %d failures" % (CHECKED, len(FAILURES)))
+    print("python email interop: %d messages checked, %d DKIM-verified by dkimpy, %d failures" % (CHECKED, SIGNED, len(FAILURES)))
     return 1 if FAILURES else 0
 
 

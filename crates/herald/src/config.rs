@@ -45,6 +45,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("HERALD_API_TOKEN", "bearer token required on /v1/*"),
     ("HERALD_FROM", "default sender when a request has none"),
     (
+        "HERALD_SECRET_KEY",
+        "seals private DKIM keys in the store (herald dkim; at least 16 characters; keep it outside the database)",
+    ),
+    (
         "HERALD_MESSAGE_ID_DOMAIN",
         "domain of generated Message-IDs (default: the sender's)",
     ),
@@ -209,6 +213,8 @@ pub struct Config {
     pub api_token: Option<String>,
     pub default_from: Option<String>,
     pub message_id_domain: Option<String>,
+    /// `HERALD_SECRET_KEY`: seals private DKIM keys at rest (issue 13).
+    pub secret_key: Option<String>,
     pub retry: RetryPolicy,
     pub retention: Option<Duration>,
     pub body_limit: usize,
@@ -237,6 +243,7 @@ impl std::fmt::Debug for Config {
             .field("relay_default", &self.relay_default)
             .field("api_token", &self.api_token.as_ref().map(|_| "***"))
             .field("default_from", &self.default_from)
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "***"))
             .field("retry", &self.retry)
             .field("retention", &self.retention)
             .field("body_limit", &self.body_limit)
@@ -278,6 +285,14 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The key that seals private DKIM keys, from `HERALD_SECRET_KEY` (issue 13).
+    pub fn dkim_secret(&self) -> Result<Option<crate::dkim::SecretKey>, crate::dkim::DkimError> {
+        self.secret_key
+            .as_deref()
+            .map(crate::dkim::SecretKey::from_secret)
+            .transpose()
+    }
+
     /// Reads the environment and, if given, the TOML file (its keys are the variable names in lower case
     /// without `HERALD_`, e.g. `listen = "0.0.0.0:8025"`; the environment overrides it).
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -460,6 +475,7 @@ impl Config {
             api_token: get("HERALD_API_TOKEN").map(str::to_owned),
             default_from: get("HERALD_FROM").map(str::to_owned),
             message_id_domain: get("HERALD_MESSAGE_ID_DOMAIN").map(str::to_owned),
+            secret_key: get("HERALD_SECRET_KEY").map(str::to_owned),
             retry,
             retention,
             body_limit: number("HERALD_BODY_LIMIT", 25 * 1024 * 1024)?,

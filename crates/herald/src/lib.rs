@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 mod dashboard;
 pub mod delivery;
+pub mod dkim;
 pub mod queue;
 pub mod relay;
 pub mod request;

@@ -93,6 +93,15 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     }
     let stored_tokens = !store.tokens().await?.is_empty();
     config.check_exposure(stored_tokens)?;
+    // Issue 13: a DKIM key that cannot be unsealed stops the start, rather than mail going out unsigned.
+    let signing = crate::dkim::Signing::new(config.dkim_secret()?);
+    let keys = signing
+        .load(&store)
+        .await
+        .context("reading the DKIM keys")?;
+    if !keys.is_empty() {
+        tracing::info!(keys = ?keys, "signing with DKIM");
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -158,6 +167,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let mut service = Service::new(store.clone());
     service.default_from = config.default_from.clone();
     service.message_id_domain = config.message_id_domain.clone();
+    service.dkim = signing;
     service.limits.request_bytes = config.request_budget;
     let mut state = AppState::new(service, config.api_token.as_deref());
     state.relays = relays;

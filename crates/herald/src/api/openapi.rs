@@ -101,6 +101,35 @@ pub fn document() -> Value {
                     "503": error_response("The template renderer is busy (code renderer_busy); nothing was stored, try again"),
                 }
             }},
+            "/v1/dkim": {
+                "get": {
+                    "summary": "The DKIM keys, each with its state (active, retired) and the DNS TXT record to publish",
+                    "responses": {"200": {"description": "The keys (public halves only)", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/DkimKey"}}}}}}}}
+                },
+                "post": {
+                    "summary": "Generate the first key of a signing domain (d=); messages from it, or from its subdomains, are signed from now on",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DkimKeyRequest"}}}},
+                    "responses": {"201": {"description": "Created: publish dns_record at dns_name", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DkimKey"}}}},
+                                  "409": error_response("The domain has this selector already, or signs with another key already (rotate instead)"),
+                                  "422": error_response("Invalid domain, selector or algorithm (named in error.field)")}
+                }
+            },
+            "/v1/dkim/{domain}/rotate": {"post": {
+                "summary": "Rotate: a new key under a new selector signs from now on; the domain's other keys are retired (keep their records published for a few days, then delete them)",
+                "parameters": [{"name": "domain", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DkimKeyRequest"}}}},
+                "responses": {"201": {"description": "Created and active", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DkimKey"}}}},
+                              "409": error_response("The domain has this selector already"),
+                              "422": error_response("Invalid domain, selector or algorithm (named in error.field)")}
+            }},
+            "/v1/dkim/{domain}/{selector}": {"delete": {
+                "summary": "Delete a key: mail is no longer signed with it",
+                "parameters": [{"name": "domain", "in": "path", "required": true, "schema": {"type": "string"}},
+                               {"name": "selector", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "Deleted"}, "404": error_response("No such key"),
+                              "422": error_response("Invalid domain or selector")}
+            }},
             "/v1/templates": {"get": {
                 "summary": "List stored templates by name",
                 "responses": {"200": {"description": "The templates", "content": {"application/json": {"schema": {
@@ -211,6 +240,17 @@ pub fn document() -> Value {
                 "BatchAccepted": {"type": "object", "required": ["batch_id", "ids", "status"], "properties": {
                     "batch_id": {"type": "string"}, "status": {"type": "string", "enum": ["queued", "scheduled"]},
                     "ids": {"type": "array", "items": {"type": "string"}, "description": "One message id per recipient, in order"}}},
+                "DkimKeyRequest": {"type": "object", "required": ["selector"], "additionalProperties": false, "properties": {
+                    "domain": {"type": "string", "description": "The signing domain (POST /v1/dkim only; IDN domains are stored in their A-label form)"},
+                    "selector": {"type": "string", "description": "DNS label(s): the record goes at <selector>._domainkey.<domain>"},
+                    "algorithm": {"type": "string", "enum": ["rsa", "ed25519"], "default": "rsa", "description": "rsa: 2048 bits, verified by every receiver; ed25519: RFC 8463"}}},
+                "DkimKey": {"type": "object", "required": ["domain", "selector", "algorithm", "active", "encrypted", "created_at", "dns_name", "dns_record", "zone_line"], "properties": {
+                    "domain": {"type": "string"}, "selector": {"type": "string"}, "algorithm": {"type": "string", "enum": ["rsa", "ed25519"]},
+                    "active": {"type": "boolean", "description": "The key the domain signs with now (its newest key not retired)"},
+                    "encrypted": {"type": "boolean", "description": "The private key is sealed with HERALD_SECRET_KEY in the store"},
+                    "created_at": {"type": "string", "format": "date-time"}, "retired_at": {"type": ["string", "null"], "format": "date-time"},
+                    "dns_name": {"type": "string"}, "dns_record": {"type": "string", "description": "The TXT record's value"},
+                    "zone_line": {"type": "string", "description": "The record as a zone-file line, in strings of at most 255 bytes"}}},
                 "TemplateRequest": {"type": "object", "required": ["subject"], "description": "At least one of text and html. A template as GET returns it may be sent back: name (if given, the one in the path) and updated_at are accepted and ignored.", "properties": {
                     "name": {"type": "string"}, "updated_at": {"type": "string"},
                     "subject": {"type": "string"}, "text": {"type": ["string", "null"]}, "html": {"type": ["string", "null"]}}},

@@ -117,6 +117,12 @@ impl From<SubmitError> for ApiError {
                 e.to_string(),
             ),
             SubmitError::Store(e) => e.into(),
+            // Issue 13: a stored key that cannot sign is the operator's problem, not the client's.
+            SubmitError::Signing(e) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "dkim_signing",
+                e.to_string(),
+            ),
         }
     }
 }

@@ -27,6 +27,13 @@ pub struct ComposeArgs {
     /// Domain for the Message-ID (default: the sender's domain).
     #[arg(long)]
     pub message_id_domain: Option<String>,
+    /// Sign with the DKIM key of the From domain kept in HERALD_DATABASE_URL's store (`herald dkim`), as
+    /// `herald serve` would; unsigned when the domain has none.
+    #[arg(long)]
+    pub sign: bool,
+    /// With --sign: a TOML file with the same keys as the environment variables (database_url, secret_key).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 pub fn run(args: ComposeArgs) -> anyhow::Result<ExitCode> {
@@ -56,16 +63,54 @@ pub fn run(args: ComposeArgs) -> anyhow::Result<ExitCode> {
     let message = MessageRequest::from_json(&json)?.into_message(Files::RelativeTo(dir))?;
     let composed = message.compose(&ComposeOptions {
         allow_8bit: args.eight_bit,
-        message_id_domain: args.message_id_domain,
+        message_id_domain: args.message_id_domain.clone(),
     });
+    // Issue 13: the signature goes first, over the message as composed.
+    let signature = if args.sign {
+        sign(&args, &message, &composed.to_vec())?
+    } else {
+        None
+    };
     let mut stdout = std::io::stdout().lock();
+    if let Some(header) = &signature {
+        stdout.write_all(header)?;
+    }
     for segment in composed.segments() {
         stdout.write_all(&segment.bytes)?;
     }
     stdout.flush()?;
     if let Some(out) = &args.out {
-        std::fs::write(out, composed.to_vec())
-            .with_context(|| format!("writing {}", out.display()))?;
+        let mut bytes = signature.unwrap_or_default();
+        bytes.extend_from_slice(&composed.to_vec());
+        std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `DKIM-Signature` header for `bytes`, with the keys in the configured store.
+fn sign(
+    args: &ComposeArgs,
+    message: &herald_mime::Message,
+    bytes: &[u8],
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let config = herald::config::Config::load(args.config.as_deref())?;
+    let signing = herald::dkim::Signing::new(config.dkim_secret()?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ring = runtime.block_on(async {
+        let store = herald::store::Store::open(
+            &config.database_url,
+            std::sync::Arc::new(herald::clock::SystemClock),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "opening the store at {}",
+                herald::config::redact_url(&config.database_url)
+            )
+        })?;
+        anyhow::Ok(signing.load(&store).await?)
+    })?;
+    Ok(ring.sign(message.from().address().ascii_domain(), bytes)?)
 }

@@ -3,6 +3,8 @@
 
 mod bench;
 mod compose;
+// Issue 13.
+mod dkim;
 mod send;
 mod serve;
 mod token;
@@ -34,6 +36,8 @@ pub enum Command {
     Bench(bench::BenchCommand),
     /// Manage API tokens: create (printed once), list, revoke.
     Token(token::TokenArgs),
+    /// Manage DKIM keys: generate (prints the DNS record), list, rotate, remove.
+    Dkim(dkim::DkimArgs),
 }
 
 /// Runs one parsed command line and returns the process exit code.
@@ -44,5 +48,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => send::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Token(args) => token::run(args),
+        Command::Dkim(args) => dkim::run(args),
     }
 }

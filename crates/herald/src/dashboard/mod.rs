@@ -4,11 +4,13 @@
 //!
 //! Pages: overview (`/`, live over server-sent events from `/events`), the archive (`/messages`), a message
 //! (`/messages/{id}`, its HTML in a sandboxed frame from `/messages/{id}/html`), templates with a live preview
-//! (`/templates`), and the capture inbox (`/inbox`). Sign-in and CSRF are in `session`.
+//! (`/templates`), the capture inbox (`/inbox`) and the DKIM records to publish (`/dkim`). Sign-in and CSRF are in `session`.
 //!
 //! Like the API, it takes the application state from `app` and asks the service for everything it shows or
 //! does; `serve` mounts it beside the API, and neither imports the other.
 
+// Issue 13: the DKIM records page.
+mod dkim;
 mod live;
 mod mail;
 mod pages;
@@ -50,6 +52,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         )
         .route("/templates/{name}/preview", post(pages::preview_template))
         .route("/inbox", get(pages::inbox))
+        .route("/dkim", get(dkim::keys))
         .route("/logout", post(session::logout))
         .route_layer(middleware::from_fn_with_state(state, session::guard));
     Router::new()
@@ -69,6 +72,7 @@ const VIEWS: &[(&str, &str)] = &[
     ("templates.html", include_str!("views/templates.html")),
     ("template.html", include_str!("views/template.html")),
     ("inbox.html", include_str!("views/inbox.html")),
+    ("dkim.html", include_str!("views/dkim.html")),
 ];
 
 /// The page templates, parsed once.

@@ -70,6 +70,7 @@ impl Service {
             queueing,
             batch_id: batch_id.clone(),
             options: self.compose_options(),
+            keys: self.dkim.refresh(&self.store).await,
             recipient_limit: self.limits.recipients,
             budget: self.limits.request_bytes,
             spent: AtomicUsize::new(shared_bytes),
@@ -266,6 +267,8 @@ struct BatchShared {
     queueing: Queueing,
     batch_id: String,
     options: ComposeOptions,
+    /// The DKIM keys the batch's messages are signed with, read once for the batch (issue 13).
+    keys: Arc<crate::dkim::KeyRing>,
     recipient_limit: usize,
     /// [`Limits::request_bytes`], and the bytes the batch's messages have taken of it so far.
     budget: usize,
@@ -442,7 +445,7 @@ fn compose_one(
     let message = request
         .into_message_with(Files::Forbidden, &shared.encoded)
         .map_err(|e| BatchFailure::Invalid(Box::new(locate(e))))?;
-    let composed = ComposedMessage::new(
+    let mut composed = ComposedMessage::new(
         &message,
         subject,
         kinds,
@@ -450,6 +453,9 @@ fn compose_one(
         shared.options.clone(),
         &shared.blobs,
     );
+    composed
+        .sign(&shared.keys, &message)
+        .map_err(|e| BatchFailure::Invalid(Box::new(e.into())))?;
     let size = composed.stored_bytes();
     if shared.spent.fetch_add(size, Ordering::Relaxed) + size > shared.budget {
         return Err(over_budget());

@@ -17,6 +17,8 @@ mod archive;
 mod batch;
 mod compose;
 mod parts;
+// Issue 13: DKIM keys.
+mod dkim;
 mod preview;
 mod stored_templates;
 
@@ -90,6 +92,9 @@ pub enum SubmitError {
     /// The template renderer is saturated; nothing was stored.
     #[error("{0}")]
     Busy(templates::PoolError),
+    /// DKIM signing failed (issue 13); nothing was stored.
+    #[error(transparent)]
+    Signing(#[from] crate::dkim::DkimError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -133,6 +138,8 @@ pub struct Service {
     renderer: Renderer,
     /// Attachments seen recently by `POST /v1/messages`, encoded (shared by the clones of the service).
     parts: std::sync::Arc<parts::PartCache>,
+    /// DKIM keys every composed message is signed with (issue 13; see `dkim::signer`).
+    pub dkim: crate::dkim::Signing,
 }
 
 /// The fields of `POST /v1/messages` that are about queueing, not about the message's content.
@@ -153,6 +160,7 @@ impl Service {
             limits: Limits::default(),
             renderer: Renderer::default(),
             parts: Default::default(),
+            dkim: crate::dkim::Signing::default(),
         }
     }
 

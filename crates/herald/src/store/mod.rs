@@ -106,6 +106,11 @@ impl Store {
         pub async fn create_session(&self, hash: &[u8; 32], token_hash: &[u8; 32], expires_at: Millis) -> Result<(), StoreError>;
         pub async fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError>;
         pub async fn delete_session(&self, hash: &[u8; 32]) -> Result<bool, StoreError>;
+        // DKIM keys (issue 13): store/sqlite/dkim.rs, store/postgres/dkim.rs.
+        pub async fn put_dkim_key(&self, key: &crate::dkim::StoredKey) -> Result<bool, StoreError>;
+        pub async fn dkim_keys(&self) -> Result<Vec<crate::dkim::StoredKey>, StoreError>;
+        pub async fn retire_dkim_keys(&self, domain: &str, keep: &str, at: Millis) -> Result<u64, StoreError>;
+        pub async fn delete_dkim_key(&self, domain: &str, selector: &str) -> Result<bool, StoreError>;
     }
 
     /// Stores messages durably (see [`SqliteStore::accept`]); counts what was new for `/metrics`.

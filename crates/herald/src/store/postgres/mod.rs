@@ -15,6 +15,8 @@ mod accept;
 mod activity;
 mod archive;
 mod auth;
+// DKIM keys (issue 13).
+mod dkim;
 mod nodes;
 mod queue;
 mod search;
@@ -72,6 +74,12 @@ pub(super) fn migrator() -> Migrator {
             5,
             "lease index",
             include_str!("../../../migrations/postgres/0005_lease_index.sql"),
+        ),
+        // Issue 13; numbered after the issue so that migrations added meanwhile by other work do not collide.
+        migration(
+            13,
+            "dkim keys",
+            include_str!("../../../migrations/postgres/0013_dkim_keys.sql"),
         ),
     ])
 }

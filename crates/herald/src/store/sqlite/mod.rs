@@ -16,6 +16,8 @@ mod accept;
 mod activity;
 mod archive;
 mod auth;
+// DKIM keys (issue 13).
+mod dkim;
 mod nodes;
 mod queue;
 mod raw_db;
@@ -177,6 +179,12 @@ fn migrator() -> Migrator {
             4,
             "nodes",
             include_str!("../../../migrations/sqlite/0004_nodes.sql"),
+        ),
+        // Issue 13; numbered after the issue so that migrations added meanwhile by other work do not collide.
+        migration(
+            13,
+            "dkim keys",
+            include_str!("../../../migrations/sqlite/0013_dkim_keys.sql"),
         ),
     ])
 }
