@@ -155,6 +155,10 @@ impl OneOrMany {
     }
 }
 
+/// Turns attachment number `i` into a part encoded once (see [`MessageRequest::into_message_encoding`]).
+pub type EncodeAttachment<'a> =
+    dyn FnMut(usize, &AttachmentRequest) -> Result<EncodedPart, RequestError> + 'a;
+
 /// A request error, with the JSON path of the field it is about.
 #[derive(Debug, thiserror::Error)]
 pub struct RequestError {
@@ -210,6 +214,26 @@ impl MessageRequest {
         files: Files<'_>,
         shared: &[EncodedPart],
     ) -> Result<Message, RequestError> {
+        self.build(files, shared, None)
+    }
+
+    /// Like [`into_message`](Self::into_message), but each attachment is turned into a part encoded once by
+    /// `encode` (given its index and request), so that a part seen before can be reused as it is. The
+    /// message's bytes are the same as `into_message`'s: an encoded part is what composing writes for it.
+    pub fn into_message_encoding(
+        self,
+        files: Files<'_>,
+        encode: &mut EncodeAttachment<'_>,
+    ) -> Result<Message, RequestError> {
+        self.build(files, &[], Some(encode))
+    }
+
+    fn build(
+        self,
+        files: Files<'_>,
+        shared: &[EncodedPart],
+        mut encode: Option<&mut EncodeAttachment<'_>>,
+    ) -> Result<Message, RequestError> {
         // Checked after every other field, so that their errors come first; without it a request with no
         // body was accepted and sent as an empty message. A message of attachments alone ("the report is
         // attached") is not empty.
@@ -251,7 +275,10 @@ impl MessageRequest {
             b = b.html(h);
         }
         for (i, a) in self.attachments.iter().enumerate() {
-            b = b.part(a.to_part(i, &files)?);
+            b = match encode.as_mut() {
+                Some(encode) => b.shared_part(encode(i, a)?),
+                None => b.part(a.to_part(i, &files)?),
+            };
         }
         for part in shared {
             b = b.shared_part(part.clone());

@@ -450,6 +450,9 @@ async fn standard(args: &E2eArgs) -> anyhow::Result<usize> {
         }
     };
     let accepted = start.elapsed();
+    // The probe sat idle while the clients posted: longer than the server's header timeout (10 s) on a slow
+    // run, which closes an idle keep-alive connection. A fresh one costs a connect.
+    let mut probe = Http::connect(args.api, args.token.as_deref()).await?;
     let done = wait_delivered(
         &mut probe,
         before + args.count as u64,
@@ -487,6 +490,9 @@ async fn alert(args: &E2eArgs) -> anyhow::Result<usize> {
         Arc::new(|i| alert_body(i, &format!("[ALERT] disk 90% on db-7 (#{i})")));
     let latencies = post_all(args, args.count, "/v1/messages", body).await?;
     let accepted = start.elapsed();
+    // The probe sat idle while the clients posted: longer than the server's header timeout (10 s) on a slow
+    // run, which closes an idle keep-alive connection. A fresh one costs a connect.
+    let mut probe = Http::connect(args.api, args.token.as_deref()).await?;
     let done = wait_delivered(
         &mut probe,
         before + args.count as u64,

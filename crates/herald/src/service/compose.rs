@@ -45,7 +45,9 @@ impl Service {
         } else {
             self.compose(object)?
         };
-        let size = message.stored_bytes();
+        // Attachments are stored once for every message that carries them, but one request still counts all
+        // of its bytes.
+        let size = message.request_bytes();
         if size > self.limits.request_bytes {
             return Err(SubmitError::OverBudget {
                 limit: self.limits.request_bytes,
@@ -98,14 +100,21 @@ impl Service {
         }
         let search_text = search_text(request.text.as_deref(), request.html.as_deref());
         let subject = request.subject.clone().unwrap_or_default();
-        let message = request.into_message(Files::Forbidden)?;
+        // Every attachment becomes a shared part: stored once however many messages carry it, and encoded
+        // once while it stays in the cache of recent parts.
+        let mut blobs = Vec::with_capacity(request.attachments.len());
+        let message = request.into_message_encoding(Files::Forbidden, &mut |i, attachment| {
+            let (part, blob) = self.parts.encode(i, attachment, &Files::Forbidden)?;
+            blobs.push(blob);
+            Ok(part)
+        })?;
         let mut composed = ComposedMessage::new(
             &message,
             subject,
             kinds,
             search_text,
             self.compose_options(),
-            &[],
+            &blobs,
         );
         composed.sign(&self.dkim.current(), &message)?;
         Ok(composed)
@@ -213,7 +222,7 @@ impl ComposedMessage {
         }
     }
 
-    /// The bytes storing this message takes, shared blobs not counted (they are stored once per batch).
+    /// The bytes storing this message takes, shared blobs not counted (they are stored once).
     pub fn stored_bytes(&self) -> usize {
         self.raw
             .iter()
@@ -223,6 +232,11 @@ impl ComposedMessage {
             })
             .sum::<usize>()
             + self.search_text.len()
+    }
+
+    /// Every byte of this message, shared parts included: what one request is charged.
+    pub fn request_bytes(&self) -> usize {
+        self.raw.iter().map(|s| s.bytes().len()).sum::<usize>() + self.search_text.len()
     }
 
     pub fn into_new(self, queueing: Queueing) -> NewMessage {

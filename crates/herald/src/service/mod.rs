@@ -7,14 +7,16 @@
 //!
 //! This room holds the `Service`, its limits and errors, the queueing fields every submission shares, and
 //! the small parsers and formatters the faces use too (RFC 3339 times, a stored message's bytes joined). The
-//! paths are in their own rooms: `compose` (one message), `batch` (one template, many recipients),
-//! `preview` (rendering without storing), `archive` (reading and acting on stored messages),
-//! `stored_templates` (read, save after a check, delete) and `access` (API tokens, dashboard sessions).
+//! paths are in their own rooms: `compose` (one message), `parts` (the attachments recent single-message
+//! calls carried, encoded once), `batch` (one template, many recipients), `preview` (rendering without
+//! storing), `archive` (reading and acting on stored messages), `stored_templates` (read, save after a
+//! check, delete) and `access` (API tokens, dashboard sessions).
 
 mod access;
 mod archive;
 mod batch;
 mod compose;
+mod parts;
 // Issue 13: DKIM keys.
 mod dkim;
 mod preview;
@@ -136,6 +138,8 @@ pub struct Service {
     pub limits: Limits,
     /// The threads every template compile and render runs on (never the async workers).
     renderer: Renderer,
+    /// Attachments seen recently by `POST /v1/messages`, encoded (shared by the clones of the service).
+    parts: std::sync::Arc<parts::PartCache>,
     /// DKIM keys every composed message is signed with (issue 13; see `dkim::signer`).
     pub dkim: crate::dkim::Signing,
 }
@@ -157,6 +161,7 @@ impl Service {
             message_id_domain: None,
             limits: Limits::default(),
             renderer: Renderer::default(),
+            parts: Default::default(),
             dkim: crate::dkim::Signing::default(),
         }
     }

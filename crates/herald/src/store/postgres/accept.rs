@@ -229,22 +229,34 @@ pub(super) async fn accept_group(
     }
     for (hash, refs) in &stored_refs {
         let (blob, _) = blob_refs[hash];
-        sqlx::query(
-            "INSERT INTO blobs (hash, bytes, created_at) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(&hash[..])
-        .bind(&blob.bytes[..])
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO blob_refs (hash, refs) VALUES ($1, $2)
-             ON CONFLICT (hash) DO UPDATE SET refs = blob_refs.refs + EXCLUDED.refs",
-        )
-        .bind(&hash[..])
-        .bind(*refs)
-        .execute(&mut *tx)
-        .await?;
+        // The use is counted first, which locks the `blob_refs` row until this commit: a concurrent prune
+        // either waits for it (and then sees the count above zero and keeps the blob), or deleted the row
+        // and its blob before (and then this UPDATE counts nothing, and the blob is stored again). A blob
+        // stored already, the attachment every single-message call carries, is not sent again.
+        let counted = sqlx::query("UPDATE blob_refs SET refs = refs + $2 WHERE hash = $1")
+            .bind(&hash[..])
+            .bind(*refs)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if counted == 0 {
+            sqlx::query(
+                "INSERT INTO blob_refs (hash, refs) VALUES ($1, $2)
+                 ON CONFLICT (hash) DO UPDATE SET refs = blob_refs.refs + EXCLUDED.refs",
+            )
+            .bind(&hash[..])
+            .bind(*refs)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO blobs (hash, bytes, created_at) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
+            )
+            .bind(&hash[..])
+            .bind(&blob.bytes[..])
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
     }
 
     let (mut ids, mut positions, mut addresses, mut kinds) = (vec![], vec![], vec![], vec![]);

@@ -193,15 +193,22 @@ pub(super) fn accept(
         .execute()?;
     }
     for (hash, (blob, refs)) in blob_refs {
-        // Stored once; `blob_refs` counts the bodies that use it, so pruning knows when it is unused.
-        db.stmt("INSERT INTO blobs (hash, bytes, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (hash) DO NOTHING")?
-            .bind([Value::Blob(&hash), Value::Blob(&blob.bytes), now.into()])?
+        // Stored once; `blob_refs` counts the bodies that use it, so pruning knows when it is unused. A
+        // `blob_refs` row exists exactly while its blob does (pruning deletes both in one transaction), so
+        // counting one more use is the whole write when the blob is stored already: the attachment every
+        // single-message call carries costs an index lookup, not its bytes.
+        let counted = db
+            .stmt("UPDATE blob_refs SET refs = refs + ?2 WHERE hash = ?1")?
+            .bind([Value::Blob(&hash), refs.into()])?
             .execute()?;
-        db.stmt(
-            "INSERT INTO blob_refs (hash, refs) VALUES (?1, ?2) ON CONFLICT (hash) DO UPDATE SET refs = refs + excluded.refs",
-        )?
-        .bind([Value::Blob(&hash), refs.into()])?
-        .execute()?;
+        if counted == 0 {
+            db.stmt("INSERT INTO blobs (hash, bytes, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (hash) DO NOTHING")?
+                .bind([Value::Blob(&hash), Value::Blob(&blob.bytes), now.into()])?
+                .execute()?;
+            db.stmt("INSERT INTO blob_refs (hash, refs) VALUES (?1, ?2)")?
+                .bind([Value::Blob(&hash), refs.into()])?
+                .execute()?;
+        }
     }
     Ok(results)
 }
