@@ -5,6 +5,7 @@
 // A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
 #![allow(clippy::unwrap_used)]
 
+mod dkim_check;
 mod submission_harness;
 
 use std::time::Duration;
@@ -813,5 +814,63 @@ async fn an_oversized_bdat_chunk_is_refused_without_reading_it() {
     expect(&smtp.reply().await, "552 5.3.4");
     assert!(smtp.closed().await);
     assert_eq!(herald.stored().await, 0);
+    herald.stop().await;
+}
+
+/// Issue 13: a submission whose From domain has a DKIM key is signed after its control headers are removed;
+/// the relay's copy and `/raw` verify with mail-auth and dkimpy, and a changed body byte fails both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_is_signed_after_its_control_headers_are_removed() {
+    let herald = start(Setup::default()).await;
+    let created = herald
+        .client
+        .post(format!("{}/v1/dkim", herald.base))
+        .json(&serde_json::json!({"domain": "example.com", "selector": "smtp1", "algorithm": "ed25519"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let key: Value = created.json().await.unwrap();
+    let records = dkim_check::Records::from_keys(&[key]);
+
+    let mut smtp = Raw::greeted(herald.smtp).await;
+    expect(&smtp.command("EHLO client.test").await, "250");
+    expect(
+        &smtp.command("MAIL FROM:<bounces@example.com>").await,
+        "250",
+    );
+    expect(&smtp.command("RCPT TO:<alice@example.net>").await, "250");
+    expect(&smtp.command("RCPT TO:<hidden@example.net>").await, "250");
+    expect(&smtp.command("DATA").await, "354");
+    smtp.send(
+        b"From: App <app@example.com>\r\nTo: alice@example.net\r\nBcc: hidden@example.net\r\n\
+          X-Herald-Tag: signed\r\nSubject: Signed by Herald\r\n\r\nThe body.\r\n.\r\n",
+    )
+    .await;
+    let queued = smtp.reply().await;
+    expect(&queued, "250 2.0.0 queued as ");
+    let id = queued_id(&queued);
+    let raw = herald.raw(&id).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    assert!(text.starts_with("DKIM-Signature: "), "{text}");
+    assert!(
+        !text.contains("X-Herald-Tag") && !text.contains("Bcc:"),
+        "{text}"
+    );
+    let relayed = relayed(&herald, 1).await;
+    assert_eq!(
+        relayed[0].content, raw,
+        "the relay received the archived bytes"
+    );
+    let mut tampered = raw.clone();
+    let body = tampered.len() - 4;
+    tampered[body] ^= 0x01;
+    dkim_check::assert_both(
+        &records,
+        &[("relayed".into(), relayed[0].content.clone())],
+        true,
+    )
+    .await;
+    dkim_check::assert_both(&records, &[("tampered".into(), tampered)], false).await;
     herald.stop().await;
 }
