@@ -427,28 +427,8 @@ impl Config {
             "0" => None,
             text => Some(parse_duration(text).map_err(|e| invalid("HERALD_RETENTION", e))?),
         };
-        let number = |key: &str, default: usize| -> Result<usize, ConfigError> {
-            match get(key) {
-                None => Ok(default),
-                Some(text) => match text.parse::<usize>() {
-                    Ok(n) if n > 0 => Ok(n),
-                    _ => Err(invalid(
-                        key,
-                        format!("{text:?} is not a positive whole number"),
-                    )),
-                },
-            }
-        };
-        let duration = |key: &str, default: Duration| -> Result<Duration, ConfigError> {
-            match get(key) {
-                None => Ok(default),
-                Some(text) => match parse_duration(text) {
-                    Ok(d) if !d.is_zero() => Ok(d),
-                    Ok(_) => Err(invalid(key, "must be longer than 0".into())),
-                    Err(e) => Err(invalid(key, e)),
-                },
-            }
-        };
+        let number = |key: &str, default: usize| positive_number(key, get(key), default);
+        let duration = |key: &str, default: Duration| positive_duration(key, get(key), default);
         let http = HttpLimits {
             header_timeout: duration("HERALD_HTTP_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT)?,
             body_timeout: duration("HERALD_HTTP_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT)?,
@@ -668,6 +648,44 @@ fn relays_from_toml(
         }
     }
     Ok(())
+}
+
+/// A setting that must be a whole number above 0; `default` when unset.
+pub(crate) fn positive_number(
+    key: &str,
+    value: Option<&str>,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                message: format!("{text:?} is not a positive whole number"),
+            }),
+        },
+    }
+}
+
+/// A setting that must be a duration (`30s`, `5m`) longer than 0; `default` when unset.
+pub(crate) fn positive_duration(
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: key.to_owned(),
+        message,
+    };
+    match value {
+        None => Ok(default),
+        Some(text) => match parse_duration(text) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(invalid("must be longer than 0".into())),
+            Err(e) => Err(invalid(e)),
+        },
+    }
 }
 
 #[cfg(test)]

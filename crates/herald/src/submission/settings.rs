@@ -3,10 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use crate::{
-    config::{ConfigError, default_max_connections},
-    queue::retry::parse_duration,
-};
+use crate::config::{ConfigError, default_max_connections, positive_duration, positive_number};
 
 /// Defaults, as the README states them.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -62,28 +59,8 @@ impl Settings {
                 })
                 .transpose()
         };
-        let number = |key: &str, default: usize| -> Result<usize, ConfigError> {
-            match get(key) {
-                None => Ok(default),
-                Some(text) => match text.parse::<usize>() {
-                    Ok(n) if n > 0 => Ok(n),
-                    _ => Err(invalid(
-                        key,
-                        format!("{text:?} is not a positive whole number"),
-                    )),
-                },
-            }
-        };
-        let duration = |key: &str, default: Duration| -> Result<Duration, ConfigError> {
-            match get(key) {
-                None => Ok(default),
-                Some(text) => match parse_duration(text) {
-                    Ok(d) if !d.is_zero() => Ok(d),
-                    Ok(_) => Err(invalid(key, "must be longer than 0".into())),
-                    Err(e) => Err(invalid(key, e)),
-                },
-            }
-        };
+        let number = |key: &str, default: usize| positive_number(key, get(key), default);
+        let duration = |key: &str, default: Duration| positive_duration(key, get(key), default);
         let settings = Settings {
             listen: address("HERALD_SMTP_LISTEN")?,
             smtps_listen: address("HERALD_SMTPS_LISTEN")?,
