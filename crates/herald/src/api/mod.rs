@@ -385,5 +385,14 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
         let n = counts.get(status).copied().unwrap_or(0);
         text.push_str(&format!("herald_messages{{status=\"{status}\"}} {n}\n"));
     }
+    let lag = state.service.search_index_lag();
+    text.push_str(&format!(
+        "# HELP herald_search_index_pending Messages stored and not yet searchable (full-text index behind).\n\
+         # TYPE herald_search_index_pending gauge\nherald_search_index_pending {}\n\
+         # HELP herald_search_index_lag_seconds How long the oldest message not yet searchable has waited.\n\
+         # TYPE herald_search_index_lag_seconds gauge\nherald_search_index_lag_seconds {:.3}\n",
+        lag.pending,
+        lag.oldest.as_secs_f64()
+    ));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

@@ -35,6 +35,11 @@ impl Service {
         self.store.counts().await
     }
 
+    /// How far full-text search is behind the stored messages (for `/metrics`).
+    pub fn search_index_lag(&self) -> crate::store::IndexLag {
+        self.store.search_index_lag()
+    }
+
     /// What happened to messages since `since`, in buckets of `bucket_ms`.
     pub async fn activity(
         &self,

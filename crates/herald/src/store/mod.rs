@@ -19,7 +19,7 @@ pub use postgres::{PgStore, Upkeep};
 pub use raw::{RawSegment, SharedBlob};
 pub use rules::{EVENT_INTERRUPTED, EVENT_STALE_OUTCOME, message_status_from};
 pub use search::{fold, index_terms, query_terms};
-pub use sqlite::{SqliteError, SqliteOptions, SqliteStore};
+pub use sqlite::{IndexLag, SqliteError, SqliteOptions, SqliteStore};
 use tokio::sync::Notify;
 pub use types::*;
 
@@ -159,6 +159,16 @@ impl Store {
         match self {
             Store::Sqlite(_) => Ok(Upkeep::default()),
             Store::Postgres(store) => store.upkeep().await,
+        }
+    }
+
+    /// How far full-text search is behind the stored messages. SQLite indexes beside the accept commit (see
+    /// `store/sqlite/indexer.rs`); PostgreSQL writes each message's `tsvector` in its accept transaction, so
+    /// nothing is ever pending there.
+    pub fn search_index_lag(&self) -> IndexLag {
+        match self {
+            Store::Sqlite(store) => store.search_index_lag(),
+            Store::Postgres(_) => IndexLag::default(),
         }
     }
 

@@ -148,6 +148,18 @@ pub fn decode(
     }
 }
 
+/// The stored bytes with the shared parts left out: enough to read a message's text (shared parts are
+/// attachments' encoded bodies), without fetching any blob.
+pub fn literal_bytes(framed: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(framed.len());
+    walk(framed, |piece| {
+        if let Piece::Literal(range, _) = piece {
+            out.extend_from_slice(&framed[range]);
+        }
+    })?;
+    Ok(out)
+}
+
 enum Piece {
     Literal(std::ops::Range<usize>, bool),
     Shared([u8; 32], bool),

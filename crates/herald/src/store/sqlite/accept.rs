@@ -1,5 +1,5 @@
 //! Accepting messages on SQLite: the rows of one group of new messages (idempotency keys, shared blobs,
-//! full-text rows, tags, counters), written by the writer thread.
+//! tags, counters; the full-text terms are queued for the indexer), written by the writer thread.
 
 use std::{
     collections::HashMap,
@@ -11,14 +11,14 @@ use std::{
 
 use super::{
     SqliteStore,
+    indexer::{IndexTerms, PendingDoc, mark_indexed_through},
     raw_db::{RawDb, Value},
-    writer::{WriteOp, WriteResult, event},
+    writer::{IndexBook, WriteOp, WriteResult, event},
 };
 use crate::store::{
     Accepted, MessageStatus, Millis, NewMessage, StoreError, Unreadable,
     raw::{self, RawSegment, SharedBlob},
     rules,
-    search::index_terms,
 };
 
 impl SqliteStore {
@@ -28,14 +28,34 @@ impl SqliteStore {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
+        // The full-text terms are computed here, on the caller's thread, not by the writer every accept waits
+        // for; a large group (a batch request) on a blocking thread, so that it holds up no other request.
+        let (messages, terms) = if messages.len() > TERMS_INLINE_MAX {
+            tokio::task::spawn_blocking(move || {
+                let terms = messages.iter().map(IndexTerms::of).collect();
+                (messages, terms)
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?
+        } else {
+            let terms = messages.iter().map(IndexTerms::of).collect();
+            (messages, terms)
+        };
         let accepted = self
-            .call(|reply| WriteOp::Accept { messages, reply })
+            .call(|reply| WriteOp::Accept {
+                messages,
+                terms,
+                reply,
+            })
             .await?;
         // Same process, same database: the engine hears of new work with no polling delay.
         self.work.notify();
         Ok(accepted)
     }
 }
+
+/// Messages per accept whose terms are computed on the calling task; more go to a blocking thread.
+const TERMS_INLINE_MAX: usize = 16;
 
 /// The writer's watch on creation order: the latest created_at stored, and the flag `search` reads.
 pub(super) struct CreatedOrder {
@@ -60,7 +80,9 @@ impl CreatedOrder {
 pub(super) fn accept(
     db: &mut RawDb,
     order: &mut CreatedOrder,
+    index: &mut IndexBook,
     messages: &[NewMessage],
+    terms: &mut [IndexTerms],
     now: Millis,
 ) -> WriteResult<Vec<Accepted>> {
     let mut results = Vec::with_capacity(messages.len());
@@ -68,7 +90,7 @@ pub(super) fn accept(
     let mut blob_refs: HashMap<[u8; 32], (&SharedBlob, i64)> = HashMap::new();
     // Keys made earlier in this same group (not yet visible to a SELECT of other rows' keys).
     let mut made_here: HashMap<&str, (String, MessageStatus)> = HashMap::new();
-    for message in messages {
+    for (message, terms) in messages.iter().zip(terms.iter_mut()) {
         if let Some(key) = message.idempotency_key.as_deref() {
             // Idempotency: a key seen before returns the message it made; nothing new is queued.
             let existing = made_here.get(key).cloned().map_or_else(
@@ -130,22 +152,18 @@ pub(super) fn accept(
         .execute()?;
         let rowid = db.last_insert_rowid();
 
-        let mut addresses = message.sender.clone();
-        for recipient in &message.recipients {
-            addresses.push(' ');
-            addresses.push_str(&recipient.address);
+        if rowid <= index.indexed_through {
+            // SQLite reuses the largest rowid once its row is gone; every row left is below this one, so the
+            // index still covers everything up to it.
+            index.indexed_through = rowid - 1;
+            mark_indexed_through(db, index.indexed_through)?;
         }
-        db.stmt(
-            "INSERT INTO messages_fts (rowid, subject, addresses, body) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        // Herald's own terms (see store::search), which unicode61 then only splits at the spaces.
-        .bind([
-            rowid.into(),
-            Value::Text(&index_terms(&message.subject)),
-            Value::Text(&index_terms(&addresses)),
-            Value::Text(&index_terms(&message.search_text)),
-        ])?
-        .execute()?;
+        index.fresh.push(PendingDoc {
+            rowid,
+            id: message.id.clone(),
+            terms: std::mem::take(terms),
+            committed: std::time::Instant::now(),
+        });
         for (position, recipient) in message.recipients.iter().enumerate() {
             db.stmt(
                 "INSERT INTO recipients (message_id, position, address, kind, status) VALUES (?1, ?2, ?3, ?4, 'pending')",

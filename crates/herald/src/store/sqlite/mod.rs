@@ -18,6 +18,7 @@ mod archive;
 mod auth;
 // DKIM keys (issue 13).
 mod dkim;
+mod indexer;
 mod nodes;
 mod queue;
 mod raw_db;
@@ -25,7 +26,7 @@ mod search;
 mod templates;
 mod writer;
 
-pub use self::raw_db::SqliteError;
+pub use self::{indexer::IndexLag, raw_db::SqliteError};
 
 use std::{
     borrow::Cow,
@@ -45,8 +46,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::{
     accept::CreatedOrder,
+    indexer::{IndexQueue, index_loop, unindexed},
     raw_db::{RawDb, Value},
-    writer::{WAL_SIZE_LIMIT, WriteOp, WriteResult, Writer, checkpoint_loop},
+    writer::{IndexBook, WAL_SIZE_LIMIT, WriteOp, WriteResult, Writer, checkpoint_loop},
 };
 use super::{Millis, StoreError, WorkSignal};
 use crate::clock::Clock;
@@ -95,6 +97,8 @@ pub struct SqliteStore {
     /// Whether every message's created_at is at least that of every message inserted before it, so that
     /// rowid order is creation order (see `search`). Cleared, for good, the first time the clock goes back.
     created_in_order: Arc<AtomicBool>,
+    /// Messages stored and not yet in the full-text index (see `indexer`).
+    index: Arc<IndexQueue>,
 }
 
 /// An owned statement parameter (for [`WriteOp::Execute`]).
@@ -192,6 +196,12 @@ fn migrator() -> Migrator {
             "dkim keys",
             include_str!("../../../migrations/sqlite/0013_dkim_keys.sql"),
         ),
+        // Issue 14: the full-text index filled beside the accept commit.
+        migration(
+            17,
+            "background index",
+            include_str!("../../../migrations/sqlite/0017_background_index.sql"),
+        ),
     ])
 }
 
@@ -223,6 +233,15 @@ impl SqliteStore {
                 .await?
                 .get(0);
         let created_in_order = Arc::new(AtomicBool::new(out_of_order == 0));
+        let (indexed_through, recovered) = unindexed(&mut write_conn).await?;
+        if !recovered.is_empty() {
+            tracing::info!(
+                messages = recovered.len(),
+                "indexing messages stored before the last stop and not yet searchable"
+            );
+        }
+        let index = Arc::new(IndexQueue::default());
+        index.push(recovered);
         let reader = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .connect_with(connect.read_only(true))
@@ -266,6 +285,11 @@ impl SqliteStore {
                 latest: latest_created,
                 in_order: created_in_order.clone(),
             },
+            index: IndexBook {
+                queue: index.clone(),
+                indexed_through,
+                fresh: Vec::new(),
+            },
         };
         let spawn_error = |source| StoreError::Thread {
             url: options.path.display().to_string(),
@@ -279,6 +303,11 @@ impl SqliteStore {
             .name("herald-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpointer, written_rx))
             .map_err(spawn_error)?;
+        let (queue, weak_writer) = (index.clone(), writer.downgrade());
+        std::thread::Builder::new()
+            .name("herald-indexer".into())
+            .spawn(move || index_loop(queue, weak_writer))
+            .map_err(spawn_error)?;
         Ok(Self {
             path: options.path.clone(),
             reader,
@@ -286,6 +315,7 @@ impl SqliteStore {
             clock,
             work: WorkSignal::default(),
             created_in_order,
+            index,
         })
     }
 
@@ -314,6 +344,11 @@ impl SqliteStore {
     async fn execute(&self, sql: &'static str, params: Vec<Param>) -> Result<u64, StoreError> {
         self.call(|reply| WriteOp::Execute { sql, params, reply })
             .await
+    }
+
+    /// How far the full-text index is behind the stored messages.
+    pub fn search_index_lag(&self) -> IndexLag {
+        self.index.lag()
     }
 
     pub fn work_signal(&self) -> &WorkSignal {

@@ -26,6 +26,10 @@ impl SqliteStore {
             .map(query_terms)
             .filter(|terms| !terms.is_empty())
             .map(|terms| fts5_query(&terms));
+        if text.is_some() {
+            // Read-your-writes for words: what was committed before this search is indexed first.
+            self.index.caught_up().await;
+        }
         let busy = match &query.to {
             Some(to) => self.is_busy_address(to).await?,
             None => false,

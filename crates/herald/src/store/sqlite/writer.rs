@@ -9,6 +9,7 @@ use super::{
     Param,
     accept::{CreatedOrder, accept},
     archive::prune,
+    indexer::{IndexQueue, IndexTerms, PendingDoc, index_batch},
     nodes::recover,
     queue::{Claimed, cancel, claim, record},
     queue::{release, renew},
@@ -52,7 +53,13 @@ pub(super) enum WriteOp {
     },
     Accept {
         messages: Vec<NewMessage>,
+        /// Each message's full-text terms, computed by the caller (see `indexer`).
+        terms: Vec<IndexTerms>,
         reply: oneshot::Sender<WriteResult<Vec<Accepted>>>,
+    },
+    /// An index transaction of its own (see `indexer`), asked for by the indexer thread: messages indexed.
+    Index {
+        reply: oneshot::Sender<WriteResult<u64>>,
     },
     Claim {
         owner: String,
@@ -136,6 +143,16 @@ pub(super) struct Writer {
     pub(super) clock: Arc<dyn Clock>,
     pub(super) max_group: usize,
     pub(super) order: CreatedOrder,
+    pub(super) index: IndexBook,
+}
+
+/// The writer's side of the full-text index: the queue it fills after each commit and empties in index
+/// transactions, and how far the index goes (`store_facts.fts_indexed_through`).
+pub(super) struct IndexBook {
+    pub(super) queue: Arc<IndexQueue>,
+    pub(super) indexed_through: i64,
+    /// Messages stored by the group being applied, queued once it commits.
+    pub(super) fresh: Vec<PendingDoc>,
 }
 
 impl Writer {
@@ -145,23 +162,59 @@ impl Writer {
             let group = rules::gather(first, WriteOp::weight, self.max_group, || {
                 ops.try_recv().ok()
             });
-            self.apply(group);
+            let (index_asks, group): (Vec<WriteOp>, Vec<WriteOp>) = group
+                .into_iter()
+                .partition(|op| matches!(op, WriteOp::Index { .. }));
+            if !group.is_empty() {
+                self.apply(group);
+            }
+            // The index in a transaction of its own, after the group: when the indexer asks, or at once when
+            // accepts outrun it (which then wait for it: backpressure, not a growing lag).
+            if !index_asks.is_empty() || self.index.queue.over_bound() {
+                let result = index_batch(
+                    &mut self.db,
+                    &self.index.queue,
+                    &mut self.index.indexed_through,
+                );
+                for ask in index_asks {
+                    if let WriteOp::Index { reply } = ask {
+                        let _ = reply.send(result.clone());
+                    }
+                }
+            }
             let _ = self.written.send(());
         }
+        // A clean stop leaves nothing to index at the next start.
+        while index_batch(
+            &mut self.db,
+            &self.index.queue,
+            &mut self.index.indexed_through,
+        )
+        .is_ok_and(|n| n > 0)
+        {}
+        self.index.queue.close();
     }
 
-    fn apply(&mut self, group: Vec<WriteOp>) {
+    fn apply(&mut self, mut group: Vec<WriteOp>) {
         let now = self.clock.now();
         let mut answers = Vec::with_capacity(group.len());
         let result = (|| -> WriteResult<()> {
             self.db.exec("BEGIN IMMEDIATE")?;
-            for op in &group {
-                answers.push(apply_one(&mut self.db, &mut self.order, op, now)?);
+            for op in &mut group {
+                answers.push(apply_one(
+                    &mut self.db,
+                    &mut self.order,
+                    &mut self.index,
+                    op,
+                    now,
+                )?);
             }
             Ok(self.db.exec("COMMIT")?)
         })();
         match result {
             Ok(()) => {
+                // Queued before anyone hears "stored", so a search after the answer waits for them.
+                self.index.queue.push(self.index.fresh.drain(..));
                 for (op, answer) in group.into_iter().zip(answers) {
                     op.answer(Ok(answer));
                 }
@@ -169,6 +222,7 @@ impl Writer {
             Err(error) => {
                 // Nothing of the group was committed: every caller hears the error, none is told "stored".
                 let _ = self.db.exec("ROLLBACK");
+                self.index.fresh.clear();
                 tracing::error!(
                     error = &error as &dyn std::error::Error,
                     ops = group.len(),
@@ -217,6 +271,8 @@ impl WriteOp {
                 Ok(Answer::Count(n)),
             ) => drop(reply.send(Ok(n))),
             (WriteOp::Accept { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (WriteOp::Index { reply }, Ok(Answer::Count(n))) => drop(reply.send(Ok(n))),
+            (WriteOp::Index { reply }, Err(e)) => drop(reply.send(Err(e))),
             (WriteOp::Claim { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (WriteOp::Record { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (WriteOp::Cancel { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
@@ -235,7 +291,8 @@ impl WriteOp {
 pub(super) fn apply_one(
     db: &mut RawDb,
     order: &mut CreatedOrder,
-    op: &WriteOp,
+    index: &mut IndexBook,
+    op: &mut WriteOp,
     now: Millis,
 ) -> WriteResult<Answer> {
     Ok(match op {
@@ -244,7 +301,10 @@ pub(super) fn apply_one(
                 .bind(params.iter().map(Param::value))?
                 .execute()?,
         ),
-        WriteOp::Accept { messages, .. } => Answer::Accepted(accept(db, order, messages, now)?),
+        WriteOp::Accept {
+            messages, terms, ..
+        } => Answer::Accepted(accept(db, order, index, messages, terms, now)?),
+        WriteOp::Index { .. } => unreachable!("index asks are applied apart from the group"),
         WriteOp::Claim {
             owner,
             lease,
