@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use herald::{
     clock::SystemClock,
-    store::{NewMessage, NewRecipient, RawSegment, RecipientKind, SharedBlob, Store},
+    store::{NewMessage, NewRecipient, RawSegment, RecipientKind, SharedBlob, Store, WriterPhase},
 };
 use tokio::sync::Mutex;
 
@@ -149,6 +149,7 @@ pub fn run(args: StoreArgs) -> anyhow::Result<ExitCode> {
             .then(|| Arc::new((0..args.count).map(|i| stored(&workload, i, &shared, &blobs)).collect()));
         let message_bytes = workload.build(0, Some(&shared)).len();
         let latencies = Arc::new(Mutex::new(Vec::with_capacity(args.count / args.per_call + 1)));
+        let profile0 = writer_profile(&store);
         let cpu0 = cpu_time();
         let writer0 = thread_cpu("herald-store-wr");
         let start = Instant::now();
@@ -184,6 +185,15 @@ pub fn run(args: StoreArgs) -> anyhow::Result<ExitCode> {
             (Some(a), Some(b)) => Some((b - a).as_secs_f64() * 1e6 / args.count as f64),
             _ => None,
         };
+        // The index is filled beside the accepts: wait for it, so its cost is in the split below.
+        let index_wait = Instant::now();
+        while store.search_index_lag().pending > 0 && index_wait.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let index_caught_up = index_wait.elapsed();
+        let profile = writer_profile(&store).zip(profile0).map(|(after, before)| {
+            std::array::from_fn::<u64, 9, _>(|i| after[i] - before[i])
+        });
         drop(store_for_clients);
         let cpu = cpu_time() - cpu0;
         let mut latencies = latencies.lock().await.clone();
@@ -218,6 +228,22 @@ pub fn run(args: StoreArgs) -> anyhow::Result<ExitCode> {
                 1e6 / us
             );
         }
+        if let Some(profile) = profile {
+            let per_message = |nanos: u64| nanos as f64 / 1e3 / args.count as f64;
+            let total: u64 = profile.iter().sum();
+            let split: Vec<String> = WriterPhase::ALL
+                .iter()
+                .zip(profile)
+                .filter(|(_, nanos)| *nanos > 0)
+                .map(|(phase, nanos)| format!("{} {:.1}", phase.as_str(), per_message(nanos)))
+                .collect();
+            println!(
+                "writer µs per message (wall time on the writer thread, {:.1} in all): {}; full-text index caught up                  {:.0} ms after the last accept",
+                per_message(total),
+                split.join(", "),
+                index_caught_up.as_secs_f64() * 1e3,
+            );
+        }
         if let Some(after) = after {
             println!(
                 "stored: {:.0} bytes per message on disk (database + WAL growth / messages; the image and PDF once)",
@@ -232,6 +258,14 @@ pub fn run(args: StoreArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The SQLite writer's time per phase so far (`None` on PostgreSQL, whose writes are not one thread's).
+pub(super) fn writer_profile(store: &Store) -> Option<[u64; 9]> {
+    match store {
+        Store::Sqlite(store) => Some(store.writer_profile().snapshot()),
+        Store::Postgres(_) => None,
+    }
 }
 
 pub(super) fn small(i: usize) -> NewMessage {

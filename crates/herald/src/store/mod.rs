@@ -19,7 +19,7 @@ pub use postgres::{PgStore, Upkeep};
 pub use raw::{RawSegment, SharedBlob};
 pub use rules::{EVENT_INTERRUPTED, EVENT_STALE_OUTCOME, message_status_from};
 pub use search::{fold, index_terms, query_terms};
-pub use sqlite::{IndexLag, SqliteError, SqliteOptions, SqliteStore};
+pub use sqlite::{IndexLag, SqliteError, SqliteOptions, SqliteStore, WriterPhase, WriterProfile};
 use tokio::sync::Notify;
 pub use types::*;
 

@@ -7,11 +7,13 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Instant,
 };
 
 use super::{
     SqliteStore,
     indexer::{IndexTerms, PendingDoc, mark_indexed_through},
+    profile::{Laps, WriterPhase},
     raw_db::{RawDb, Value},
     writer::{IndexBook, WriteOp, WriteResult, event},
 };
@@ -81,6 +83,7 @@ pub(super) fn accept(
     db: &mut RawDb,
     order: &mut CreatedOrder,
     index: &mut IndexBook,
+    laps: &mut Laps<'_>,
     messages: &[NewMessage],
     terms: &mut [IndexTerms],
     now: Millis,
@@ -151,6 +154,7 @@ pub(super) fn accept(
         ])?
         .execute()?;
         let rowid = db.last_insert_rowid();
+        laps.lap(WriterPhase::Messages);
 
         if rowid <= index.indexed_through {
             // SQLite reuses the largest rowid once its row is gone; every row left is below this one, so the
@@ -162,8 +166,9 @@ pub(super) fn accept(
             rowid,
             id: message.id.clone(),
             terms: std::mem::take(terms),
-            committed: std::time::Instant::now(),
+            committed: Instant::now(),
         });
+        laps.lap(WriterPhase::Other);
         for (position, recipient) in message.recipients.iter().enumerate() {
             db.stmt(
                 "INSERT INTO recipients (message_id, position, address, kind, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
@@ -176,6 +181,7 @@ pub(super) fn accept(
             ])?
             .execute()?;
         }
+        laps.lap(WriterPhase::Recipients);
         for tag in &message.tags {
             // OR IGNORE: a tag listed twice is one row.
             db.stmt(
@@ -184,7 +190,9 @@ pub(super) fn accept(
             .bind([Value::Text(tag), now.into(), Value::Text(&message.id)])?
             .execute()?;
         }
+        laps.lap(WriterPhase::Tags);
         event(db, &message.id, now, rules::status_event(status))?;
+        laps.lap(WriterPhase::Events);
         results.push(Accepted::New {
             id: message.id.clone(),
             status,
@@ -210,6 +218,7 @@ pub(super) fn accept(
         .bind([(queued + scheduled).into()])?
         .execute()?;
     }
+    laps.lap(WriterPhase::Counters);
     for (hash, (blob, refs)) in blob_refs {
         // Stored once; `blob_refs` counts the bodies that use it, so pruning knows when it is unused. A
         // `blob_refs` row exists exactly while its blob does (pruning deletes both in one transaction), so
@@ -228,5 +237,6 @@ pub(super) fn accept(
                 .execute()?;
         }
     }
+    laps.lap(WriterPhase::Blobs);
     Ok(results)
 }

@@ -20,13 +20,18 @@ mod auth;
 mod dkim;
 mod indexer;
 mod nodes;
+mod profile;
 mod queue;
 mod raw_db;
 mod search;
 mod templates;
 mod writer;
 
-pub use self::{indexer::IndexLag, raw_db::SqliteError};
+pub use self::{
+    indexer::IndexLag,
+    profile::{WriterPhase, WriterProfile},
+    raw_db::SqliteError,
+};
 
 use std::{
     borrow::Cow,
@@ -99,6 +104,7 @@ pub struct SqliteStore {
     created_in_order: Arc<AtomicBool>,
     /// Messages stored and not yet in the full-text index (see `indexer`).
     index: Arc<IndexQueue>,
+    profile: Arc<WriterProfile>,
 }
 
 /// An owned statement parameter (for [`WriteOp::Execute`]).
@@ -241,6 +247,7 @@ impl SqliteStore {
             );
         }
         let index = Arc::new(IndexQueue::default());
+        let profile = Arc::new(WriterProfile::default());
         index.push(recovered);
         let reader = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
@@ -290,6 +297,7 @@ impl SqliteStore {
                 indexed_through,
                 fresh: Vec::new(),
             },
+            profile: profile.clone(),
         };
         let spawn_error = |source| StoreError::Thread {
             url: options.path.display().to_string(),
@@ -316,6 +324,7 @@ impl SqliteStore {
             work: WorkSignal::default(),
             created_in_order,
             index,
+            profile,
         })
     }
 
@@ -344,6 +353,11 @@ impl SqliteStore {
     async fn execute(&self, sql: &'static str, params: Vec<Param>) -> Result<u64, StoreError> {
         self.call(|reply| WriteOp::Execute { sql, params, reply })
             .await
+    }
+
+    /// Where the writer thread's time went since the store opened (for `herald bench store`).
+    pub fn writer_profile(&self) -> &WriterProfile {
+        &self.profile
     }
 
     /// How far the full-text index is behind the stored messages.

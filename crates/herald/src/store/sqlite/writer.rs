@@ -11,6 +11,7 @@ use super::{
     archive::prune,
     indexer::{IndexQueue, IndexTerms, PendingDoc, index_batch},
     nodes::recover,
+    profile::{Laps, WriterPhase, WriterProfile},
     queue::{Claimed, cancel, claim, record},
     queue::{release, renew},
     raw_db::{DbResult, RawDb, SqliteError},
@@ -144,6 +145,7 @@ pub(super) struct Writer {
     pub(super) max_group: usize,
     pub(super) order: CreatedOrder,
     pub(super) index: IndexBook,
+    pub(super) profile: Arc<WriterProfile>,
 }
 
 /// The writer's side of the full-text index: the queue it fills after each commit and empties in index
@@ -171,11 +173,13 @@ impl Writer {
             // The index in a transaction of its own, after the group: when the indexer asks, or at once when
             // accepts outrun it (which then wait for it: backpressure, not a growing lag).
             if !index_asks.is_empty() || self.index.queue.over_bound() {
+                let mut laps = Laps::start(&self.profile);
                 let result = index_batch(
                     &mut self.db,
                     &self.index.queue,
                     &mut self.index.indexed_through,
                 );
+                laps.lap(WriterPhase::FullText);
                 for ask in index_asks {
                     if let WriteOp::Index { reply } = ask {
                         let _ = reply.send(result.clone());
@@ -198,18 +202,24 @@ impl Writer {
     fn apply(&mut self, mut group: Vec<WriteOp>) {
         let now = self.clock.now();
         let mut answers = Vec::with_capacity(group.len());
+        let mut laps = Laps::start(&self.profile);
         let result = (|| -> WriteResult<()> {
             self.db.exec("BEGIN IMMEDIATE")?;
             for op in &mut group {
+                laps.lap(WriterPhase::Other);
                 answers.push(apply_one(
                     &mut self.db,
                     &mut self.order,
                     &mut self.index,
+                    &mut laps,
                     op,
                     now,
                 )?);
             }
-            Ok(self.db.exec("COMMIT")?)
+            laps.lap(WriterPhase::Other);
+            self.db.exec("COMMIT")?;
+            laps.lap(WriterPhase::Commit);
+            Ok(())
         })();
         match result {
             Ok(()) => {
@@ -292,6 +302,7 @@ pub(super) fn apply_one(
     db: &mut RawDb,
     order: &mut CreatedOrder,
     index: &mut IndexBook,
+    laps: &mut Laps<'_>,
     op: &mut WriteOp,
     now: Millis,
 ) -> WriteResult<Answer> {
@@ -303,7 +314,7 @@ pub(super) fn apply_one(
         ),
         WriteOp::Accept {
             messages, terms, ..
-        } => Answer::Accepted(accept(db, order, index, messages, terms, now)?),
+        } => Answer::Accepted(accept(db, order, index, laps, messages, terms, now)?),
         WriteOp::Index { .. } => unreachable!("index asks are applied apart from the group"),
         WriteOp::Claim {
             owner,
