@@ -238,7 +238,7 @@ pub fn run(args: StoreArgs) -> anyhow::Result<ExitCode> {
                 .map(|(phase, nanos)| format!("{} {:.1}", phase.as_str(), per_message(nanos)))
                 .collect();
             println!(
-                "writer µs per message (wall time on the writer thread, {:.1} in all): {}; full-text index caught up                  {:.0} ms after the last accept",
+                "writer µs per message (wall time on the writer thread, {:.1} in all): {}; full-text index caught up {:.0} ms after the last accept",
                 per_message(total),
                 split.join(", "),
                 index_caught_up.as_secs_f64() * 1e3,
