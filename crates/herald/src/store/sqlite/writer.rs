@@ -223,6 +223,18 @@ impl Writer {
         })();
         match result {
             Ok(()) => {
+                let accepted: usize = group
+                    .iter()
+                    .filter(|op| matches!(op, WriteOp::Accept { .. }))
+                    .map(WriteOp::weight)
+                    .sum();
+                if accepted > 0 {
+                    // Whether concurrent requests (HTTP, SMTP sessions) really share a commit: messages per
+                    // commit is the ratio of the two.
+                    metrics::counter!("herald_store_accept_commits_total").increment(1);
+                    metrics::counter!("herald_store_accept_commit_messages_total")
+                        .increment(accepted as u64);
+                }
                 // Queued before anyone hears "stored", so a search after the answer waits for them.
                 self.index.queue.push(self.index.fresh.drain(..));
                 for (op, answer) in group.into_iter().zip(answers) {
