@@ -189,6 +189,10 @@ impl IndexQueue {
         self.indexed.send_modify(|count| *count += n as u64);
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.lock().docs.is_empty()
+    }
+
     /// Whether the writer should index before taking more writes.
     pub(super) fn over_bound(&self) -> bool {
         self.lock().bytes > QUEUE_BYTES_MAX

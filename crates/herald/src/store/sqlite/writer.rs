@@ -189,12 +189,13 @@ impl Writer {
             let _ = self.written.send(());
         }
         // A clean stop leaves nothing to index at the next start.
-        while index_batch(
-            &mut self.db,
-            &self.index.queue,
-            &mut self.index.indexed_through,
-        )
-        .is_ok_and(|n| n > 0)
+        while !self.index.queue.is_empty()
+            && index_batch(
+                &mut self.db,
+                &self.index.queue,
+                &mut self.index.indexed_through,
+            )
+            .is_ok()
         {}
         self.index.queue.close();
     }
