@@ -528,6 +528,9 @@ type Arrivals = Arc<Mutex<HashMap<usize, Instant>>>;
 /// Per message: when its request left and when its 202 was read.
 type Accepts = Arc<Mutex<Vec<Option<(Instant, Instant)>>>>;
 
+/// How long the latency workload reuses an idle connection: well under the server's idle timeout.
+const POOLED_IDLE_MAX: Duration = Duration::from_secs(5);
+
 async fn latency(args: &E2eArgs) -> anyhow::Result<usize> {
     if !(args.rate > 0.0 && args.seconds > 0.0) {
         bail!("--rate and --seconds must be more than 0");
@@ -547,7 +550,7 @@ async fn latency(args: &E2eArgs) -> anyhow::Result<usize> {
     };
     let n = (args.rate * args.seconds).round().max(1.0) as usize;
     let period = Duration::from_secs_f64(1.0 / args.rate);
-    let pool: Arc<tokio::sync::Mutex<Vec<Http>>> = Arc::default();
+    let pool: Arc<tokio::sync::Mutex<Vec<(Http, Instant)>>> = Arc::default();
     let accepted: Accepts = Arc::new(Mutex::new(vec![None; n]));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -559,8 +562,15 @@ async fn latency(args: &E2eArgs) -> anyhow::Result<usize> {
         let accepted = accepted.clone();
         let (api, token) = (args.api, args.token.clone());
         tasks.spawn(async move {
-            let mut http = match pool.lock().await.pop() {
-                Some(http) => http,
+            // A connection idle longer than the server keeps idle keep-alive connections (10 s by default)
+            // may be closed under it: a request written to it would read no status line.
+            let pooled = pool
+                .lock()
+                .await
+                .pop()
+                .filter(|(_, idle_since): &(Http, Instant)| idle_since.elapsed() < POOLED_IDLE_MAX);
+            let mut http = match pooled {
+                Some((http, _)) => http,
                 None => Http::connect(api, token.as_deref()).await?,
             };
             let body = alert_body(i, &format!("latency probe {i}"));
@@ -574,7 +584,7 @@ async fn latency(args: &E2eArgs) -> anyhow::Result<usize> {
                 );
             }
             accepted.lock().expect("lock")[i] = Some((sent, answered));
-            pool.lock().await.push(http);
+            pool.lock().await.push((http, Instant::now()));
             anyhow::Ok(())
         });
         while let Some(result) = tasks.try_join_next() {
