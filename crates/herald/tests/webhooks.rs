@@ -957,3 +957,107 @@ async fn sigkill_during_delivery_loses_no_event() {
     );
     assert!(duplicates.len() <= 16, "{} duplicates", duplicates.len());
 }
+
+/// The dashboard page lists each endpoint with its deliveries (status, HTTP status, latency, response
+/// excerpt), flags a disabled one, and its "send again" button sends the event again with its id.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_shows_deliveries_and_sends_again() {
+    let (url, _dir) = database(Backend::Sqlite).await.unwrap();
+    let receiver = Receiver::start().await;
+    let node = Node::start(&url, &[PRIVATE_OK]).await;
+    let created = node
+        .create_webhook(json!({"url": receiver.url("dash"), "events": ["message.accepted"]}))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    node.send("ann@example.test").await;
+    let got = receiver.wait_for("dash", 1, Duration::from_secs(10)).await;
+    let deliveries = node
+        .wait_deliveries(id, Duration::from_secs(5), |d| {
+            d.len() == 1 && d[0]["status"] == "delivered"
+        })
+        .await;
+    let page = node
+        .client
+        .get(format!("{}/webhooks", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    // The open dashboard's CSRF cookie, sent back with each form as the browser would.
+    let cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("herald_csrf="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = page.text().await.unwrap();
+    // The URL as the page escapes it.
+    assert!(
+        page.contains(&receiver.url("dash").replace('/', "&#x2f;")),
+        "{page}"
+    );
+    assert!(page.contains(&got[0].id), "{page}");
+    assert!(page.contains("data-status=\"delivered\""), "{page}");
+    assert!(page.contains("thanks") && page.contains(" ms"), "{page}");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let delivery = deliveries[0]["id"].as_i64().unwrap();
+    let sent = no_redirects
+        .post(format!(
+            "{}/webhooks/{id}/deliveries/{delivery}/retry",
+            node.base
+        ))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(sent.status().is_redirection(), "{}", sent.status());
+    let again = receiver.wait_for("dash", 2, Duration::from_secs(10)).await;
+    assert_eq!(again[1].id, again[0].id);
+    // Without the CSRF token: refused, nothing sent.
+    let forged = no_redirects
+        .post(format!("{}/webhooks/{id}/disable", node.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert!(forged.status().is_client_error(), "{}", forged.status());
+    let disabled = no_redirects
+        .post(format!("{}/webhooks/{id}/disable", node.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(disabled.status().is_redirection());
+    let page = node
+        .client
+        .get(format!("{}/webhooks", node.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("data-enabled=\"false\"") && page.contains(">disabled<"),
+        "{page}"
+    );
+}
