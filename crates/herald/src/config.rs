@@ -786,6 +786,39 @@ mod tests {
     }
 
     #[test]
+    fn webhook_settings_default_and_name_their_key() {
+        let c = config(&[]).unwrap();
+        assert!(!c.webhooks.allow_private);
+        assert_eq!(c.webhooks.timeout, Duration::from_secs(10));
+        assert_eq!(c.webhooks.concurrency, 16);
+        assert_eq!(c.webhooks.disable_after, Duration::from_secs(3 * 24 * 3600));
+        assert_eq!(
+            c.webhooks.retry.schedule[..2],
+            [Duration::from_secs(5), Duration::from_secs(30)]
+        );
+        assert_eq!(c.webhooks.retry.max_age, Duration::from_secs(3 * 24 * 3600));
+        assert!(c.webhooks.lease >= c.webhooks.timeout * 3);
+        let c = config(&[
+            ("HERALD_WEBHOOK_ALLOW_PRIVATE", "1"),
+            ("HERALD_WEBHOOK_TIMEOUT", "2s"),
+        ])
+        .unwrap();
+        assert!(c.webhooks.allow_private);
+        assert_eq!(c.webhooks.lease, Duration::from_secs(30));
+        for (key, value) in [
+            ("HERALD_WEBHOOK_ALLOW_PRIVATE", "maybe"),
+            ("HERALD_WEBHOOK_TIMEOUT", "0"),
+            ("HERALD_WEBHOOK_CONCURRENCY", "none"),
+            ("HERALD_WEBHOOK_RETRY", "5s,soon"),
+            ("HERALD_WEBHOOK_MAX_AGE", "forever"),
+            ("HERALD_WEBHOOK_DISABLE_AFTER", "-1"),
+        ] {
+            let error = config(&[(key, value)]).unwrap_err().to_string();
+            assert!(error.starts_with(key), "{key}: {error}");
+        }
+    }
+
+    #[test]
     fn defaults_are_the_documented_ones() {
         let c = config(&[]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8025");
