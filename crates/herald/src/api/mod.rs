@@ -7,6 +7,8 @@ mod batches;
 mod dkim;
 mod openapi;
 mod templates;
+// Issue 12.
+mod webhooks;
 
 use axum::{
     Json, Router,
@@ -51,6 +53,23 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/dkim", get(dkim::list_keys).post(dkim::generate_key))
         .route("/dkim/{domain}/rotate", post(dkim::rotate_key))
         .route("/dkim/{domain}/{selector}", delete(dkim::delete_key))
+        // Issue 12: webhook endpoints.
+        .route("/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/webhooks/{id}",
+            get(webhooks::get_one)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route(
+            "/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/webhooks/{id}/deliveries/{delivery}/retry",
+            post(webhooks::retry),
+        )
         .route_layer(middleware::from_fn_with_state(state, require_token));
     Router::new()
         .nest("/v1", v1)

@@ -23,6 +23,8 @@ mod preview;
 mod stored_templates;
 // SMTP submission (issue 11).
 mod submitted;
+// Webhook endpoints (issue 12).
+mod webhooks;
 
 use bytes::Bytes;
 use herald_mime::ComposeOptions;
@@ -142,6 +144,10 @@ pub struct Service {
     parts: std::sync::Arc<parts::PartCache>,
     /// DKIM keys every composed message is signed with (issue 13; see `dkim::signer`).
     pub dkim: crate::dkim::Signing,
+    /// Webhook endpoints (issue 12): the SSRF rule and the key that seals their secrets.
+    pub webhooks: crate::events::manage::Management,
+    /// Tells this node's webhook dispatcher that an endpoint changed.
+    pub webhooks_changed: crate::events::dispatch::EndpointsChanged,
 }
 
 /// The fields of `POST /v1/messages` that are about queueing, not about the message's content.
@@ -163,6 +169,8 @@ impl Service {
             renderer: Renderer::default(),
             parts: Default::default(),
             dkim: crate::dkim::Signing::default(),
+            webhooks: Default::default(),
+            webhooks_changed: Default::default(),
         }
     }
 

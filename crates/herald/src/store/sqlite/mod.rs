@@ -25,6 +25,8 @@ mod queue;
 mod raw_db;
 mod search;
 mod templates;
+// Webhooks (issue 12).
+mod webhooks;
 mod writer;
 
 pub use self::{
@@ -201,6 +203,12 @@ fn migrator() -> Migrator {
             13,
             "dkim keys",
             include_str!("../../../migrations/sqlite/0013_dkim_keys.sql"),
+        ),
+        // Issue 12 (numbered 14: issues 11 and 13 took their numbers first).
+        migration(
+            14,
+            "webhooks",
+            include_str!("../../../migrations/sqlite/0014_webhooks.sql"),
         ),
         // Issue 14: the full-text index filled beside the accept commit.
         migration(

@@ -15,6 +15,7 @@ use super::{
     queue::{Claimed, cancel, claim, record},
     queue::{release, renew},
     raw_db::{DbResult, RawDb, SqliteError},
+    webhooks::{WebhookAnswer, WebhookWrite},
 };
 use crate::{
     clock::Clock,
@@ -94,6 +95,11 @@ pub(super) enum WriteOp {
     Prune {
         finished_before: Millis,
         reply: oneshot::Sender<WriteResult<u64>>,
+    },
+    /// Webhook claims, outcomes and deletes (issue 12).
+    Webhooks {
+        op: WebhookWrite,
+        reply: oneshot::Sender<WriteResult<WebhookAnswer>>,
     },
 }
 
@@ -266,6 +272,7 @@ pub(super) enum Answer {
     Unit,
     Cancel(CancelOutcome),
     Count(u64),
+    Webhooks(WebhookAnswer),
 }
 
 impl WriteOp {
@@ -273,6 +280,7 @@ impl WriteOp {
         match self {
             WriteOp::Accept { messages, .. } => messages.len(),
             WriteOp::Record { outcomes, .. } => outcomes.len(),
+            WriteOp::Webhooks { op, .. } => op.weight(),
             _ => 1,
         }
     }
@@ -286,6 +294,8 @@ impl WriteOp {
             (WriteOp::Claim { reply, .. }, Ok(Answer::Claimed(v))) => drop(reply.send(Ok(v))),
             (WriteOp::Record { reply, .. }, Ok(Answer::Unit)) => drop(reply.send(Ok(()))),
             (WriteOp::Cancel { reply, .. }, Ok(Answer::Cancel(v))) => drop(reply.send(Ok(v))),
+            (WriteOp::Webhooks { reply, .. }, Ok(Answer::Webhooks(v))) => drop(reply.send(Ok(v))),
+            (WriteOp::Webhooks { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (
                 WriteOp::Release { reply, .. }
                 | WriteOp::Prune { reply, .. }
@@ -356,6 +366,7 @@ pub(super) fn apply_one(
             owner, lease, ids, ..
         } => Answer::Count(renew(db, owner, now + lease.as_millis() as Millis, ids)?),
         WriteOp::Recover { .. } => Answer::Count(recover(db, now)?),
+        WriteOp::Webhooks { op, .. } => Answer::Webhooks(super::webhooks::apply(db, op, now)?),
     })
 }
 
