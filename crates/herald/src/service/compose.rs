@@ -142,17 +142,9 @@ impl ComposedMessage {
         if keys.selector_for(domain).is_none() {
             return Ok(());
         }
-        // mail-auth reads one buffer: a message of one segment is signed in place, one with shared parts
-        // is joined for the signer (the stored segments stay shared).
-        let joined;
-        let bytes: &[u8] = match self.raw.as_slice() {
-            [only] => only.bytes(),
-            segments => {
-                joined = super::join(segments);
-                &joined
-            }
-        };
-        if let Some(header) = keys.sign(domain, bytes)? {
+        // Hashed where the segments are: a shared attachment is not copied to be signed.
+        let segments: Vec<&[u8]> = self.raw.iter().map(|s| &s.bytes()[..]).collect();
+        if let Some(header) = keys.sign_segments(domain, &segments)? {
             self.raw.insert(
                 0,
                 RawSegment::Literal {
