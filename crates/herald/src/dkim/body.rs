@@ -286,13 +286,14 @@ mod tests {
     }
 
     /// mail-auth keeps a line of only whitespace at the end of the body as an empty line; the RFC removes
-    /// the whitespace first (a) and then the empty line (b), and so does dkimpy. The tests in
-    /// tests/dkim.rs check such a body with both verifiers.
+    /// the whitespace first (a) and then the empty line (b), and so does dkimpy (tests/dkim.rs checks such a
+    /// signed body with both verifiers).
     #[test]
     fn a_whitespace_only_last_line_is_an_empty_line() {
         let body = b"text\r\n  \t\r\n";
         assert_eq!(RelaxedBody::digest(body), Ok(sha256(b"text\r\n")));
-        assert_eq!(mail_auth_hash(body), sha256(b"text\r\n\r\n"), "TEMP");
+        // Fails when a mail-auth release fixes this: then both agree and this line can go.
+        assert_eq!(mail_auth_hash(body), sha256(b"text\r\n\r\n"));
         assert_eq!(
             RelaxedBody::digest(b"text\r\n \r\n\r\n \r\n"),
             Ok(sha256(b"text\r\n"))
