@@ -239,28 +239,60 @@ impl RelaxedBody {
 
 /// Where, from `from`, the next byte is that canonicalization may change or that decides a line end: a CR,
 /// an HTAB, or an SP that is not a single space between two non-whitespace bytes of one line (such a space
-/// stays as it is). A byte loop: the text parts this sees have a space every few bytes, too often for a
-/// vectorised search restarted after each.
+/// stays as it is). Text and quoted-printable parts (the PDF of the standard notification is one) have a
+/// space every few bytes, too often for a vectorised search restarted after each; instead 16 bytes at a time
+/// are tested with a branch-free loop the compiler vectorises, and only a block that has such a byte is read
+/// byte by byte.
 fn next_to_rewrite(segment: &[u8], from: usize) -> Option<usize> {
+    const BLOCK: usize = 16;
+    let len = segment.len();
     let mut k = from;
-    while let Some(&b) = segment.get(k) {
-        match b {
-            b'\t' | b'\r' => return Some(k),
-            b' ' => {
-                let single = k > 0
-                    && !matches!(segment[k - 1], b' ' | b'\t' | b'\r' | b'\n')
-                    && segment
-                        .get(k + 1)
-                        .is_some_and(|next| !matches!(next, b' ' | b'\t' | b'\r'));
-                if !single {
-                    return Some(k);
-                }
-            }
-            _ => {}
+    loop {
+        // A whole block with a byte either side, for the neighbours of its first and last byte.
+        if k >= 1 && k + BLOCK < len && !block_needs_rewrite(&segment[k - 1..k + BLOCK + 1]) {
+            k += BLOCK;
+            continue;
         }
-        k += 1;
+        let stop = (k + BLOCK).min(len);
+        if let Some(at) = (k..stop).find(|&q| needs_rewrite(segment, q)) {
+            return Some(at);
+        }
+        if stop == len {
+            return None;
+        }
+        k = stop;
     }
-    None
+}
+
+/// The byte at `k` is one [`next_to_rewrite`] stops at.
+fn needs_rewrite(segment: &[u8], k: usize) -> bool {
+    match segment[k] {
+        b'\t' | b'\r' => true,
+        b' ' => {
+            let single = k > 0
+                && !matches!(segment[k - 1], b' ' | b'\t' | b'\r' | b'\n')
+                && segment
+                    .get(k + 1)
+                    .is_some_and(|next| !matches!(next, b' ' | b'\t' | b'\r'));
+            !single
+        }
+        _ => false,
+    }
+}
+
+/// Some byte of `window` other than its first and last is one [`needs_rewrite`] would stop at. Bitwise
+/// operators, not `||`, so that the loop has no branches and vectorises.
+fn block_needs_rewrite(window: &[u8]) -> bool {
+    let wsp = |c: u8| (c == b' ') | (c == b'\t');
+    let mut any = false;
+    for j in 1..window.len() - 1 {
+        let (prev, b, next) = (window[j - 1], window[j], window[j + 1]);
+        any |= (b == b'\t')
+            | (b == b'\r')
+            | ((b == b' ')
+                & (wsp(prev) | (prev == b'\r') | (prev == b'\n') | wsp(next) | (next == b'\r')));
+    }
+    any
 }
 
 #[cfg(test)]

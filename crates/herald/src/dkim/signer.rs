@@ -49,7 +49,7 @@ pub const KEY_RING_TTL: Duration = Duration::from_secs(5);
 struct ActiveKey {
     selector: String,
     signer: DkimSigner<DkimKey, Done>,
-    /// The same RSA key for ring, which signs in about a fifth of the time the `rsa` crate under mail-auth
+    /// The same RSA key for ring, which signs in under half the CPU time the `rsa` crate under mail-auth
     /// takes (assembly Montgomery multiplication; README, Benchmarks). mail-auth's key still signs what the
     /// fast path does not take.
     rsa: Option<ring::rsa::KeyPair>,
