@@ -531,3 +531,115 @@ fn cli_generates_lists_rotates_and_removes() {
     let (ok, _, err) = herald(&["dkim", "generate", "not a domain", "--selector", "s1"]);
     assert!(!ok && err.contains("domain:"), "{err}");
 }
+
+/// The body hash Herald computes over stored segments (issue 13) against both verifiers' own: tricky bodies
+/// (whitespace at line ends and in runs, empty lines at the end, no final CRLF, 8-bit, a shared base64
+/// segment) cut into segments at the awkward places (between CR and LF, inside a whitespace run, before the
+/// empty trailing lines), each signed with Ed25519 and RSA, verify in mail-auth and dkimpy; a changed body
+/// byte fails both. No store, no server: the key ring as `herald serve` builds it.
+#[tokio::test]
+async fn bodies_hashed_segment_by_segment_verify_in_both() {
+    use herald::dkim::{Algorithm, KeyRing, generate};
+
+    let head = b"From: Shop <shop@segments.example>\r\nTo: ana@example.com\r\nSubject: Segments\r\n\
+Date: Fri, 04 Dec 2026 01:00:00 +0000\r\nMessage-ID: <seg@segments.example>\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n";
+    let base64: Vec<u8> = (0..400)
+        .map(|i| {
+            format!(
+                "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ej{:02}\r\n",
+                i % 100
+            )
+        })
+        .collect::<String>()
+        .into_bytes();
+    let bodies: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("plain", vec![b"Hello Ana\r\n".to_vec()]),
+        ("no final CRLF", vec![b"Hello".to_vec(), b" Ana".to_vec()]),
+        (
+            "whitespace at line ends and in runs",
+            vec![
+                b"a  b\t \r".to_vec(),
+                b"\n c \t".to_vec(),
+                b"\t\r\nd   ".to_vec(),
+                b"e\r\n".to_vec(),
+            ],
+        ),
+        (
+            "empty lines at the end",
+            vec![b"text\r\n".to_vec(), b"\r\n\r".to_vec(), b"\n\r\n".to_vec()],
+        ),
+        (
+            "8-bit",
+            vec![
+                "café \u{20ac}  📦\r\n".as_bytes().to_vec(),
+                b"\xff\xfe end\r\n".to_vec(),
+            ],
+        ),
+        (
+            "a shared base64 segment between literals",
+            vec![
+                b"--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHi  Ana \r\n--b\r\n\
+Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                    .to_vec(),
+                base64.clone(),
+                b"--b--\r\n\r\n".to_vec(),
+            ],
+        ),
+        ("empty body", vec![Vec::new()]),
+    ];
+    for algorithm in [Algorithm::Ed25519, Algorithm::Rsa] {
+        let key = generate("segments.example", "seg", algorithm, None, 0).unwrap();
+        let records = Records([(key.dns_name(), key.dns_record())].into_iter().collect());
+        let ring = KeyRing::from_stored(&[key], None).unwrap();
+        let mut signed = Vec::new();
+        let mut tampered = Vec::new();
+        for (name, body) in &bodies {
+            let mut first = head.to_vec();
+            first.extend_from_slice(&body[0]);
+            let mut segments: Vec<&[u8]> = vec![&first];
+            segments.extend(body[1..].iter().map(Vec::as_slice));
+            let header = ring
+                .sign_segments("segments.example", &segments)
+                .unwrap()
+                .unwrap();
+            let mut message = header;
+            message.extend(segments.concat());
+            // One visible character of the body changed (not whitespace, which relaxed may forgive).
+            let mut changed = message.clone();
+            let at = changed.len()
+                - 1
+                - changed
+                    .iter()
+                    .rev()
+                    .position(|b| b.is_ascii_alphanumeric())
+                    .unwrap();
+            if at > message.len() - segments.concat().len() + head.len() {
+                changed[at] = if changed[at] == b'x' { b'y' } else { b'x' };
+                tampered.push((format!("{algorithm} {name}, changed"), changed));
+            }
+            signed.push((format!("{algorithm} {name}"), message));
+        }
+        assert_both(&records, &signed, true).await;
+        assert!(tampered.len() >= 5, "{} tampered copies", tampered.len());
+        assert_both(&records, &tampered, false).await;
+
+        // A last line of only whitespace is an empty line at the end (RFC 6376 §3.4.4: whitespace first,
+        // then empty lines), which dkimpy agrees with; mail-auth 0.13.3 hashes it as one more CRLF, so its
+        // verifier refuses this one message (a relay's verifier is rarely mail-auth; the RFC is the contract).
+        let mut message = head.to_vec();
+        message.extend_from_slice(b"text\r\n \t \r\n");
+        let header = ring.sign("segments.example", &message).unwrap().unwrap();
+        let message = [header, message].concat();
+        let results = dkim_check::dkimpy_verify(&records, &[("ws".into(), message.clone())]);
+        if let Some(results) = results {
+            assert_eq!(
+                results["ws"]["ok"].as_bool(),
+                Some(true),
+                "{}",
+                results["ws"]
+            );
+        }
+        assert!(mail_auth_verify(&records, &message).await.is_err());
+    }
+}

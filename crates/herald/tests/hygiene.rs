@@ -1,7 +1,7 @@
 //! What receivers' filters think of Herald's output (issue 13): SpamAssassin (Debian's, run locally with `-L`:
-//! no network rules, no DNS) scores the standard notification, a template message and a small alert, each
-//! sent through the API with the default configuration and a DKIM key, below 1.0; the reports are printed so CI
-//! shows them. The headers the big providers expect of transactional mail are checked too: Message-ID on the
+//! no network rules, no DNS) scores the standard notification, a template message, a small alert and an
+//! HTML-only message, each sent through the API with the default configuration and a DKIM key, below 1.0; the
+//! reports are printed so CI shows them. The headers the big providers expect of transactional mail are checked too: Message-ID on the
 //! sender's domain, Date, MIME-Version, a Subject, a text part, and the DKIM signature.
 
 // A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
@@ -129,7 +129,7 @@ fn check_headers(name: &str, raw: &[u8]) {
 
 /// The store does not change the bytes: SQLite only, which is what a user gets by default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_kinds_of_mail_score_below_one() {
+async fn four_kinds_of_mail_score_below_one() {
     let Some(app) = spawn_app(Backend::Sqlite, SHOP).await else {
         return;
     };
@@ -195,11 +195,28 @@ async fn three_kinds_of_mail_score_below_one() {
     )
     .await;
 
+    // HTML alone through /v1/messages (no template): it gets the text part made from its HTML, as a template
+    // does; SpamAssassin's MIME_HTML_ONLY fired on it before.
+    let html_only = send(
+        &app,
+        json!({"to": "Ann Lee <ann@example.test>", "subject": "Your order ORD-1 has shipped",
+               "html": "<p>Hello Ann,</p><p>your order ORD-1 has shipped and arrives on Friday.</p>\
+                        <p><a href=\"https://shop.example/orders/1\">Track your parcel</a></p>"}),
+    )
+    .await;
+    let html_only_text = String::from_utf8_lossy(&html_only);
+    assert!(
+        html_only_text.contains("Content-Type: multipart/alternative")
+            && html_only_text.contains("Content-Type: text/plain"),
+        "HTML-only message without a text part:\n{html_only_text}"
+    );
+
     let mut scores = Vec::new();
     for (name, raw) in [
         ("standard notification", &notification),
         ("template message", &templated),
         ("small alert", &alert),
+        ("HTML-only API message", &html_only),
     ] {
         check_headers(name, raw);
         let Some((score, report)) = spamassassin(raw) else {
@@ -209,6 +226,10 @@ async fn three_kinds_of_mail_score_below_one() {
         println!(
             "== SpamAssassin on the {name} ({} bytes): score {score}\n{report}",
             raw.len()
+        );
+        assert!(
+            !report.contains("MIME_HTML_ONLY"),
+            "{name} is HTML-only to SpamAssassin"
         );
         scores.push((name, score));
     }

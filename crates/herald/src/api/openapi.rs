@@ -191,7 +191,7 @@ pub fn document() -> Value {
                     "from": {"type": "string", "description": "\"Name <addr>\" or addr; optional when HERALD_FROM is set"},
                     "to": {"$ref": "#/components/schemas/Addresses"}, "cc": {"$ref": "#/components/schemas/Addresses"},
                     "bcc": {"$ref": "#/components/schemas/Addresses"}, "reply_to": {"$ref": "#/components/schemas/Addresses"},
-                    "subject": {"type": "string"}, "text": {"type": "string"}, "html": {"type": "string"},
+                    "subject": {"type": "string"}, "text": {"type": "string"}, "html": {"type": "string", "description": "Without text, the text part is made from this HTML (as for a template without a text part)."},
                     "template": {"type": "string", "description": "A stored template's name, instead of subject/text/html"},
                     "data": {"type": "object", "description": "The template's variables"},
                     "attachments": {"type": "array", "items": {"$ref": "#/components/schemas/Attachment"}},

@@ -194,7 +194,12 @@ pub fn generate(
 
 /// The signing key of a stored key, unsealed with `secret` if it is sealed.
 pub fn signing_key(stored: &StoredKey, secret: Option<&SecretKey>) -> Result<DkimKey, DkimError> {
-    let der = if stored.encrypted {
+    signing_key_from_der(stored, private_der(stored, secret)?)
+}
+
+/// The PKCS #8 DER of a stored key's private half, unsealed with `secret` if it is sealed.
+pub fn private_der(stored: &StoredKey, secret: Option<&SecretKey>) -> Result<Vec<u8>, DkimError> {
+    Ok(if stored.encrypted {
         let secret = secret.ok_or_else(|| DkimError::SecretMissing {
             domain: stored.domain.clone(),
             selector: stored.selector.clone(),
@@ -202,7 +207,11 @@ pub fn signing_key(stored: &StoredKey, secret: Option<&SecretKey>) -> Result<Dki
         secret.open(&stored.domain, &stored.selector, &stored.private_key)?
     } else {
         stored.private_key.clone()
-    };
+    })
+}
+
+/// A stored key's signing key from its unsealed PKCS #8 DER.
+pub fn signing_key_from_der(stored: &StoredKey, der: Vec<u8>) -> Result<DkimKey, DkimError> {
     let bad = |reason: String| DkimError::BadKey {
         domain: stored.domain.clone(),
         selector: stored.selector.clone(),

@@ -11,6 +11,7 @@
 //! - [`manage`]: generate, rotate, list and remove, for `herald dkim` and `/v1/dkim`.
 //! - [`signer`]: the key ring a node signs with, and the signature itself (relaxed/relaxed, no `l=`).
 
+pub mod body;
 pub mod keys;
 pub mod manage;
 pub mod record;

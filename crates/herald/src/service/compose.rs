@@ -35,6 +35,8 @@ impl Service {
                 "data",
                 "data is for templates: give `template` (a stored template's name) too",
             ));
+        } else {
+            self.text_part_from_html(&mut object).await;
         }
         // An RSA signature takes about a millisecond (see README, Benchmarks): off the async workers.
         let message = if self.dkim.current().has_rsa() {
@@ -55,6 +57,42 @@ impl Service {
         }
         let mut accepted = self.store.accept(vec![message.into_new(queueing)]).await?;
         Ok(accepted.remove(0))
+    }
+
+    /// Gives a message of HTML alone the text part made from its HTML, as a template without a text part gets
+    /// (issue 13): filters score HTML-only mail as spam-like (SpamAssassin's `MIME_HTML_ONLY`), and a reader
+    /// without HTML sees nothing. html2text recurses per nesting level, so it runs on a render thread (big
+    /// stacks, never an HTTP worker) and only on HTML that nests no deeper than templates may; otherwise, or
+    /// when the render threads are busy, the message stays HTML-only, as it was accepted before.
+    async fn text_part_from_html(&self, object: &mut Map<String, Value>) {
+        if object.contains_key("text") {
+            return;
+        }
+        let Some(Value::String(html)) = object.get("html") else {
+            return;
+        };
+        let limit = self.limits.template.html_depth;
+        if html.trim().is_empty() || crate::templates::nesting_depth(html, limit) > limit {
+            return;
+        }
+        let html = html.clone();
+        let made = self
+            .renderer
+            .run(self.limits.template.render_time, move || {
+                crate::templates::text_from_html(&html)
+            })
+            .await;
+        match made {
+            Ok(text)
+                if !text.trim().is_empty() && text.len() <= self.limits.template.output_bytes =>
+            {
+                object.insert("text".into(), Value::String(text));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "no text part made from the HTML; the message stays HTML-only");
+            }
+        }
     }
 
     /// Replaces `template` + `data` in a message request by the rendered `subject`, `text` and `html`.
@@ -142,17 +180,9 @@ impl ComposedMessage {
         if keys.selector_for(domain).is_none() {
             return Ok(());
         }
-        // mail-auth reads one buffer: a message of one segment is signed in place, one with shared parts
-        // is joined for the signer (the stored segments stay shared).
-        let joined;
-        let bytes: &[u8] = match self.raw.as_slice() {
-            [only] => only.bytes(),
-            segments => {
-                joined = super::join(segments);
-                &joined
-            }
-        };
-        if let Some(header) = keys.sign(domain, bytes)? {
+        // Hashed where the segments are: a shared attachment is not copied to be signed.
+        let segments: Vec<&[u8]> = self.raw.iter().map(|s| &s.bytes()[..]).collect();
+        if let Some(header) = keys.sign_segments(domain, &segments)? {
             self.raw.insert(
                 0,
                 RawSegment::Literal {
