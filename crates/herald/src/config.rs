@@ -141,6 +141,19 @@ pub const KEYS: &[(&str, &str)] = &[
         "HERALD_SMTP_MAX_ERRORS",
         "refused commands a session may make before it is closed with 421 (default 10)",
     ),
+    // Bounces and complaints in (issue 12; src/bounce/intake.rs).
+    (
+        "HERALD_BOUNCE_DOMAIN",
+        "VERP: envelope sender bounces+TOKEN@DOMAIN, and the SMTP listener takes DSNs and complaints for DOMAIN without AUTH (unset: off)",
+    ),
+    (
+        "HERALD_BOUNCE_MAX_SIZE",
+        "bytes of one received bounce or complaint that are kept and read (default 1048576)",
+    ),
+    (
+        "HERALD_BOUNCE_RATE",
+        "bounces and complaints one client address may hand over per minute; more get 451 (default 600)",
+    ),
 ];
 
 /// Defaults of the HTTP server's limits (`HERALD_HTTP_*`), as the README states them.
@@ -265,6 +278,8 @@ pub struct Config {
     pub http: HttpLimits,
     /// `HERALD_SMTP_*`: the SMTP submission listener (off unless a listen address is set).
     pub smtp: crate::submission::Settings,
+    /// `HERALD_BOUNCE_*`: VERP return paths and the bounce intake (issue 12); off without a domain.
+    pub bounce: Option<crate::bounce::IntakeSettings>,
 }
 
 impl std::fmt::Debug for Config {
@@ -296,6 +311,7 @@ impl std::fmt::Debug for Config {
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "***"))
             .field("http", &self.http)
             .field("smtp", &self.smtp)
+            .field("bounce", &self.bounce)
             .finish()
     }
 }
@@ -509,6 +525,7 @@ impl Config {
             metrics_token: get("HERALD_METRICS_TOKEN").map(str::to_owned),
             http,
             smtp: crate::submission::Settings::from_values(get)?,
+            bounce: crate::bounce::IntakeSettings::from_values(get)?,
         })
     }
 

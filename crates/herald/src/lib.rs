@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bounce;
 pub mod clock;
 pub mod config;
 mod dashboard;

@@ -130,6 +130,21 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
     };
     let (live_nodes_tx, live_nodes) = watch::channel(live_at_start);
+    // Issue 12: VERP return paths and the bounce intake share one signer.
+    let bounce = match &config.bounce {
+        Some(settings) => {
+            let key = bounce_key(&config, &store).await?;
+            let intake = crate::bounce::Intake::new(settings, key);
+            tracing::info!(domain = %settings.domain, "VERP return paths and bounce intake are on");
+            if config.smtp.listen.is_none() && config.smtp.smtps_listen.is_none() {
+                tracing::warn!(
+                    "HERALD_BOUNCE_DOMAIN is set but no HERALD_SMTP_LISTEN: bounces cannot come back to this node"
+                );
+            }
+            Some(intake)
+        }
+        None => None,
+    };
     let options = EngineOptions {
         owner: node.id.clone(),
         live_nodes,
@@ -137,6 +152,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         retry: config.retry.clone(),
         lease: config.lease,
         board: relays.clone(),
+        verp: bounce.as_ref().map(|intake| Arc::new(intake.verp.clone())),
         ..Default::default()
     };
     let routes = relay_routes(&config)?;
@@ -193,7 +209,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.retention,
         stopped.clone(),
     ));
-    let listeners = start_listeners(state, listener, smtp_listeners, &config, stopped.clone())?;
+    let listeners = start_listeners(
+        state,
+        listener,
+        smtp_listeners,
+        &config,
+        bounce,
+        stopped.clone(),
+    )?;
     let store_for_leave = store.clone();
     let task = tokio::spawn(async move {
         for (name, listener) in listeners {
@@ -228,6 +251,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     })
 }
 
+/// The key VERP tokens are signed with.
+async fn bounce_key(config: &Config, _store: &Store) -> anyhow::Result<[u8; 32]> {
+    use sha2::Digest as _;
+    let secret = config.secret_key.clone().unwrap_or_default();
+    Ok(sha2::Sha256::digest(format!("herald verp key\0{secret}")).into())
+}
+
 /// A listener's task, by the name its panic is reported under; it ends once `stopped` turns true and what it
 /// was serving is done.
 type Listener = (&'static str, JoinHandle<()>);
@@ -240,6 +270,7 @@ fn start_listeners(
     http: TcpListener,
     smtp: crate::submission::Listeners,
     config: &Config,
+    bounce: Option<Arc<crate::bounce::Intake>>,
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<Listener>> {
     let submission = crate::submission::spawn(
@@ -248,6 +279,7 @@ fn start_listeners(
         config.smtp.clone(),
         config.body_limit,
         config.http.shutdown_grace,
+        bounce,
         stopped.clone(),
     )?;
     let routes = http_router(state, config.body_limit);

@@ -5,6 +5,7 @@
 mod batches;
 // Issue 13.
 mod dkim;
+mod inbound;
 mod openapi;
 mod templates;
 
@@ -51,6 +52,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/dkim", get(dkim::list_keys).post(dkim::generate_key))
         .route("/dkim/{domain}/rotate", post(dkim::rotate_key))
         .route("/dkim/{domain}/{selector}", delete(dkim::delete_key))
+        // Issue 12: received mail that could not be read or matched.
+        .route("/inbound", get(inbound::list))
+        .route("/inbound/{id}", get(inbound::get_one))
+        .route("/inbound/{id}/raw", get(inbound::raw))
         .route_layer(middleware::from_fn_with_state(state, require_token));
     Router::new()
         .nest("/v1", v1)

@@ -154,6 +154,11 @@ pub struct Queueing {
 }
 
 impl Service {
+    /// The store the service writes to (the bounce intake applies its reports there).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn new(store: Store) -> Self {
         Self {
             store,

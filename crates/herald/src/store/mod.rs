@@ -6,6 +6,7 @@
 
 mod postgres;
 pub mod raw;
+mod reports;
 mod rows;
 pub mod rules;
 mod search;
@@ -17,6 +18,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 pub use postgres::{PgStore, Upkeep};
 pub use raw::{RawSegment, SharedBlob};
+pub use reports::*;
 pub use rules::{EVENT_INTERRUPTED, EVENT_STALE_OUTCOME, message_status_from};
 pub use search::{fold, index_terms, query_terms};
 pub use sqlite::{SqliteError, SqliteOptions, SqliteStore};
@@ -111,6 +113,11 @@ impl Store {
         pub async fn dkim_keys(&self) -> Result<Vec<crate::dkim::StoredKey>, StoreError>;
         pub async fn retire_dkim_keys(&self, domain: &str, keep: &str, at: Millis) -> Result<u64, StoreError>;
         pub async fn delete_dkim_key(&self, domain: &str, selector: &str) -> Result<bool, StoreError>;
+        // Bounce and complaint intake (issue 12): store/sqlite/reports.rs, store/postgres/reports.rs.
+        pub async fn apply_report(&self, update: &ReportUpdate) -> Result<ReportApplied, StoreError>;
+        pub async fn keep_inbound(&self, mail: &InboundMail) -> Result<(), StoreError>;
+        pub async fn inbound(&self, before: Option<&str>, limit: u32) -> Result<InboundPage, StoreError>;
+        pub async fn inbound_mail(&self, id: &str) -> Result<Option<InboundMail>, StoreError>;
     }
 
     /// Stores messages durably (see [`SqliteStore::accept`]); counts what was new for `/metrics`.

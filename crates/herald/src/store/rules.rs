@@ -36,7 +36,7 @@ macro_rules! open_recipients_sql {
 /// The SQL list of the recipient statuses [`RecipientStatus::is_final`] accepts: never changed again.
 macro_rules! final_recipients_sql {
     () => {
-        "('delivered', 'failed', 'cancelled')"
+        "('delivered', 'failed', 'cancelled', 'bounced', 'complained')"
     };
 }
 
@@ -87,7 +87,8 @@ pub fn message_status_from(recipients: &[RecipientStatus]) -> MessageStatus {
         MessageStatus::Deferred
     } else if any(R::Pending) {
         MessageStatus::Queued
-    } else if any(R::Delivered) {
+    } else if any(R::Delivered) || any(R::Complained) {
+        // A complaint comes from a mailbox the message reached; a bounce from one it did not.
         MessageStatus::Delivered
     } else if !recipients.is_empty() && recipients.iter().all(|s| *s == R::Cancelled) {
         MessageStatus::Cancelled
@@ -113,7 +114,9 @@ pub fn settle(recipients: &[RecipientStatus], retry_at: Option<Millis>, now: Mil
     let gave_up =
         matches!(status, MessageStatus::Deferred | MessageStatus::Queued) && retry_at.is_none();
     if gave_up {
-        status = if recipients.contains(&RecipientStatus::Delivered) {
+        status = if recipients.contains(&RecipientStatus::Delivered)
+            || recipients.contains(&RecipientStatus::Complained)
+        {
             MessageStatus::Delivered
         } else {
             MessageStatus::Failed

@@ -123,6 +123,10 @@ string_enum! {
         Delivered => "delivered",
         Failed => "failed",
         Cancelled => "cancelled",
+        // Issue 12: a recipient the relay accepted, then reported back by an asynchronous DSN (bounced) or
+        // a complaint (ARF) from its mailbox provider.
+        Bounced => "bounced",
+        Complained => "complained",
     }
 }
 
@@ -156,7 +160,11 @@ impl RecipientStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            RecipientStatus::Delivered | RecipientStatus::Failed | RecipientStatus::Cancelled
+            RecipientStatus::Delivered
+                | RecipientStatus::Failed
+                | RecipientStatus::Cancelled
+                | RecipientStatus::Bounced
+                | RecipientStatus::Complained
         )
     }
 }

@@ -17,8 +17,10 @@ mod archive;
 mod auth;
 // DKIM keys (issue 13).
 mod dkim;
+// Bounce and complaint intake (issue 12).
 mod nodes;
 mod queue;
+mod reports;
 mod search;
 mod templates;
 mod upkeep;
@@ -86,6 +88,12 @@ pub(super) fn migrator() -> Migrator {
             13,
             "dkim keys",
             include_str!("../../../migrations/postgres/0013_dkim_keys.sql"),
+        ),
+        // Issue 12, part C (bounce and complaint intake).
+        migration(
+            16,
+            "inbound",
+            include_str!("../../../migrations/postgres/0016_inbound.sql"),
         ),
     ])
 }

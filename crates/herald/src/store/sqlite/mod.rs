@@ -18,9 +18,11 @@ mod archive;
 mod auth;
 // DKIM keys (issue 13).
 mod dkim;
+// Bounce and complaint intake (issue 12).
 mod nodes;
 mod queue;
 mod raw_db;
+mod reports;
 mod search;
 mod templates;
 mod writer;
@@ -191,6 +193,12 @@ fn migrator() -> Migrator {
             13,
             "dkim keys",
             include_str!("../../../migrations/sqlite/0013_dkim_keys.sql"),
+        ),
+        // Issue 12, part C (bounce and complaint intake).
+        migration(
+            16,
+            "inbound",
+            include_str!("../../../migrations/sqlite/0016_inbound.sql"),
         ),
     ])
 }

@@ -13,11 +13,13 @@ use super::{
     queue::{Claimed, cancel, claim, record},
     queue::{release, renew},
     raw_db::{DbResult, RawDb, SqliteError},
+    reports::apply_report,
 };
 use crate::{
     clock::Clock,
     store::{
-        Accepted, AttemptOutcome, CancelOutcome, Millis, NewMessage, StoreError, Unreadable,
+        Accepted, AttemptOutcome, CancelOutcome, Millis, NewMessage, ReportApplied, ReportUpdate,
+        StoreError, Unreadable,
         rules::{self, EventLine},
     },
 };
@@ -86,6 +88,11 @@ pub(super) enum WriteOp {
     Prune {
         finished_before: Millis,
         reply: oneshot::Sender<WriteResult<u64>>,
+    },
+    /// A bounce or complaint applied to its recipient (issue 12).
+    Report {
+        update: ReportUpdate,
+        reply: oneshot::Sender<WriteResult<ReportApplied>>,
     },
 }
 
@@ -189,6 +196,7 @@ pub(super) enum Answer {
     Unit,
     Cancel(CancelOutcome),
     Count(u64),
+    Report(ReportApplied),
 }
 
 impl WriteOp {
@@ -209,6 +217,8 @@ impl WriteOp {
             (WriteOp::Claim { reply, .. }, Ok(Answer::Claimed(v))) => drop(reply.send(Ok(v))),
             (WriteOp::Record { reply, .. }, Ok(Answer::Unit)) => drop(reply.send(Ok(()))),
             (WriteOp::Cancel { reply, .. }, Ok(Answer::Cancel(v))) => drop(reply.send(Ok(v))),
+            (WriteOp::Report { reply, .. }, Ok(Answer::Report(v))) => drop(reply.send(Ok(v))),
+            (WriteOp::Report { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (
                 WriteOp::Release { reply, .. }
                 | WriteOp::Prune { reply, .. }
@@ -272,6 +282,7 @@ pub(super) fn apply_one(
             owner, lease, ids, ..
         } => Answer::Count(renew(db, owner, now + lease.as_millis() as Millis, ids)?),
         WriteOp::Recover { .. } => Answer::Count(recover(db, now)?),
+        WriteOp::Report { update, .. } => Answer::Report(apply_report(db, update, now)?),
     })
 }
 
