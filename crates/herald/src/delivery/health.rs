@@ -154,7 +154,9 @@ impl RelayHealth {
                 RecipientStatus::Delivered => &self.delivered,
                 RecipientStatus::Deferred => &self.deferred,
                 RecipientStatus::Failed => &self.failed,
-                RecipientStatus::Pending | RecipientStatus::Cancelled => continue,
+                RecipientStatus::Pending
+                | RecipientStatus::Cancelled
+                | RecipientStatus::Suppressed => continue,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             if recipient.status != RecipientStatus::Delivered && error.is_none() {

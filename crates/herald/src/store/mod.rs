@@ -111,6 +111,13 @@ impl Store {
         pub async fn dkim_keys(&self) -> Result<Vec<crate::dkim::StoredKey>, StoreError>;
         pub async fn retire_dkim_keys(&self, domain: &str, keep: &str, at: Millis) -> Result<u64, StoreError>;
         pub async fn delete_dkim_key(&self, domain: &str, selector: &str) -> Result<bool, StoreError>;
+        // The suppression list (issue 12): store/sqlite/suppressions.rs, store/postgres/suppressions.rs.
+        pub async fn suppress(&self, entries: Vec<NewSuppression>) -> Result<u64, StoreError>;
+        pub async fn suppressions_of(&self, address: &str) -> Result<Vec<Suppression>, StoreError>;
+        pub async fn suppressions(&self, query: &SuppressionQuery) -> Result<SuppressionPage, StoreError>;
+        pub async fn delete_suppression(&self, address: &str, scope: Option<&str>) -> Result<u64, StoreError>;
+        pub async fn store_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
+        pub async fn unsubscribe_target(&self, id: &str) -> Result<Option<(String, Option<String>)>, StoreError>;
     }
 
     /// Stores messages durably (see [`SqliteStore::accept`]); counts what was new for `/metrics`.

@@ -20,6 +20,8 @@ mod dkim;
 mod nodes;
 mod queue;
 mod search;
+// The suppression list (issue 12).
+mod suppressions;
 mod templates;
 mod upkeep;
 
@@ -86,6 +88,12 @@ pub(super) fn migrator() -> Migrator {
             13,
             "dkim keys",
             include_str!("../../../migrations/postgres/0013_dkim_keys.sql"),
+        ),
+        // Issue 12, part B (suppression list, one-click unsubscribe); numbered as assigned to it.
+        migration(
+            15,
+            "suppressions",
+            include_str!("../../../migrations/postgres/0015_suppressions.sql"),
         ),
     ])
 }

@@ -13,11 +13,13 @@ use super::{
     queue::{Claimed, cancel, claim, record},
     queue::{release, renew},
     raw_db::{DbResult, RawDb, SqliteError},
+    suppressions::suppress,
 };
 use crate::{
     clock::Clock,
     store::{
-        Accepted, AttemptOutcome, CancelOutcome, Millis, NewMessage, StoreError, Unreadable,
+        Accepted, AttemptOutcome, CancelOutcome, Millis, NewMessage, NewSuppression, StoreError,
+        Unreadable,
         rules::{self, EventLine},
     },
 };
@@ -85,6 +87,11 @@ pub(super) enum WriteOp {
     },
     Prune {
         finished_before: Millis,
+        reply: oneshot::Sender<WriteResult<u64>>,
+    },
+    /// Entries for the suppression list (issue 12), with their messages' timeline lines.
+    Suppress {
+        entries: Vec<NewSuppression>,
         reply: oneshot::Sender<WriteResult<u64>>,
     },
 }
@@ -196,6 +203,7 @@ impl WriteOp {
         match self {
             WriteOp::Accept { messages, .. } => messages.len(),
             WriteOp::Record { outcomes, .. } => outcomes.len(),
+            WriteOp::Suppress { entries, .. } => entries.len(),
             _ => 1,
         }
     }
@@ -213,6 +221,7 @@ impl WriteOp {
                 WriteOp::Release { reply, .. }
                 | WriteOp::Prune { reply, .. }
                 | WriteOp::Renew { reply, .. }
+                | WriteOp::Suppress { reply, .. }
                 | WriteOp::Recover { reply },
                 Ok(Answer::Count(n)),
             ) => drop(reply.send(Ok(n))),
@@ -224,6 +233,7 @@ impl WriteOp {
                 WriteOp::Release { reply, .. }
                 | WriteOp::Prune { reply, .. }
                 | WriteOp::Renew { reply, .. }
+                | WriteOp::Suppress { reply, .. }
                 | WriteOp::Recover { reply },
                 Err(e),
             ) => drop(reply.send(Err(e))),
@@ -272,6 +282,7 @@ pub(super) fn apply_one(
             owner, lease, ids, ..
         } => Answer::Count(renew(db, owner, now + lease.as_millis() as Millis, ids)?),
         WriteOp::Recover { .. } => Answer::Count(recover(db, now)?),
+        WriteOp::Suppress { entries, .. } => Answer::Count(suppress(db, entries, now)?),
     })
 }
 
