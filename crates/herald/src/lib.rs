@@ -9,6 +9,7 @@ pub mod config;
 mod dashboard;
 pub mod delivery;
 pub mod dkim;
+pub mod link_tokens;
 pub mod queue;
 pub mod relay;
 pub mod request;

@@ -130,11 +130,25 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
     };
     let (live_nodes_tx, live_nodes) = watch::channel(live_at_start);
-    // Issue 12: VERP return paths and the bounce intake share one signer.
+    let mut service = Service::new(store.clone());
+    service.default_from = config.default_from.clone();
+    service.message_id_domain = config.message_id_domain.clone();
+    service.dkim = signing;
+    service.limits.request_bytes = config.request_budget;
+    if let Some(secret) = &config.secret_key {
+        // Issue 12: link tokens (unsubscribe links, VERP) keyed by HERALD_SECRET_KEY, not the stored key.
+        service
+            .use_secret_for_links(secret)
+            .context("HERALD_SECRET_KEY: deriving the link-token key")?;
+    }
+    // Issue 12: VERP return paths and the bounce intake share the link-token key.
     let bounce = match &config.bounce {
         Some(settings) => {
-            let key = bounce_key(&config, &store).await?;
-            let intake = crate::bounce::Intake::new(settings, key);
+            let tokens = service
+                .link_tokens()
+                .await
+                .context("loading the link-token key for VERP")?;
+            let intake = crate::bounce::Intake::new(settings, tokens);
             tracing::info!(domain = %settings.domain, "VERP return paths and bounce intake are on");
             if config.smtp.listen.is_none() && config.smtp.smtps_listen.is_none() {
                 tracing::warn!(
@@ -188,11 +202,6 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         tracing::warn!(listen = %addr, "no HERALD_API_TOKEN and no stored tokens: the API needs no authentication (loopback only)");
     }
 
-    let mut service = Service::new(store.clone());
-    service.default_from = config.default_from.clone();
-    service.message_id_domain = config.message_id_domain.clone();
-    service.dkim = signing;
-    service.limits.request_bytes = config.request_budget;
     let mut state = AppState::new(service, config.api_token.as_deref());
     state.relays = relays;
     state.capture_inbox = capture_inbox;
@@ -249,13 +258,6 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         stop,
         task,
     })
-}
-
-/// The key VERP tokens are signed with.
-async fn bounce_key(config: &Config, _store: &Store) -> anyhow::Result<[u8; 32]> {
-    use sha2::Digest as _;
-    let secret = config.secret_key.clone().unwrap_or_default();
-    Ok(sha2::Sha256::digest(format!("herald verp key\0{secret}")).into())
 }
 
 /// A listener's task, by the name its panic is reported under; it ends once `stopped` turns true and what it

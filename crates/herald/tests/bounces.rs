@@ -142,6 +142,14 @@ async fn wait_for_recipient(herald: &Herald, id: &str, address: &str, status: &s
     }
 }
 
+/// Whether `address` is on the suppression list: a new message to it gets the recipient status
+/// `suppressed` at accept (the suppress module's check).
+async fn is_suppressed(herald: &Herald, address: &str) -> bool {
+    let id = send(herald, &[address]).await;
+    let view = herald.message(&id).await;
+    recipient(&view, address)["status"] == "suppressed"
+}
+
 fn recipient<'a>(view: &'a Value, address: &str) -> &'a Value {
     view["recipients"]
         .as_array()
@@ -209,6 +217,10 @@ async fn published_dsns_bounce_their_recipient(backend: Backend) {
         assert_eq!(events[0]["recipient"], address.as_str());
         // The message left, and its status says so; the recipient says it bounced.
         assert_eq!(view["status"], "delivered");
+        // A hard bounce suppresses the address, said on the message's timeline too.
+        let suppressed = events_of(&view, "suppressed");
+        assert_eq!(suppressed.len(), 1, "{name}: {view:#}");
+        assert!(is_suppressed(&herald, &address).await, "{name}");
     }
     // The same DSN again (an MTA retrying): nothing new.
     let (return_path, message_id) = relayed(&herald, 0).await;
@@ -256,6 +268,7 @@ async fn complaints_mark_their_recipient(backend: Backend) {
                 .starts_with("feedback-type abuse"),
             "{view:#}"
         );
+        assert!(is_suppressed(&herald, &address).await, "{name}");
     }
     herald.stop().await;
 }
@@ -287,6 +300,9 @@ async fn several_recipients_share_a_token_and_delays_only_add_an_event(backend: 
     let delays = events_of(&view, "delayed");
     assert_eq!(delays.len(), 1, "{view:#}");
     assert_eq!(delays[0]["recipient"], "ann@example.net");
+    // A delay suppresses nobody; the hard bounce does.
+    assert!(!is_suppressed(&herald, "ann@example.net").await);
+    assert!(is_suppressed(&herald, "bob@example.net").await);
     // A DSN naming nobody of the message is kept, not applied to someone else.
     let stranger = fixture(
         "postfix.eml",
@@ -632,6 +648,7 @@ async fn a_real_postfix_bounce_comes_back(backend: Backend) {
             assert_eq!(events_of(&view, "bounced").len(), 1, "{view:#}");
             // Postfix relayed it first: the attempt itself was a success.
             assert_eq!(events_of(&view, "delivered").len(), 1, "{view:#}");
+            assert!(is_suppressed(&herald, "gone@example.net").await);
             break;
         }
         assert!(
@@ -649,6 +666,51 @@ async fn a_real_postfix_bounce_comes_back(backend: Backend) {
     );
     assert!(inbound(&herald).await.is_empty());
     drop(postfix);
+    herald.stop().await;
+}
+
+const SECRET: &str = "bounce-test-secret-0123456789abcdef";
+
+/// `List-Unsubscribe: <mailto:unsub+TOKEN@…>` (RFC 2369): mail to the address suppresses the message's
+/// recipient; a forged token is kept, not acted on.
+async fn unsubscribe_by_mail(backend: Backend) {
+    let Some(herald) = herald(
+        backend,
+        Setup {
+            env: vec![("HERALD_SECRET_KEY", SECRET.into())],
+            ..Setup::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let id = send(&herald, &["reader@example.org"]).await;
+    herald.wait_for_status(&id, "delivered").await;
+    let tokens = herald::link_tokens::LinkTokens::from_secret(SECRET).unwrap();
+    let token = tokens.sign(
+        herald::service::UNSUBSCRIBE_PURPOSE,
+        uuid::Uuid::parse_str(&id).unwrap().as_bytes(),
+    );
+    let mail =
+        "From: reader@example.org\r\nTo: unsub@bounce.test\r\nSubject: unsubscribe\r\n\r\n\r\n";
+    let forged = format!(
+        "unsub+{}@{DOMAIN}",
+        token.replace('a', "b").replace('c', "a")
+    );
+    expect(
+        &report(&herald, &forged, mail).await,
+        "250 2.0.0 kept for inspection as ",
+    );
+    assert!(!is_suppressed(&herald, "reader@example.org").await);
+    expect(
+        &report(&herald, &format!("unsub+{token}@{DOMAIN}"), mail).await,
+        "250 2.0.0 report applied to 1 recipient",
+    );
+    assert!(is_suppressed(&herald, "reader@example.org").await);
+    let kept = inbound(&herald).await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0]["reason"], "forged");
     herald.stop().await;
 }
 
@@ -680,4 +742,5 @@ on_both_backends!(
     several_recipients_share_a_token_and_delays_only_add_an_event,
     forged_and_unreadable_mail_is_kept,
     only_the_bounce_domain_is_open,
+    unsubscribe_by_mail,
 );

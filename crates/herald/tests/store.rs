@@ -67,7 +67,8 @@ async fn accepted_messages_survive_reopening_the_database(t: TestStore) {
         accepted,
         vec![Accepted::New {
             id: "msg-000001".into(),
-            status: MessageStatus::Queued
+            status: MessageStatus::Queued,
+            suppressed: vec![],
         }]
     );
     let (reopened, _dir) = reopen(t).await;

@@ -20,10 +20,11 @@ use super::{
     verp::{BOUNCE_PREFIX, UNSUBSCRIBE_PREFIX, Verp, VerpTarget, strip_prefix_ignore_case},
 };
 use crate::{
-    service::Service,
+    link_tokens::LinkTokens,
+    service::{Service, SuppressionError},
     store::{
         InboundMail, InboundReason, RecipientRef, ReportApplied, ReportKind, ReportUpdate,
-        StoreError,
+        StoreError, SuppressionReason,
     },
 };
 
@@ -124,10 +125,12 @@ pub enum Outcome {
 }
 
 impl Intake {
-    pub fn new(settings: &IntakeSettings, key: [u8; 32]) -> Arc<Self> {
+    /// `tokens`: the installation's link-token key (`Service::link_tokens`), which also checks the
+    /// `unsub+` tokens.
+    pub fn new(settings: &IntakeSettings, tokens: LinkTokens) -> Arc<Self> {
         let rate = NonZeroU32::new(settings.rate_per_minute.max(1)).expect("at least 1");
         Arc::new(Self {
-            verp: Verp::new(&settings.domain, key),
+            verp: Verp::new(&settings.domain, tokens),
             max_size: settings.max_size,
             limiter: RateLimiter::keyed(Quota::per_minute(rate)),
         })
@@ -154,9 +157,27 @@ impl Intake {
             } else if strip_prefix_ignore_case(local, UNSUBSCRIBE_PREFIX).is_some() {
                 // `List-Unsubscribe: <mailto:unsub+TOKEN@…>` (RFC 2369): the token is the suppress
                 // module's; see `unsubscribe`.
-                match self.unsubscribe(service, local).await? {
-                    true => return Ok(Outcome::Applied { recipients: 1 }),
-                    false => forged = true,
+                let token = strip_prefix_ignore_case(local, UNSUBSCRIBE_PREFIX).unwrap_or_default();
+                match service.unsubscribe(token).await {
+                    Ok(done) => {
+                        metrics::counter!("herald_reports_applied_total", "kind" => "unsubscribe")
+                            .increment(1);
+                        tracing::info!(message = %done.message_id, list = ?done.list, "unsubscribed by mail");
+                        return Ok(Outcome::Applied { recipients: 1 });
+                    }
+                    Err(SuppressionError::Store(error)) => return Err(error),
+                    Err(SuppressionError::UnknownMessage) => {
+                        return self
+                            .keep(
+                                service,
+                                &mail,
+                                InboundReason::Unmatched,
+                                "the unsubscribe token's message no longer exists".into(),
+                                None,
+                            )
+                            .await;
+                    }
+                    Err(_) => forged = true,
                 }
             }
         }
@@ -297,14 +318,6 @@ impl Intake {
         })
     }
 
-    /// `unsub+TOKEN@`: suppresses the address the token names. `false` when the token does not verify.
-    async fn unsubscribe(&self, service: &Service, local: &str) -> Result<bool, StoreError> {
-        let Some(token) = strip_prefix_ignore_case(local, UNSUBSCRIBE_PREFIX) else {
-            return Ok(false);
-        };
-        unsubscribe_by_token(service, token).await
-    }
-
     async fn keep(
         &self,
         service: &Service,
@@ -432,17 +445,28 @@ enum SuppressFor {
     Complaint,
 }
 
-/// Adds the suppression a report calls for (the suppress module's API).
+/// Adds the suppression a report calls for, unscoped (a bad mailbox or a complaint is about every list),
+/// with the `suppressed` line on the message's timeline.
 async fn suppress(
-    _service: &Service,
-    _address: &str,
-    _reason: SuppressFor,
-    _message_id: &str,
+    service: &Service,
+    address: &str,
+    reason: SuppressFor,
+    message_id: &str,
 ) -> Result<(), StoreError> {
-    Ok(())
-}
-
-/// Suppresses the address an unsubscribe token names (the suppress module's token check).
-async fn unsubscribe_by_token(_service: &Service, _token: &str) -> Result<bool, StoreError> {
-    Ok(false)
+    let reason = match reason {
+        SuppressFor::HardBounce => SuppressionReason::HardBounce,
+        SuppressFor::Complaint => SuppressionReason::Complaint,
+    };
+    match service
+        .suppress(address, None, reason, Some(message_id), None)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(SuppressionError::Store(error)) => Err(error),
+        // An address the store holds is one the list takes; should it not be, the report still stands.
+        Err(error) => {
+            tracing::warn!(%error, %address, "the reported address could not be suppressed");
+            Ok(())
+        }
+    }
 }

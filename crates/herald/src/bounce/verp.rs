@@ -2,30 +2,29 @@
 //! so that the bounce a remote server sends back says by its very address which message (and, for a message
 //! with one recipient, which recipient) it is about, whatever the bounce's body says or fails to say.
 //!
-//! The token is `base32(message id ‖ recipient ‖ tag)`: the message's 16-byte UUID, a 2-byte recipient
-//! (`0` = the whole message, `k` = the recipient at position `k − 1`) and the first 10 bytes of an
-//! HMAC-SHA256 over both, so that nobody can make a token for a message they did not send (80 bits: a forger
-//! needs about 2⁷⁹ tries per message, each one an SMTP transaction). Lower-case base32 (RFC 4648 alphabet,
-//! no padding) because mail systems are free to fold the case of a local part. 28 bytes → 45 characters:
-//! `bounces+` and the token are 53 octets, under RFC 5321 §4.5.3.1.1's 64.
+//! The token is a link token (`link_tokens`, purpose `verp`) over the message's 16-byte UUID and a 2-byte
+//! recipient (`0` = the whole message, `k` = the recipient at position `k − 1`): lower-case base32 (mail
+//! systems may fold the case of a local part) of the payload and a 16-byte HMAC-SHA256 tag, so nobody can
+//! make a token for a message they did not send. 34 bytes → 55 characters: `bounces+` and the token are 63
+//! octets, under RFC 5321 §4.5.3.1.1's 64.
 //!
 //! One token per transaction: a message with several recipients is sent in one transaction (as before), with
 //! the whole-message token; its bounces name their recipient in the DSN's `Final-Recipient` (RFC 3464 §2.3.2
 //! makes it required), and that is how the intake finds the recipient. A token per recipient would cost one
 //! transaction per recipient (the body sent once for each); see README "Bounces and complaints".
 
-use hmac::{KeyInit as _, Mac as _};
-use sha2::Sha256;
+use crate::link_tokens::LinkTokens;
 
 /// The local part's fixed prefix: `bounces+TOKEN`.
 pub const BOUNCE_PREFIX: &str = "bounces+";
 /// The local part's prefix of a `List-Unsubscribe` mailto address: `unsub+TOKEN`.
 pub const UNSUBSCRIBE_PREFIX: &str = "unsub+";
 
-const TAG_LEN: usize = 10;
-const TOKEN_BYTES: usize = 16 + 2 + TAG_LEN;
-/// Characters of a token: 28 bytes in base32.
-pub const TOKEN_CHARS: usize = (TOKEN_BYTES * 8).div_ceil(5);
+/// The link-token purpose of VERP tokens: an unsubscribe token is no return path, nor the reverse.
+pub const VERP_PURPOSE: &str = "verp";
+const PAYLOAD_BYTES: usize = 16 + 2;
+/// Characters of a token: the payload and the link token's tag in base32.
+pub const TOKEN_CHARS: usize = ((PAYLOAD_BYTES + crate::link_tokens::TAG_LEN) * 8).div_ceil(5);
 
 /// What a VERP token names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +39,7 @@ pub struct VerpTarget {
 #[derive(Clone)]
 pub struct Verp {
     domain: String,
-    key: [u8; 32],
+    tokens: LinkTokens,
 }
 
 impl std::fmt::Debug for Verp {
@@ -53,12 +52,12 @@ impl std::fmt::Debug for Verp {
 }
 
 impl Verp {
-    /// `domain` is compared without regard to case; `key` should come from the link-token key (it is
-    /// derived per purpose below, so one key serves several token kinds).
-    pub fn new(domain: &str, key: [u8; 32]) -> Self {
+    /// `domain` is compared without regard to case; `tokens` is the installation's link-token key (the
+    /// purpose keeps VERP tokens apart from its other tokens).
+    pub fn new(domain: &str, tokens: LinkTokens) -> Self {
         Self {
             domain: domain.trim().trim_end_matches('.').to_ascii_lowercase(),
-            key,
+            tokens,
         }
     }
 
@@ -95,24 +94,22 @@ impl Verp {
             .and_then(|p| u16::try_from(p).ok())
             .and_then(|p| p.checked_add(1))
             .unwrap_or(0);
-        let mut bytes = [0u8; TOKEN_BYTES];
-        bytes[..16].copy_from_slice(id.as_bytes());
-        bytes[16..18].copy_from_slice(&slot.to_be_bytes());
-        let tag = self.tag(&bytes[..18]);
-        bytes[18..].copy_from_slice(&tag);
-        Some(base32_encode(&bytes))
+        let mut payload = [0u8; PAYLOAD_BYTES];
+        payload[..16].copy_from_slice(id.as_bytes());
+        payload[16..].copy_from_slice(&slot.to_be_bytes());
+        Some(self.tokens.sign(VERP_PURPOSE, &payload))
     }
 
     /// What a token names, if its tag is right. Case-insensitive. A wrong tag (forged, or made with another
     /// key) is `None`, checked in constant time.
     pub fn verify(&self, token: &str) -> Option<VerpTarget> {
-        let bytes = base32_decode(token)?;
-        if bytes.len() != TOKEN_BYTES {
+        if token.len() != TOKEN_CHARS {
             return None;
         }
-        let mut mac = self.mac();
-        mac.update(&bytes[..18]);
-        mac.verify_truncated_left(&bytes[18..]).ok()?;
+        let bytes = self.tokens.verify(VERP_PURPOSE, token).ok()?;
+        if bytes.len() != PAYLOAD_BYTES {
+            return None;
+        }
         let id = uuid::Uuid::from_slice(&bytes[..16]).ok()?;
         let slot = u16::from_be_bytes([bytes[16], bytes[17]]);
         Some(VerpTarget {
@@ -131,22 +128,6 @@ impl Verp {
         let token = strip_prefix_ignore_case(local, BOUNCE_PREFIX)?;
         self.verify(token)
     }
-
-    fn mac(&self) -> hmac::Hmac<Sha256> {
-        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
-        // Domain separation: the same key signs other kinds of tokens.
-        mac.update(b"herald verp v1\0");
-        mac
-    }
-
-    fn tag(&self, payload: &[u8]) -> [u8; TAG_LEN] {
-        let mut mac = self.mac();
-        mac.update(payload);
-        let full = mac.finalize().into_bytes();
-        let mut tag = [0u8; TAG_LEN];
-        tag.copy_from_slice(&full[..TAG_LEN]);
-        tag
-    }
 }
 
 /// `text` without `prefix` (ASCII case ignored).
@@ -156,47 +137,6 @@ pub fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a s
         .then(|| &text[prefix.len()..])
 }
 
-const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-
-fn base32_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity((bytes.len() * 8).div_ceil(5));
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    for &byte in bytes {
-        buffer = (buffer << 8) | u32::from(byte);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(ALPHABET[((buffer >> bits) & 31) as usize] as char);
-        }
-    }
-    if bits > 0 {
-        out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
-    }
-    out
-}
-
-fn base32_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() > 2 * TOKEN_CHARS {
-        return None;
-    }
-    let mut out = Vec::with_capacity(text.len() * 5 / 8);
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        let value = match c.to_ascii_lowercase() {
-            c @ b'a'..=b'z' => c - b'a',
-            c @ b'2'..=b'7' => c - b'2' + 26,
-            _ => return None,
-        };
-        buffer = (buffer << 5) | u32::from(value);
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,7 +144,7 @@ mod tests {
     const ID: &str = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
 
     fn verp() -> Verp {
-        Verp::new("Bounce.Example", [7u8; 32])
+        Verp::new("Bounce.Example", LinkTokens::from_key(&[7u8; 32]).unwrap())
     }
 
     #[test]
@@ -240,7 +180,7 @@ mod tests {
             let forged = String::from_utf8(forged).unwrap();
             assert_eq!(verp.verify(&forged), None, "position {i}");
         }
-        let other_key = Verp::new("bounce.example", [8u8; 32]);
+        let other_key = Verp::new("bounce.example", LinkTokens::from_key(&[8u8; 32]).unwrap());
         assert_eq!(other_key.verify(&token), None);
         assert_eq!(verp.verify("not-base32!"), None);
         assert_eq!(verp.verify(""), None);
@@ -251,13 +191,5 @@ mod tests {
         );
         assert_eq!(verp.target_of(&format!("x+{token}@bounce.example")), None);
         assert_eq!(verp.return_path("not-a-uuid", &[0]), None);
-    }
-
-    #[test]
-    fn base32_round_trips() {
-        for len in 0..40 {
-            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
-            assert_eq!(base32_decode(&base32_encode(&bytes)).unwrap(), bytes);
-        }
     }
 }

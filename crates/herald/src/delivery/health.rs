@@ -157,6 +157,7 @@ impl RelayHealth {
                 // Bounces and complaints arrive after delivery, never as an attempt's outcome.
                 RecipientStatus::Pending
                 | RecipientStatus::Cancelled
+                | RecipientStatus::Suppressed
                 | RecipientStatus::Bounced
                 | RecipientStatus::Complained => continue,
             };

@@ -259,6 +259,8 @@ impl ComposedMessage {
             batch_id: None,
             tags: queueing.tags,
             metadata: queueing.metadata,
+            ignore_suppressions: queueing.ignore_suppressions,
+            unsubscribe_list: None,
         }
     }
 }

@@ -23,12 +23,21 @@ mod preview;
 mod stored_templates;
 // SMTP submission (issue 11).
 mod submitted;
+// The suppression list and one-click unsubscribe (issue 12).
+mod suppressions;
 
 use bytes::Bytes;
 use herald_mime::ComposeOptions;
 use serde_json::{Map, Value};
 
-pub use self::{archive::check_search_text, batch::BatchAccepted, compose::ComposedMessage};
+pub use self::{
+    archive::check_search_text,
+    batch::BatchAccepted,
+    compose::ComposedMessage,
+    suppressions::{
+        SuppressionError, UNSUBSCRIBE_PURPOSE, Unsubscribed, check_address, check_scope,
+    },
+};
 // Moved to `text` (the templates use it too); re-exported so that `service::search_text` still works.
 pub use crate::text::search_text;
 use crate::{
@@ -142,6 +151,12 @@ pub struct Service {
     parts: std::sync::Arc<parts::PartCache>,
     /// DKIM keys every composed message is signed with (issue 13; see `dkim::signer`).
     pub dkim: crate::dkim::Signing,
+    /// The key of link tokens (issue 12), loaded on first use (see `suppressions`).
+    link_tokens: std::sync::Arc<tokio::sync::OnceCell<crate::link_tokens::LinkTokens>>,
+    /// `HERALD_PUBLIC_URL`: where unsubscribe links point (issue 12).
+    pub public_url: Option<String>,
+    /// `HERALD_BOUNCE_DOMAIN`: with it, List-Unsubscribe also offers `mailto:unsub+TOKEN@` that domain.
+    pub bounce_domain: Option<String>,
 }
 
 /// The fields of `POST /v1/messages` that are about queueing, not about the message's content.
@@ -151,6 +166,8 @@ pub struct Queueing {
     pub idempotency_key: Option<String>,
     pub tags: Vec<String>,
     pub metadata: Value,
+    /// `ignore_suppressions` (issue 12): send to suppressed recipients too (password resets and the like).
+    pub ignore_suppressions: bool,
 }
 
 impl Service {
@@ -168,6 +185,9 @@ impl Service {
             renderer: Renderer::default(),
             parts: Default::default(),
             dkim: crate::dkim::Signing::default(),
+            link_tokens: Default::default(),
+            public_url: None,
+            bounce_domain: None,
         }
     }
 
@@ -241,6 +261,14 @@ impl Service {
                 }
                 queueing.tags.push(tag.to_owned());
             }
+        }
+        if let Some(value) = object
+            .remove("ignore_suppressions")
+            .filter(|v| !v.is_null())
+        {
+            queueing.ignore_suppressions = value
+                .as_bool()
+                .ok_or_else(|| invalid("ignore_suppressions", "must be true or false"))?;
         }
         if let Some(value) = object.remove("metadata").filter(|v| !v.is_null()) {
             if !value.is_object() {

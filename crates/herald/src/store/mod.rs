@@ -113,6 +113,13 @@ impl Store {
         pub async fn dkim_keys(&self) -> Result<Vec<crate::dkim::StoredKey>, StoreError>;
         pub async fn retire_dkim_keys(&self, domain: &str, keep: &str, at: Millis) -> Result<u64, StoreError>;
         pub async fn delete_dkim_key(&self, domain: &str, selector: &str) -> Result<bool, StoreError>;
+        // The suppression list (issue 12): store/sqlite/suppressions.rs, store/postgres/suppressions.rs.
+        pub async fn suppress(&self, entries: Vec<NewSuppression>) -> Result<u64, StoreError>;
+        pub async fn suppressions_of(&self, address: &str) -> Result<Vec<Suppression>, StoreError>;
+        pub async fn suppressions(&self, query: &SuppressionQuery) -> Result<SuppressionPage, StoreError>;
+        pub async fn delete_suppression(&self, address: &str, scope: Option<&str>) -> Result<u64, StoreError>;
+        pub async fn store_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
+        pub async fn unsubscribe_target(&self, id: &str) -> Result<Option<(String, Option<String>)>, StoreError>;
         // Bounce and complaint intake (issue 12): store/sqlite/reports.rs, store/postgres/reports.rs.
         pub async fn apply_report(&self, update: &ReportUpdate) -> Result<ReportApplied, StoreError>;
         pub async fn keep_inbound(&self, mail: &InboundMail) -> Result<(), StoreError>;

@@ -22,6 +22,8 @@ mod nodes;
 mod queue;
 mod reports;
 mod search;
+// The suppression list (issue 12).
+mod suppressions;
 mod templates;
 mod upkeep;
 
@@ -88,6 +90,12 @@ pub(super) fn migrator() -> Migrator {
             13,
             "dkim keys",
             include_str!("../../../migrations/postgres/0013_dkim_keys.sql"),
+        ),
+        // Issue 12, part B (suppression list, one-click unsubscribe); numbered as assigned to it.
+        migration(
+            15,
+            "suppressions",
+            include_str!("../../../migrations/postgres/0015_suppressions.sql"),
         ),
         // Issue 12, part C (bounce and complaint intake).
         migration(

@@ -12,10 +12,11 @@ use std::{
 use super::{
     SqliteStore,
     raw_db::{RawDb, Value},
+    suppressions::suppressed,
     writer::{WriteOp, WriteResult, event},
 };
 use crate::store::{
-    Accepted, MessageStatus, Millis, NewMessage, StoreError, Unreadable,
+    Accepted, MessageStatus, Millis, NewMessage, RecipientStatus, StoreError, Unreadable,
     raw::{self, RawSegment, SharedBlob},
     rules,
     search::index_terms,
@@ -92,7 +93,21 @@ pub(super) fn accept(
                 continue;
             }
         }
-        let status = rules::accepted_status(message.send_at, now);
+        // The suppression check (issue 12), in the accepting transaction: one primary-key range per recipient.
+        let mut suppressed_at = Vec::new();
+        if !message.ignore_suppressions {
+            let scopes = rules::message_scopes(&message.tags, message.unsubscribe_list.as_deref());
+            for (position, recipient) in message.recipients.iter().enumerate() {
+                let address = rules::suppression_address(&recipient.address);
+                if suppressed(db, &address, &scopes, now)? {
+                    suppressed_at.push(position);
+                }
+            }
+        }
+        let all_suppressed =
+            !message.recipients.is_empty() && suppressed_at.len() == message.recipients.len();
+        let state = rules::accepted_state(message.send_at, now, all_suppressed);
+        let status = state.status;
         if let Some(key) = message.idempotency_key.as_deref() {
             made_here.insert(key, (message.id.clone(), status));
         }
@@ -108,8 +123,8 @@ pub(super) fn accept(
         let metadata = message.metadata.to_string();
         db.stmt(
             "INSERT INTO messages (id, status, sender, subject, created_at, send_at, next_attempt_at, attempts,
-             idempotency_key, batch_id, tags, metadata, raw, raw_size, source)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             idempotency_key, batch_id, tags, metadata, raw, raw_size, source, finished_at, unsubscribe_list)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?
         .bind([
             Value::Text(&message.id),
@@ -118,7 +133,7 @@ pub(super) fn accept(
             Value::Text(&message.subject),
             now.into(),
             message.send_at.into(),
-            rules::first_due(message.send_at, now).into(),
+            state.next_attempt_at.into(),
             message.idempotency_key.as_deref().into(),
             message.batch_id.as_deref().into(),
             Value::Text(&tags),
@@ -126,6 +141,8 @@ pub(super) fn accept(
             Value::Blob(&framed),
             (raw::wire_size(&message.raw) as i64).into(),
             message.source.as_str().into(),
+            state.finished_at.into(),
+            message.unsubscribe_list.as_deref().into(),
         ])?
         .execute()?;
         let rowid = db.last_insert_rowid();
@@ -147,14 +164,20 @@ pub(super) fn accept(
         ])?
         .execute()?;
         for (position, recipient) in message.recipients.iter().enumerate() {
+            let status = if suppressed_at.contains(&position) {
+                RecipientStatus::Suppressed
+            } else {
+                RecipientStatus::Pending
+            };
             db.stmt(
-                "INSERT INTO recipients (message_id, position, address, kind, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
+                "INSERT INTO recipients (message_id, position, address, kind, status) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .bind([
                 Value::Text(&message.id),
                 (position as i64).into(),
                 Value::Text(&recipient.address),
                 recipient.kind.as_str().into(),
+                status.as_str().into(),
             ])?
             .execute()?;
         }
@@ -167,9 +190,18 @@ pub(super) fn accept(
             .execute()?;
         }
         event(db, &message.id, now, rules::status_event(status))?;
+        let suppressed: Vec<String> = suppressed_at
+            .iter()
+            .map(|&i| message.recipients[i].address.clone())
+            .collect();
+        for address in &suppressed {
+            let line = rules::suppressed_event(address, rules::SUPPRESSED_AT_ACCEPT);
+            event(db, &message.id, now, line)?;
+        }
         results.push(Accepted::New {
             id: message.id.clone(),
             status,
+            suppressed,
         });
     }
     // What the INSERT trigger on PostgreSQL counts, once per group here (see migrations/sqlite/0002).
@@ -180,16 +212,18 @@ pub(super) fn accept(
             .count() as i64
     };
     let (queued, scheduled) = (new(MessageStatus::Queued), new(MessageStatus::Scheduled));
-    if queued + scheduled > 0 {
-        db.stmt("UPDATE status_counts SET queued = queued + ?1, scheduled = scheduled + ?2 WHERE shard = 0")?
-            .bind([queued.into(), scheduled.into()])?
+    // Every recipient suppressed: finished at accept (see rules::accepted_state).
+    let failed = new(MessageStatus::Failed);
+    if queued + scheduled + failed > 0 {
+        db.stmt("UPDATE status_counts SET queued = queued + ?1, scheduled = scheduled + ?2, failed = failed + ?3 WHERE shard = 0")?
+            .bind([queued.into(), scheduled.into(), failed.into()])?
             .execute()?;
         db.stmt(
             "INSERT INTO activity (minute, shard, accepted)
              VALUES (CAST(unixepoch('subsec') * 1000 AS INTEGER) / 60000 * 60000, 0, ?1)
              ON CONFLICT (minute, shard) DO UPDATE SET accepted = accepted + excluded.accepted",
         )?
-        .bind([(queued + scheduled).into()])?
+        .bind([(queued + scheduled + failed).into()])?
         .execute()?;
     }
     for (hash, (blob, refs)) in blob_refs {

@@ -24,6 +24,8 @@ mod queue;
 mod raw_db;
 mod reports;
 mod search;
+// The suppression list (issue 12).
+mod suppressions;
 mod templates;
 mod writer;
 
@@ -193,6 +195,12 @@ fn migrator() -> Migrator {
             13,
             "dkim keys",
             include_str!("../../../migrations/sqlite/0013_dkim_keys.sql"),
+        ),
+        // Issue 12, part B (suppression list, one-click unsubscribe); numbered as assigned to it.
+        migration(
+            15,
+            "suppressions",
+            include_str!("../../../migrations/sqlite/0015_suppressions.sql"),
         ),
         // Issue 12, part C (bounce and complaint intake).
         migration(

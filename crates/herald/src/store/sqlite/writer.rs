@@ -14,12 +14,13 @@ use super::{
     queue::{release, renew},
     raw_db::{DbResult, RawDb, SqliteError},
     reports::apply_report,
+    suppressions::suppress,
 };
 use crate::{
     clock::Clock,
     store::{
-        Accepted, AttemptOutcome, CancelOutcome, Millis, NewMessage, ReportApplied, ReportUpdate,
-        StoreError, Unreadable,
+        Accepted, AttemptOutcome, CancelOutcome, Millis, NewMessage, NewSuppression, ReportApplied,
+        ReportUpdate, StoreError, Unreadable,
         rules::{self, EventLine},
     },
 };
@@ -87,6 +88,11 @@ pub(super) enum WriteOp {
     },
     Prune {
         finished_before: Millis,
+        reply: oneshot::Sender<WriteResult<u64>>,
+    },
+    /// Entries for the suppression list (issue 12), with their messages' timeline lines.
+    Suppress {
+        entries: Vec<NewSuppression>,
         reply: oneshot::Sender<WriteResult<u64>>,
     },
     /// A bounce or complaint applied to its recipient (issue 12).
@@ -204,6 +210,7 @@ impl WriteOp {
         match self {
             WriteOp::Accept { messages, .. } => messages.len(),
             WriteOp::Record { outcomes, .. } => outcomes.len(),
+            WriteOp::Suppress { entries, .. } => entries.len(),
             _ => 1,
         }
     }
@@ -223,6 +230,7 @@ impl WriteOp {
                 WriteOp::Release { reply, .. }
                 | WriteOp::Prune { reply, .. }
                 | WriteOp::Renew { reply, .. }
+                | WriteOp::Suppress { reply, .. }
                 | WriteOp::Recover { reply },
                 Ok(Answer::Count(n)),
             ) => drop(reply.send(Ok(n))),
@@ -234,6 +242,7 @@ impl WriteOp {
                 WriteOp::Release { reply, .. }
                 | WriteOp::Prune { reply, .. }
                 | WriteOp::Renew { reply, .. }
+                | WriteOp::Suppress { reply, .. }
                 | WriteOp::Recover { reply },
                 Err(e),
             ) => drop(reply.send(Err(e))),
@@ -282,6 +291,7 @@ pub(super) fn apply_one(
             owner, lease, ids, ..
         } => Answer::Count(renew(db, owner, now + lease.as_millis() as Millis, ids)?),
         WriteOp::Recover { .. } => Answer::Count(recover(db, now)?),
+        WriteOp::Suppress { entries, .. } => Answer::Count(suppress(db, entries, now)?),
         WriteOp::Report { update, .. } => Answer::Report(apply_report(db, update, now)?),
     })
 }
