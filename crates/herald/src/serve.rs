@@ -493,6 +493,20 @@ async fn prune_periodically(
                     "pruning failed; will retry"
                 ),
             }
+            // Issue 12: kept inbound mail (bounces Herald could not apply) ages out like the bodies.
+            match store
+                .prune_inbound(now - retention.as_millis() as i64)
+                .await
+            {
+                Ok(0) => {}
+                Ok(pruned) => {
+                    tracing::info!(pruned, "pruned kept inbound mail past the retention period")
+                }
+                Err(error) => tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "pruning kept inbound mail failed; will retry"
+                ),
+            }
         }
         // Activity is counted in wall-clock time (not the store's clock), so it is pruned by it too.
         let cutoff = SystemClock.now() - ACTIVITY_RETENTION.as_millis() as i64;

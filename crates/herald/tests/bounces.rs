@@ -403,6 +403,11 @@ async fn forged_and_unreadable_mail_is_kept(backend: Backend) {
     assert_eq!(rest["items"][0]["reason"], "forged");
     let bad = api_get(&herald, "/v1/inbound?limit=0").await;
     assert_eq!(bad["error"]["field"], "limit", "{bad}");
+    // Retention: kept mail received before the cut-off goes, the rest stays.
+    let store = &herald.server.as_ref().unwrap().store;
+    assert_eq!(store.prune_inbound(0).await.unwrap(), 0);
+    assert_eq!(store.prune_inbound(i64::MAX).await.unwrap(), 3);
+    assert!(inbound(&herald).await.is_empty());
     herald.stop().await;
 }
 

@@ -12,3 +12,6 @@ CREATE TABLE inbound (
     size        BIGINT NOT NULL,
     raw         BYTEA NOT NULL
 );
+
+-- Retention pruning deletes by arrival time.
+CREATE INDEX inbound_received ON inbound (received_at);

@@ -13,3 +13,6 @@ CREATE TABLE inbound (
     size        INTEGER NOT NULL,
     raw         BLOB NOT NULL
 );
+
+-- Retention pruning deletes by arrival time.
+CREATE INDEX inbound_received ON inbound (received_at);

@@ -125,6 +125,7 @@ impl Store {
         pub async fn keep_inbound(&self, mail: &InboundMail) -> Result<(), StoreError>;
         pub async fn inbound(&self, before: Option<&str>, limit: u32) -> Result<InboundPage, StoreError>;
         pub async fn inbound_mail(&self, id: &str) -> Result<Option<InboundMail>, StoreError>;
+        pub async fn prune_inbound(&self, received_before: Millis) -> Result<u64, StoreError>;
     }
 
     /// Stores messages durably (see [`SqliteStore::accept`]); counts what was new for `/metrics`.

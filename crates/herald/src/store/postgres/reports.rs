@@ -6,7 +6,7 @@ use sqlx::Row as _;
 
 use super::{PgStore, insert_events};
 use crate::store::{
-    InboundMail, InboundPage, InboundReason, RecipientStatus, ReportApplied, ReportUpdate,
+    InboundMail, InboundPage, InboundReason, Millis, RecipientStatus, ReportApplied, ReportUpdate,
     StoreError, Unreadable, reports::report_changes_status, rules::EventLine,
 };
 
@@ -92,6 +92,14 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    pub async fn prune_inbound(&self, received_before: Millis) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM inbound WHERE received_at < $1")
+            .bind(received_before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     pub async fn inbound(

@@ -42,6 +42,15 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Removes kept mail received before `received_before` (`HERALD_RETENTION`).
+    pub async fn prune_inbound(&self, received_before: Millis) -> Result<u64, StoreError> {
+        self.execute(
+            "DELETE FROM inbound WHERE received_at < ?1",
+            vec![received_before.into()],
+        )
+        .await
+    }
+
     /// Kept mail, newest first, without the bytes.
     pub async fn inbound(
         &self,
