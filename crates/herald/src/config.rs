@@ -82,7 +82,11 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "HERALD_PUBLIC_URL",
-        "the URL browsers use to reach Herald (e.g. https://herald.example.com); its host is accepted in Host",
+        "the URL browsers use to reach Herald (e.g. https://herald.example.com); its host is accepted in Host; unsubscribe links point to it (required by \"unsubscribe\")",
+    ),
+    (
+        "HERALD_BOUNCE_DOMAIN",
+        "domain whose mail Herald receives: List-Unsubscribe then also offers mailto:unsub+TOKEN@ it",
     ),
     (
         "HERALD_METRICS_TOKEN",
@@ -261,6 +265,8 @@ pub struct Config {
     pub lease: Duration,
     /// `HERALD_PUBLIC_URL`: its host (with port) is accepted in `Host` besides the listen address.
     pub public_url: Option<url::Url>,
+    /// `HERALD_BOUNCE_DOMAIN` (issue 12): unsubscribe `mailto:` links (and bounces) are addressed to it.
+    pub bounce_domain: Option<String>,
     pub metrics_token: Option<String>,
     pub http: HttpLimits,
     /// `HERALD_SMTP_*`: the SMTP submission listener (off unless a listen address is set).
@@ -293,6 +299,7 @@ impl std::fmt::Debug for Config {
                 "public_url",
                 &self.public_url.as_ref().map(url::Url::as_str),
             )
+            .field("bounce_domain", &self.bounce_domain)
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "***"))
             .field("http", &self.http)
             .field("smtp", &self.smtp)
@@ -506,6 +513,9 @@ impl Config {
             concurrency: number("HERALD_CONCURRENCY", DEFAULT_CONCURRENCY)?,
             lease: parse_lease(get("HERALD_LEASE")).map_err(|e| invalid("HERALD_LEASE", e))?,
             public_url,
+            bounce_domain: get("HERALD_BOUNCE_DOMAIN")
+                .map(|domain| domain.trim().trim_start_matches('@').to_ascii_lowercase())
+                .filter(|domain| !domain.is_empty()),
             metrics_token: get("HERALD_METRICS_TOKEN").map(str::to_owned),
             http,
             smtp: crate::submission::Settings::from_values(get)?,

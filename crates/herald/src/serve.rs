@@ -177,6 +177,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     service.message_id_domain = config.message_id_domain.clone();
     service.dkim = signing;
     service.limits.request_bytes = config.request_budget;
+    // Issue 12: unsubscribe links point here; their tokens are keyed by HERALD_SECRET_KEY when it is set.
+    service.public_url = config.public_url.as_ref().map(|url| url.to_string());
+    service.bounce_domain = config.bounce_domain.clone();
+    if let Some(secret) = config.secret_key.as_deref() {
+        service
+            .use_secret_for_links(secret)
+            .context("HERALD_SECRET_KEY")?;
+    }
     let mut state = AppState::new(service, config.api_token.as_deref());
     state.relays = relays;
     state.capture_inbox = capture_inbox;
