@@ -82,7 +82,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "HERALD_PUBLIC_URL",
-        "the URL browsers use to reach Herald (e.g. https://herald.example.com); its host is accepted in Host",
+        "the URL browsers use to reach Herald (e.g. https://herald.example.com); its host is accepted in Host; unsubscribe links point to it (required by \"unsubscribe\")",
     ),
     (
         "HERALD_METRICS_TOKEN",
@@ -144,7 +144,7 @@ pub const KEYS: &[(&str, &str)] = &[
     // Bounces and complaints in (issue 12; src/bounce/intake.rs).
     (
         "HERALD_BOUNCE_DOMAIN",
-        "VERP: envelope sender bounces+TOKEN@DOMAIN, and the SMTP listener takes DSNs and complaints for DOMAIN without AUTH (unset: off)",
+        "VERP: envelope sender bounces+TOKEN@DOMAIN; the SMTP listener takes DSNs, complaints and unsub+TOKEN@ mail for DOMAIN without AUTH; List-Unsubscribe also offers mailto:unsub+TOKEN@DOMAIN (unset: off)",
     ),
     (
         "HERALD_BOUNCE_MAX_SIZE",

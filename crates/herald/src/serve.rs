@@ -135,11 +135,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     service.message_id_domain = config.message_id_domain.clone();
     service.dkim = signing;
     service.limits.request_bytes = config.request_budget;
-    if let Some(secret) = &config.secret_key {
-        // Issue 12: link tokens (unsubscribe links, VERP) keyed by HERALD_SECRET_KEY, not the stored key.
+    // Issue 12: unsubscribe links point here; their tokens (and VERP's) are keyed by HERALD_SECRET_KEY when
+    // it is set, else by the key kept in the store.
+    service.public_url = config.public_url.as_ref().map(|url| url.to_string());
+    service.bounce_domain = config.bounce.as_ref().map(|bounce| bounce.domain.clone());
+    if let Some(secret) = config.secret_key.as_deref() {
         service
             .use_secret_for_links(secret)
-            .context("HERALD_SECRET_KEY: deriving the link-token key")?;
+            .context("HERALD_SECRET_KEY")?;
     }
     // Issue 12: VERP return paths and the bounce intake share the link-token key.
     let bounce = match &config.bounce {

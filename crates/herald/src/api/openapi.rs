@@ -219,7 +219,7 @@ pub fn document() -> Value {
                     "batch_id": {"type": ["string", "null"], "description": "The batch that made this message (POST /v1/batches)"},
                     "recipients": {"type": "array", "items": {"type": "object", "properties": {
                         "address": {"type": "string"}, "kind": {"type": "string"},
-                        "status": {"type": "string", "enum": ["pending", "deferred", "delivered", "failed", "cancelled", "bounced", "complained"],
+                        "status": {"type": "string", "enum": ["pending", "deferred", "delivered", "failed", "cancelled", "suppressed", "bounced", "complained"],
                                    "description": "bounced: accepted by the relay, then reported permanently undeliverable by a DSN; complained: its mailbox provider reported a complaint (ARF). Both come from HERALD_BOUNCE_DOMAIN's intake; smtp_code, enhanced_status and smtp_reply then hold the report's"},
                         "smtp_code": {"type": ["integer", "null"]}, "enhanced_status": {"type": ["string", "null"]},
                         "smtp_reply": {"type": ["string", "null"]}}}},

@@ -207,3 +207,111 @@ impl Service {
         Ok(target)
     }
 }
+
+/// What `"unsubscribe": {"list": …}` asks of a message: the List-Unsubscribe headers (RFC 2369, RFC 8058)
+/// with a link token per message, and the list its link suppresses the recipient for.
+#[derive(Debug, Clone)]
+pub(super) struct UnsubscribeLinks {
+    tokens: LinkTokens,
+    /// `HERALD_PUBLIC_URL` without a trailing `/`.
+    public_url: String,
+    bounce_domain: Option<String>,
+    pub(super) list: String,
+}
+
+/// The headers `unsubscribe` writes; a request may not write them itself as well.
+pub(super) const UNSUBSCRIBE_HEADERS: [&str; 2] = ["List-Unsubscribe", "List-Unsubscribe-Post"];
+
+impl UnsubscribeLinks {
+    /// A new message id and the two headers whose links name it.
+    pub(super) fn for_new_message(&self) -> (uuid::Uuid, [(String, serde_json::Value); 2]) {
+        let id = uuid::Uuid::now_v7();
+        let token = self.tokens.sign(UNSUBSCRIBE_PURPOSE, id.as_bytes());
+        let mut value = format!("<{}/u/{token}>", self.public_url);
+        if let Some(domain) = &self.bounce_domain {
+            value.push_str(&format!(", <mailto:unsub+{token}@{domain}>"));
+        }
+        (
+            id,
+            [
+                (UNSUBSCRIBE_HEADERS[0].to_owned(), value.into()),
+                (
+                    UNSUBSCRIBE_HEADERS[1].to_owned(),
+                    "List-Unsubscribe=One-Click".into(),
+                ),
+            ],
+        )
+    }
+}
+
+impl Service {
+    /// Takes the `unsubscribe` field (`{"list": "newsletter"}`) out of a request. It needs
+    /// `HERALD_PUBLIC_URL` (where the link points): without it the request is refused, naming the field,
+    /// rather than sending mail whose unsubscribe link goes nowhere.
+    pub(super) async fn take_unsubscribe(
+        &self,
+        object: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Option<UnsubscribeLinks>, super::SubmitError> {
+        let Some(value) = object.remove("unsubscribe").filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        let wrong = || super::invalid("unsubscribe", "must be an object {\"list\": \"name\"}");
+        let serde_json::Value::Object(mut fields) = value else {
+            return Err(wrong());
+        };
+        let list = match fields.remove("list") {
+            Some(serde_json::Value::String(list)) => list,
+            Some(_) => return Err(super::invalid("unsubscribe.list", "must be a string")),
+            None => {
+                return Err(super::invalid(
+                    "unsubscribe.list",
+                    "missing: the list the recipient unsubscribes from",
+                ));
+            }
+        };
+        if let Some(unknown) = fields.keys().next() {
+            return Err(super::invalid(
+                format!("unsubscribe.{unknown}"),
+                "unknown field (unsubscribe has `list`)",
+            ));
+        }
+        check_scope(&list, "unsubscribe.list").map_err(|e| match e {
+            SuppressionError::Invalid(e) => super::SubmitError::Invalid(e),
+            other => super::invalid("unsubscribe.list", other.to_string()),
+        })?;
+        let Some(public_url) = &self.public_url else {
+            return Err(super::invalid(
+                "unsubscribe",
+                "needs HERALD_PUBLIC_URL (the address recipients reach Herald at) to be set on the server",
+            ));
+        };
+        let tokens = self.link_tokens().await.map_err(|e| match e {
+            SuppressionError::Store(e) => super::SubmitError::Store(e),
+            other => super::invalid("unsubscribe", other.to_string()),
+        })?;
+        Ok(Some(UnsubscribeLinks {
+            tokens,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            bounce_domain: self.bounce_domain.clone(),
+            list,
+        }))
+    }
+}
+
+/// Refuses a request's own List-Unsubscribe headers next to `unsubscribe` (which writes them).
+pub(super) fn check_no_own_unsubscribe_headers<'a>(
+    names: impl IntoIterator<Item = &'a String>,
+) -> Result<(), super::SubmitError> {
+    for name in names {
+        if UNSUBSCRIBE_HEADERS
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name.trim()))
+        {
+            return Err(super::invalid(
+                format!("headers.{name}"),
+                "is written by `unsubscribe`; give one or the other",
+            ));
+        }
+    }
+    Ok(())
+}
