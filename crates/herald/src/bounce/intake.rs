@@ -470,3 +470,59 @@ async fn suppress(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Option<IntakeSettings>, String> {
+        let values: HashMap<&str, &str> = pairs.iter().copied().collect();
+        IntakeSettings::from_values(|key| values.get(key).copied()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn unset_is_off_and_the_defaults_apply() {
+        assert_eq!(settings(&[]), Ok(None));
+        assert_eq!(
+            settings(&[("HERALD_BOUNCE_DOMAIN", "Bounces.Shop.Example.")]),
+            Ok(Some(IntakeSettings {
+                domain: "bounces.shop.example".into(),
+                max_size: DEFAULT_MAX_SIZE,
+                rate_per_minute: DEFAULT_RATE_PER_MINUTE,
+            }))
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (pairs, key) in [
+            (
+                vec![("HERALD_BOUNCE_DOMAIN", "not a domain")],
+                "HERALD_BOUNCE_DOMAIN",
+            ),
+            (
+                vec![("HERALD_BOUNCE_DOMAIN", "-x.example")],
+                "HERALD_BOUNCE_DOMAIN",
+            ),
+            (
+                vec![
+                    ("HERALD_BOUNCE_DOMAIN", "b.example"),
+                    ("HERALD_BOUNCE_MAX_SIZE", "0"),
+                ],
+                "HERALD_BOUNCE_MAX_SIZE",
+            ),
+            (
+                vec![
+                    ("HERALD_BOUNCE_DOMAIN", "b.example"),
+                    ("HERALD_BOUNCE_RATE", "fast"),
+                ],
+                "HERALD_BOUNCE_RATE",
+            ),
+        ] {
+            let error = settings(&pairs).unwrap_err();
+            assert!(error.starts_with(key), "{error}");
+        }
+    }
+}
