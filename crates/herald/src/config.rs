@@ -104,6 +104,31 @@ pub const KEYS: &[(&str, &str)] = &[
         "HERALD_HTTP_SHUTDOWN_GRACE",
         "on shutdown, how long requests still in flight may take before their connections are closed (default 10s)",
     ),
+    // Webhooks (issue 12; src/events).
+    (
+        "HERALD_WEBHOOK_ALLOW_PRIVATE",
+        "1: webhook endpoints may be on loopback, private and link-local addresses (default 0: refused, at creation and at each connection)",
+    ),
+    (
+        "HERALD_WEBHOOK_TIMEOUT",
+        "time one webhook request may take, connection included (default 10s)",
+    ),
+    (
+        "HERALD_WEBHOOK_CONCURRENCY",
+        "webhook requests in flight to one endpoint from one node (default 16)",
+    ),
+    (
+        "HERALD_WEBHOOK_RETRY",
+        "webhook retry schedule (default 5s,30s,2m,10m,1h,6h; the last repeats)",
+    ),
+    (
+        "HERALD_WEBHOOK_MAX_AGE",
+        "give up on a webhook delivery this long after its event (default 3d)",
+    ),
+    (
+        "HERALD_WEBHOOK_DISABLE_AFTER",
+        "disable a webhook endpoint whose every delivery failed for this long (default 3d)",
+    ),
     // SMTP submission (src/submission/settings.rs reads them).
     (
         "HERALD_SMTP_LISTEN",
@@ -280,6 +305,8 @@ pub struct Config {
     pub smtp: crate::submission::Settings,
     /// `HERALD_BOUNCE_*`: VERP return paths and the bounce intake (issue 12); off without a domain.
     pub bounce: Option<crate::bounce::IntakeSettings>,
+    /// `HERALD_WEBHOOK_*` (issue 12).
+    pub webhooks: crate::events::Settings,
 }
 
 impl std::fmt::Debug for Config {
@@ -312,6 +339,7 @@ impl std::fmt::Debug for Config {
             .field("http", &self.http)
             .field("smtp", &self.smtp)
             .field("bounce", &self.bounce)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -526,6 +554,7 @@ impl Config {
             http,
             smtp: crate::submission::Settings::from_values(get)?,
             bounce: crate::bounce::IntakeSettings::from_values(get)?,
+            webhooks: webhook_settings(get)?,
         })
     }
 
@@ -545,6 +574,61 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The `HERALD_WEBHOOK_*` settings.
+fn webhook_settings<'a>(
+    get: impl Fn(&str) -> Option<&'a str>,
+) -> Result<crate::events::Settings, ConfigError> {
+    use crate::events::{self, Settings};
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: key.to_owned(),
+        message,
+    };
+    let allow_private = match get("HERALD_WEBHOOK_ALLOW_PRIVATE") {
+        None | Some("0" | "false" | "no") => false,
+        Some("1" | "true" | "yes") => true,
+        Some(other) => {
+            return Err(invalid(
+                "HERALD_WEBHOOK_ALLOW_PRIVATE",
+                format!("{other:?}: expected 1 or 0"),
+            ));
+        }
+    };
+    let timeout = positive_duration(
+        "HERALD_WEBHOOK_TIMEOUT",
+        get("HERALD_WEBHOOK_TIMEOUT"),
+        events::DEFAULT_TIMEOUT,
+    )?;
+    let retry = events::retry_policy(
+        get("HERALD_WEBHOOK_RETRY").unwrap_or(events::DEFAULT_RETRY),
+        get("HERALD_WEBHOOK_MAX_AGE").unwrap_or(events::DEFAULT_MAX_AGE),
+    )
+    .map_err(|e| {
+        let key = if e.starts_with("HERALD_WEBHOOK_MAX_AGE") {
+            "HERALD_WEBHOOK_MAX_AGE"
+        } else {
+            "HERALD_WEBHOOK_RETRY"
+        };
+        invalid(key, e)
+    })?;
+    Ok(Settings {
+        allow_private,
+        timeout,
+        concurrency: positive_number(
+            "HERALD_WEBHOOK_CONCURRENCY",
+            get("HERALD_WEBHOOK_CONCURRENCY"),
+            events::DEFAULT_CONCURRENCY,
+        )?,
+        disable_after: positive_duration(
+            "HERALD_WEBHOOK_DISABLE_AFTER",
+            get("HERALD_WEBHOOK_DISABLE_AFTER"),
+            events::DEFAULT_DISABLE_AFTER,
+        )?,
+        retry,
+        lease: Settings::lease_for(timeout),
+        ..Settings::default()
+    })
 }
 
 fn is_relay_key(key: &str) -> bool {
@@ -716,6 +800,39 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn webhook_settings_default_and_name_their_key() {
+        let c = config(&[]).unwrap();
+        assert!(!c.webhooks.allow_private);
+        assert_eq!(c.webhooks.timeout, Duration::from_secs(10));
+        assert_eq!(c.webhooks.concurrency, 16);
+        assert_eq!(c.webhooks.disable_after, Duration::from_secs(3 * 24 * 3600));
+        assert_eq!(
+            c.webhooks.retry.schedule[..2],
+            [Duration::from_secs(5), Duration::from_secs(30)]
+        );
+        assert_eq!(c.webhooks.retry.max_age, Duration::from_secs(3 * 24 * 3600));
+        assert!(c.webhooks.lease >= c.webhooks.timeout * 3);
+        let c = config(&[
+            ("HERALD_WEBHOOK_ALLOW_PRIVATE", "1"),
+            ("HERALD_WEBHOOK_TIMEOUT", "2s"),
+        ])
+        .unwrap();
+        assert!(c.webhooks.allow_private);
+        assert_eq!(c.webhooks.lease, Duration::from_secs(30));
+        for (key, value) in [
+            ("HERALD_WEBHOOK_ALLOW_PRIVATE", "maybe"),
+            ("HERALD_WEBHOOK_TIMEOUT", "0"),
+            ("HERALD_WEBHOOK_CONCURRENCY", "none"),
+            ("HERALD_WEBHOOK_RETRY", "5s,soon"),
+            ("HERALD_WEBHOOK_MAX_AGE", "forever"),
+            ("HERALD_WEBHOOK_DISABLE_AFTER", "-1"),
+        ] {
+            let error = config(&[(key, value)]).unwrap_err().to_string();
+            assert!(error.starts_with(key), "{key}: {error}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 mod dashboard;
 pub mod delivery;
 pub mod dkim;
+pub mod events;
 pub mod link_tokens;
 pub mod queue;
 pub mod relay;

@@ -205,6 +205,24 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         tracing::warn!(listen = %addr, "no HERALD_API_TOKEN and no stored tokens: the API needs no authentication (loopback only)");
     }
 
+    // Issue 12: webhook endpoints, and this node's dispatcher of their outbox.
+    service.webhooks = crate::events::manage::Management {
+        allow_private: config.webhooks.allow_private,
+        sealer: config
+            .secret_key
+            .as_deref()
+            .map(crate::dkim::SecretKey::for_webhooks)
+            .transpose()?,
+    };
+    let dispatcher = crate::events::dispatch::Dispatcher::new(
+        store.clone(),
+        config.webhooks.clone(),
+        service.webhooks.clone(),
+        node.id.clone(),
+        service.webhooks_changed.clone(),
+    )
+    .context("building the webhook HTTP client")?;
+    let webhooks = tokio::spawn(dispatcher.run(stopped.clone()));
     let mut state = AppState::new(service, config.api_token.as_deref());
     state.relays = relays;
     state.capture_inbox = capture_inbox;
@@ -236,6 +254,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
         // Every listener has answered its last request; now the engine may stop.
         let result = engine.await.context("delivery engine panicked");
+        // The webhook requests in flight finish (bounded by HERALD_WEBHOOK_TIMEOUT) and are recorded.
+        if webhooks.await.is_err() {
+            tracing::error!("the webhook dispatcher panicked");
+        }
         // The engine gave back its leases: the node may now leave (on SQLite, the lock goes with it).
         heartbeat.abort();
         let _ = heartbeat.await;

@@ -343,6 +343,7 @@ async fn every_documented_route_exists_and_probes_answer(backend: Backend) {
                 "get" => app.client.get(&url),
                 "post" => app.client.post(&url).json(&json!({})),
                 "put" => app.client.put(&url).json(&json!({})),
+                "patch" => app.client.patch(&url).json(&json!({})),
                 "delete" => app.client.delete(&url),
                 other => panic!("unexpected method {other} in the document"),
             };

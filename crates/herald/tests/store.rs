@@ -442,6 +442,24 @@ async fn giving_up_fails_the_recipients_still_deferred(t: TestStore) {
     let view = t.store.message("msg-000001").await.unwrap().unwrap();
     assert_eq!(view.status, "failed");
     assert_eq!(view.recipients[0].status, "failed");
+    // The recipient's failure is on the timeline after its deferral (the message.failed webhook's line).
+    let lines: Vec<(&str, Option<&str>)> = view
+        .events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.recipient.as_deref()))
+        .collect();
+    let deferred = lines
+        .iter()
+        .position(|l| l.0 == "deferred" && l.1.is_some());
+    let failed = lines
+        .iter()
+        .position(|l| *l == ("failed", Some("later@example.test")));
+    assert!(deferred.is_some() && failed > deferred, "{lines:?}");
+    let failed_line = &view.events[failed.unwrap()];
+    assert_eq!(
+        failed_line.detail.as_deref(),
+        Some(herald::store::rules::GAVE_UP_DETAIL)
+    );
 }
 
 async fn cancel_works_before_sending_and_is_refused_after(t: TestStore) {

@@ -10,6 +10,8 @@ mod openapi;
 // The suppression list and unsubscribe links (issue 12).
 mod suppressions;
 mod templates;
+// Issue 12.
+mod webhooks;
 
 use axum::{
     Json, Router,
@@ -72,6 +74,23 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/inbound", get(inbound::list))
         .route("/inbound/{id}", get(inbound::get_one))
         .route("/inbound/{id}/raw", get(inbound::raw))
+        // Issue 12: webhook endpoints.
+        .route("/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/webhooks/{id}",
+            get(webhooks::get_one)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route(
+            "/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/webhooks/{id}/deliveries/{delivery}/retry",
+            post(webhooks::retry),
+        )
         .route_layer(middleware::from_fn_with_state(state, require_token));
     Router::new()
         .nest("/v1", v1)

@@ -317,5 +317,104 @@ pub fn document() -> Value {
         "type": "string", "enum": ["api", "smtp"],
         "description": "How the message arrived: the HTTP API (or the CLI, the dashboard), or SMTP submission (HERALD_SMTP_LISTEN)"
     });
+    add_webhooks(&mut document);
     document
+}
+
+/// `/v1/webhooks` (issue 12), apart from the literal above for `json!`'s recursion limit.
+fn add_webhooks(document: &mut Value) {
+    let id_param =
+        json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let endpoint = json!({"$ref": "#/components/schemas/Webhook"});
+    let request = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookRequest"}}}});
+    let with_secret = json!({"allOf": [endpoint.clone(), {"type": "object", "required": ["secret"], "properties": {
+        "secret": {"type": "string", "description": "whsec_ and the base64 of the signing key, shown this once: verify requests with it (Standard Webhooks libraries take it as it is)"}}}]});
+    let paths = json!({
+        "/v1/webhooks": {
+            "get": {"summary": "The webhook endpoints (never their secrets)",
+                "responses": {"200": {"description": "The endpoints", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": endpoint.clone()}}}}}}}},
+            "post": {"summary": "Add an endpoint; its signing secret is in this answer only",
+                "description": "Events are POSTed as JSON (see WebhookEvent) with the Standard Webhooks headers webhook-id (the event's id, the same on every attempt), webhook-timestamp and webhook-signature. The URL must be http(s), without credentials, and must not resolve to a loopback, private, link-local or reserved address unless HERALD_WEBHOOK_ALLOW_PRIVATE=1 (checked again at every connection); redirects are not followed.",
+                "requestBody": request.clone(),
+                "responses": {"201": {"description": "Created", "content": {"application/json": {"schema": with_secret.clone()}}},
+                              "400": error_response("Unreadable request"),
+                              "422": error_response("A field is invalid (named in error.field: url, events, description, enabled, or an unknown field)")}}
+        },
+        "/v1/webhooks/{id}": {
+            "get": {"summary": "One endpoint", "parameters": [id_param.clone()],
+                "responses": {"200": {"description": "The endpoint", "content": {"application/json": {"schema": endpoint.clone()}}},
+                              "404": error_response("No such endpoint")}},
+            "patch": {"summary": "Change an endpoint's url, events, description or enabled (the fields given); enabled: true also clears an automatic disable",
+                "parameters": [id_param.clone()], "requestBody": request,
+                "responses": {"200": {"description": "The endpoint as it is now", "content": {"application/json": {"schema": endpoint.clone()}}},
+                              "404": error_response("No such endpoint"),
+                              "422": error_response("A field is invalid (named in error.field)")}},
+            "delete": {"summary": "Delete an endpoint and its deliveries", "parameters": [id_param.clone()],
+                "responses": {"200": {"description": "Deleted"}, "404": error_response("No such endpoint")}}
+        },
+        "/v1/webhooks/{id}/rotate-secret": {"post": {
+            "summary": "A new signing secret (in this answer only); the old one keeps signing beside it for 24 hours (two v1, signatures in webhook-signature)",
+            "parameters": [id_param.clone()],
+            "responses": {"200": {"description": "Rotated", "content": {"application/json": {"schema": with_secret}}},
+                          "404": error_response("No such endpoint")}}},
+        "/v1/webhooks/{id}/deliveries": {"get": {
+            "summary": "The endpoint's newest deliveries, newest first: status, attempts, the last attempt's HTTP status, latency, response excerpt and error",
+            "parameters": [id_param.clone(), {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}],
+            "responses": {"200": {"description": "Deliveries", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/WebhookDelivery"}}}}}}},
+                          "404": error_response("No such endpoint"), "422": error_response("Invalid limit")}}},
+        "/v1/webhooks/{id}/deliveries/{delivery}/retry": {"post": {
+            "summary": "Send again: the delivery is due now (with the same webhook-id), whatever its status",
+            "parameters": [id_param, {"name": "delivery", "in": "path", "required": true, "schema": {"type": "integer"}}],
+            "responses": {"202": {"description": "Queued"},
+                          "404": error_response("No such delivery for this endpoint, or it is being sent right now"),
+                          "422": error_response("Not a delivery id")}}}
+    });
+    let event_types = json!(crate::store::webhooks::EVENT_TYPES);
+    let schemas = json!({
+        "WebhookRequest": {"type": "object", "additionalProperties": false, "properties": {
+            "url": {"type": "string", "format": "uri", "maxLength": 2048, "description": "Required to create"},
+            "events": {"type": "array", "items": {"type": "string", "enum": event_types.clone()}, "description": "The event types wanted; empty or left out: every type"},
+            "description": {"type": "string", "maxLength": 1000},
+            "enabled": {"type": "boolean", "default": true}}},
+        "Webhook": {"type": "object", "required": ["id", "url", "events", "all_events", "description", "enabled", "created_at", "updated_at"], "properties": {
+            "id": {"type": "string"}, "url": {"type": "string"},
+            "events": {"type": "array", "items": {"type": "string", "enum": event_types.clone()}},
+            "all_events": {"type": "boolean", "description": "No filter: new event types are sent too"},
+            "description": {"type": "string"}, "enabled": {"type": "boolean"},
+            "disabled_reason": {"type": ["string", "null"], "description": "Set when Herald disabled the endpoint after every delivery failed for HERALD_WEBHOOK_DISABLE_AFTER"},
+            "failing_since": {"type": ["string", "null"], "format": "date-time", "description": "Since when every delivery failed (null after a success)"},
+            "previous_secret_valid_until": {"type": ["string", "null"], "format": "date-time", "description": "After a rotation: until when the old secret signs too"},
+            "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}},
+        "WebhookDelivery": {"type": "object", "required": ["id", "event_id", "event_type", "status", "attempts", "created_at"], "properties": {
+            "id": {"type": "integer"}, "event_id": {"type": "string", "description": "The webhook-id the receiver sees"},
+            "event_type": {"type": "string", "enum": event_types.clone()},
+            "status": {"type": "string", "enum": ["pending", "delivered", "failed"], "description": "failed: given up after HERALD_WEBHOOK_MAX_AGE"},
+            "attempts": {"type": "integer"}, "created_at": {"type": "string", "format": "date-time"},
+            "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
+            "last_attempt_at": {"type": ["string", "null"], "format": "date-time"},
+            "response_status": {"type": ["integer", "null"]}, "latency_ms": {"type": ["integer", "null"]},
+            "response_excerpt": {"type": ["string", "null"], "description": "The start (512 bytes) of the last response's body"},
+            "error": {"type": ["string", "null"], "description": "Why the last attempt failed (HTTP status, timeout, refused address, redirect not followed)"},
+            "delivered_at": {"type": ["string", "null"], "format": "date-time"}}},
+        "WebhookEvent": {"type": "object", "description": "The body POSTed to an endpoint", "required": ["id", "type", "timestamp", "data"], "properties": {
+            "id": {"type": "string", "description": "evt_<n>: the same as webhook-id, on every attempt"},
+            "type": {"type": "string", "enum": event_types},
+            "timestamp": {"type": "string", "format": "date-time", "description": "When the state change was committed"},
+            "data": {"type": "object", "properties": {
+                "message_id": {"type": "string"}, "recipient": {"type": ["string", "null"], "description": "Per-recipient events: the address"},
+                "from": {"type": "string"}, "subject": {"type": "string"},
+                "tags": {"type": "array", "items": {"type": "string"}}, "metadata": {"type": "object"},
+                "smtp_code": {"type": ["integer", "null"]}, "enhanced_status": {"type": ["string", "null"]},
+                "reply": {"type": ["string", "null"], "description": "The server's reply this event reports (deferred, failed, delivered)"}}}}}
+    });
+    if let (Some(all), Value::Object(more)) = (document["paths"].as_object_mut(), paths) {
+        all.extend(more);
+    }
+    if let (Some(all), Value::Object(more)) =
+        (document["components"]["schemas"].as_object_mut(), schemas)
+    {
+        all.extend(more);
+    }
 }

@@ -23,6 +23,9 @@ pub enum BenchCommand {
     /// Measure a running `herald serve`'s SMTP submission: alerts/s and p99, idle sessions' memory, a
     /// connection burst (see scripts/bench-submission).
     Submission(bench::submission::SubmissionArgs),
+    /// Webhooks (issue 12): events/s signed to a local receiver, state change → 2xx latency at a steady
+    /// rate, and the accept hot path with and without the outbox trigger.
+    Webhooks(bench::webhooks::WebhooksArgs),
 }
 
 /// Runs one bench.
@@ -35,5 +38,6 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Queue(args) => bench::queue::run(args),
         BenchCommand::Queries(args) => bench::queries::run(args),
         BenchCommand::Submission(args) => bench::submission::run(args),
+        BenchCommand::Webhooks(args) => bench::webhooks::run(args),
     }
 }

@@ -11,10 +11,12 @@
 
 // Issue 13: the DKIM records page.
 mod dkim;
+// Issue 12.
 mod live;
 mod mail;
 mod pages;
 mod session;
+mod webhooks;
 
 use std::sync::LazyLock;
 
@@ -53,6 +55,12 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/templates/{name}/preview", post(pages::preview_template))
         .route("/inbox", get(pages::inbox))
         .route("/dkim", get(dkim::keys))
+        .route("/webhooks", get(webhooks::endpoints))
+        .route(
+            "/webhooks/{id}/deliveries/{delivery}/retry",
+            post(webhooks::send_again),
+        )
+        .route("/webhooks/{id}/{action}", post(webhooks::set_enabled))
         .route("/logout", post(session::logout))
         .route_layer(middleware::from_fn_with_state(state, session::guard));
     Router::new()
@@ -73,6 +81,7 @@ const VIEWS: &[(&str, &str)] = &[
     ("template.html", include_str!("views/template.html")),
     ("inbox.html", include_str!("views/inbox.html")),
     ("dkim.html", include_str!("views/dkim.html")),
+    ("webhooks.html", include_str!("views/webhooks.html")),
 ];
 
 /// The page templates, parsed once.

@@ -49,6 +49,16 @@ impl SecretKey {
     /// Derives the sealing key from the configured secret. A short secret is refused: it would be guessable
     /// from a stolen database.
     pub fn from_secret(secret: &str) -> Result<Self, DkimError> {
+        Self::derive(secret, HKDF_INFO)
+    }
+
+    /// The key that seals webhook signing secrets (issue 12), from the same `HERALD_SECRET_KEY`: derived with
+    /// its own `info`, so neither kind of sealed value opens with the other's key.
+    pub fn for_webhooks(secret: &str) -> Result<Self, DkimError> {
+        Self::derive(secret, b"herald webhook signing secret v1")
+    }
+
+    fn derive(secret: &str, info: &[u8]) -> Result<Self, DkimError> {
         if secret.trim().len() < 16 {
             return Err(DkimError::Secret(
                 "must be at least 16 characters (use 32 random bytes, e.g. `openssl rand -base64 32`)"
@@ -57,8 +67,9 @@ impl SecretKey {
         }
         let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"herald");
         let prk = salt.extract(secret.trim().as_bytes());
+        let info = [info];
         let okm = prk
-            .expand(&[HKDF_INFO], KeyLen)
+            .expand(&info, KeyLen)
             .map_err(|_| DkimError::Secret("cannot derive a key".into()))?;
         let mut key = [0u8; 32];
         okm.fill(&mut key)
@@ -74,6 +85,12 @@ impl SecretKey {
 
     /// `1 ‖ nonce ‖ ciphertext ‖ tag`, bound to `domain` and `selector`.
     fn seal(&self, domain: &str, selector: &str, plain: &[u8]) -> Result<Vec<u8>, DkimError> {
+        self.seal_bound(&associated_data(domain, selector), plain)
+    }
+
+    /// Seals `plain` bound to `context` (associated data: opening needs the same context, so a sealed value
+    /// moved to another row does not open).
+    pub fn seal_bound(&self, context: &[u8], plain: &[u8]) -> Result<Vec<u8>, DkimError> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -82,7 +99,7 @@ impl SecretKey {
         self.aead()
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(associated_data(domain, selector)),
+                Aad::from(context),
                 &mut sealed,
             )
             .map_err(|_| DkimError::Secret("sealing failed".into()))?;
@@ -94,25 +111,26 @@ impl SecretKey {
     }
 
     fn open(&self, domain: &str, selector: &str, sealed: &[u8]) -> Result<Vec<u8>, DkimError> {
-        let decrypt = || DkimError::Decrypt {
-            domain: domain.to_owned(),
-            selector: selector.to_owned(),
-        };
+        self.open_bound(&associated_data(domain, selector), sealed)
+            .ok_or_else(|| DkimError::Decrypt {
+                domain: domain.to_owned(),
+                selector: selector.to_owned(),
+            })
+    }
+
+    /// Opens what [`Self::seal_bound`] sealed with the same `context`; `None` when it does not open (another
+    /// secret, another context, or changed bytes).
+    pub fn open_bound(&self, context: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         if sealed.len() < 1 + NONCE_LEN || sealed[0] != SEALED_V1 {
-            return Err(decrypt());
+            return None;
         }
-        let nonce =
-            Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).map_err(|_| decrypt())?;
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).ok()?;
         let mut buffer = sealed[1 + NONCE_LEN..].to_vec();
         let plain = self
             .aead()
-            .open_in_place(
-                nonce,
-                Aad::from(associated_data(domain, selector)),
-                &mut buffer,
-            )
-            .map_err(|_| decrypt())?;
-        Ok(plain.to_vec())
+            .open_in_place(nonce, Aad::from(context), &mut buffer)
+            .ok()?;
+        Some(plain.to_vec())
     }
 }
 

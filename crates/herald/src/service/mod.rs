@@ -25,6 +25,8 @@ mod stored_templates;
 mod submitted;
 // The suppression list and one-click unsubscribe (issue 12).
 mod suppressions;
+// Webhook endpoints (issue 12).
+mod webhooks;
 
 use bytes::Bytes;
 use herald_mime::ComposeOptions;
@@ -157,6 +159,10 @@ pub struct Service {
     pub public_url: Option<String>,
     /// `HERALD_BOUNCE_DOMAIN`: with it, List-Unsubscribe also offers `mailto:unsub+TOKEN@` that domain.
     pub bounce_domain: Option<String>,
+    /// Webhook endpoints (issue 12): the SSRF rule and the key that seals their secrets.
+    pub webhooks: crate::events::manage::Management,
+    /// Tells this node's webhook dispatcher that an endpoint changed.
+    pub webhooks_changed: crate::events::dispatch::EndpointsChanged,
 }
 
 /// The fields of `POST /v1/messages` that are about queueing, not about the message's content.
@@ -188,6 +194,8 @@ impl Service {
             link_tokens: Default::default(),
             public_url: None,
             bounce_domain: None,
+            webhooks: Default::default(),
+            webhooks_changed: Default::default(),
         }
     }
 

@@ -13,6 +13,7 @@ mod search;
 mod sqlite;
 mod template_sources;
 mod types;
+pub mod webhooks;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -24,6 +25,10 @@ pub use search::{fold, index_terms, query_terms};
 pub use sqlite::{SqliteError, SqliteOptions, SqliteStore};
 use tokio::sync::Notify;
 pub use types::*;
+pub use webhooks::{
+    ClaimedDelivery, DeliveryNext, DeliveryOutcome, DeliveryView, EventRecord, WebhookChange,
+    WebhookRow,
+};
 
 use crate::clock::Clock;
 
@@ -126,6 +131,19 @@ impl Store {
         pub async fn inbound(&self, before: Option<&str>, limit: u32) -> Result<InboundPage, StoreError>;
         pub async fn inbound_mail(&self, id: &str) -> Result<Option<InboundMail>, StoreError>;
         pub async fn prune_inbound(&self, received_before: Millis) -> Result<u64, StoreError>;
+        // Webhooks (issue 12): store/sqlite/webhooks.rs, store/postgres/webhooks.rs.
+        pub async fn create_webhook(&self, row: &WebhookRow) -> Result<(), StoreError>;
+        pub async fn webhooks(&self) -> Result<Vec<WebhookRow>, StoreError>;
+        pub async fn webhook(&self, id: &str) -> Result<Option<WebhookRow>, StoreError>;
+        pub async fn update_webhook(&self, id: &str, change: &WebhookChange, now: Millis) -> Result<bool, StoreError>;
+        pub async fn rotate_webhook_secret(&self, id: &str, secret: &[u8], previous: &[u8], sealed: bool, until: Millis, now: Millis) -> Result<bool, StoreError>;
+        pub async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
+        pub async fn claim_webhook_deliveries(&self, webhook_id: &str, owner: &str, lease: Duration, limit: u32) -> Result<Vec<ClaimedDelivery>, StoreError>;
+        pub async fn record_webhook_deliveries(&self, owner: &str, outcomes: Vec<DeliveryOutcome>, disable_after: Duration) -> Result<Vec<String>, StoreError>;
+        pub async fn webhook_event(&self, event_id: i64) -> Result<Option<EventRecord>, StoreError>;
+        pub async fn webhook_deliveries(&self, webhook_id: &str, limit: u32) -> Result<Vec<DeliveryView>, StoreError>;
+        pub async fn next_webhook_due(&self, webhook_id: &str) -> Result<Option<Millis>, StoreError>;
+        pub async fn redeliver_webhook(&self, webhook_id: &str, delivery_id: i64, now: Millis) -> Result<bool, StoreError>;
     }
 
     /// Stores messages durably (see [`SqliteStore::accept`]); counts what was new for `/metrics`.

@@ -281,6 +281,19 @@ pub fn recipient_event(result: &RecipientResult) -> EventLine<'_> {
     }
 }
 
+/// The detail of the line of a recipient failed because its message gave up (no retry time left).
+pub const GAVE_UP_DETAIL: &str = "gave up: no retry left within HERALD_MAX_AGE";
+
+/// The line of a recipient still open when its message gave up: it is failed now, and says so on the
+/// timeline like any other recipient's result (so the `message.failed` webhook is sent for it too).
+pub fn gave_up_event(address: &str) -> EventLine<'_> {
+    EventLine {
+        kind: RecipientStatus::Failed.as_str(),
+        recipient: Some(address),
+        detail: Some(GAVE_UP_DETAIL),
+    }
+}
+
 /// The line that ends an attempt: `attempt_<the status the message took>`, with the attempt's detail.
 pub fn attempt_event(status: MessageStatus, detail: &str) -> EventLine<'_> {
     let kind = match status {

@@ -26,6 +26,8 @@ mod search;
 mod suppressions;
 mod templates;
 mod upkeep;
+// Webhooks (issue 12).
+mod webhooks;
 
 use std::{borrow::Cow, sync::Arc, time::Duration};
 
@@ -90,6 +92,12 @@ pub(super) fn migrator() -> Migrator {
             13,
             "dkim keys",
             include_str!("../../../migrations/postgres/0013_dkim_keys.sql"),
+        ),
+        // Issue 12 (numbered 14: issues 11 and 13 took their numbers first).
+        migration(
+            14,
+            "webhooks",
+            include_str!("../../../migrations/postgres/0014_webhooks.sql"),
         ),
         // Issue 12, part B (suppression list, one-click unsubscribe); numbered as assigned to it.
         migration(

@@ -252,12 +252,24 @@ impl PgStore {
             });
         }
         if !gave_up.is_empty() {
-            sqlx::query(concat!(
+            let failed: Vec<(String, String)> = sqlx::query(concat!(
                 "UPDATE recipients SET status = 'failed' WHERE message_id = ANY($1) AND status IN ",
-                open_recipients_sql!()
+                open_recipients_sql!(),
+                " RETURNING message_id, address"
             ))
             .bind(&gave_up)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+            insert_events(
+                &mut tx,
+                now,
+                failed
+                    .iter()
+                    .map(|(id, address)| (id.as_str(), rules::gave_up_event(address))),
+            )
             .await?;
         }
         sqlx::query(

@@ -27,6 +27,8 @@ mod search;
 // The suppression list (issue 12).
 mod suppressions;
 mod templates;
+// Webhooks (issue 12).
+mod webhooks;
 mod writer;
 
 pub use self::raw_db::SqliteError;
@@ -195,6 +197,12 @@ fn migrator() -> Migrator {
             13,
             "dkim keys",
             include_str!("../../../migrations/sqlite/0013_dkim_keys.sql"),
+        ),
+        // Issue 12 (numbered 14: issues 11 and 13 took their numbers first).
+        migration(
+            14,
+            "webhooks",
+            include_str!("../../../migrations/sqlite/0014_webhooks.sql"),
         ),
         // Issue 12, part B (suppression list, one-click unsubscribe); numbered as assigned to it.
         migration(

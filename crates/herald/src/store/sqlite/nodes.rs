@@ -113,5 +113,13 @@ pub(super) fn recover(db: &mut RawDb, now: Millis) -> WriteResult<u64> {
         let detail = Interruption::ProcessStopped.detail(Some(owner));
         event(db, id, now, rules::interrupted_event(&detail))?;
     }
+    // Webhook deliveries the dead process was sending (issue 12): due again now rather than when their
+    // lease would have run out. Their attempt was counted at the claim.
+    db.stmt(
+        "UPDATE webhook_deliveries SET lease_owner = NULL, next_attempt_at = ?1
+         WHERE lease_owner IS NOT NULL AND next_attempt_at IS NOT NULL",
+    )?
+    .bind([now.into()])?
+    .execute()?;
     Ok(interrupted.len() as u64)
 }

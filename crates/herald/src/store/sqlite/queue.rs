@@ -275,12 +275,21 @@ pub(super) fn record(
         }
         let settled = rules::settle(&statuses, outcome.retry_at, now);
         if settled.gave_up {
-            db.stmt(concat!(
-                "UPDATE recipients SET status = 'failed' WHERE message_id = ?1 AND status IN ",
-                open_recipients_sql!()
-            ))?
-            .bind([id.into()])?
-            .execute()?;
+            let mut failed = Vec::new();
+            {
+                let mut q = db.stmt(concat!(
+                    "UPDATE recipients SET status = 'failed' WHERE message_id = ?1 AND status IN ",
+                    open_recipients_sql!(),
+                    " RETURNING address"
+                ))?;
+                q.bind([id.into()])?;
+                while q.step()? {
+                    failed.push(q.text(0));
+                }
+            }
+            for address in &failed {
+                event(db, id, now, rules::gave_up_event(address))?;
+            }
         }
         db.stmt(
             "UPDATE messages SET status = ?1, attempts = attempts + ?6, next_attempt_at = ?2, lease_owner = NULL,

@@ -15,6 +15,7 @@ use super::{
     raw_db::{DbResult, RawDb, SqliteError},
     reports::apply_report,
     suppressions::suppress,
+    webhooks::{WebhookAnswer, WebhookWrite},
 };
 use crate::{
     clock::Clock,
@@ -99,6 +100,11 @@ pub(super) enum WriteOp {
     Report {
         update: ReportUpdate,
         reply: oneshot::Sender<WriteResult<ReportApplied>>,
+    },
+    /// Webhook claims, outcomes and deletes (issue 12).
+    Webhooks {
+        op: WebhookWrite,
+        reply: oneshot::Sender<WriteResult<WebhookAnswer>>,
     },
 }
 
@@ -203,6 +209,7 @@ pub(super) enum Answer {
     Cancel(CancelOutcome),
     Count(u64),
     Report(ReportApplied),
+    Webhooks(WebhookAnswer),
 }
 
 impl WriteOp {
@@ -211,6 +218,7 @@ impl WriteOp {
             WriteOp::Accept { messages, .. } => messages.len(),
             WriteOp::Record { outcomes, .. } => outcomes.len(),
             WriteOp::Suppress { entries, .. } => entries.len(),
+            WriteOp::Webhooks { op, .. } => op.weight(),
             _ => 1,
         }
     }
@@ -226,6 +234,8 @@ impl WriteOp {
             (WriteOp::Cancel { reply, .. }, Ok(Answer::Cancel(v))) => drop(reply.send(Ok(v))),
             (WriteOp::Report { reply, .. }, Ok(Answer::Report(v))) => drop(reply.send(Ok(v))),
             (WriteOp::Report { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (WriteOp::Webhooks { reply, .. }, Ok(Answer::Webhooks(v))) => drop(reply.send(Ok(v))),
+            (WriteOp::Webhooks { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (
                 WriteOp::Release { reply, .. }
                 | WriteOp::Prune { reply, .. }
@@ -293,6 +303,7 @@ pub(super) fn apply_one(
         WriteOp::Recover { .. } => Answer::Count(recover(db, now)?),
         WriteOp::Suppress { entries, .. } => Answer::Count(suppress(db, entries, now)?),
         WriteOp::Report { update, .. } => Answer::Report(apply_report(db, update, now)?),
+        WriteOp::Webhooks { op, .. } => Answer::Webhooks(super::webhooks::apply(db, op, now)?),
     })
 }
 
