@@ -64,6 +64,8 @@ async fn main() {
                     batch_id: None,
                     tags: vec![],
                     metadata: serde_json::json!({}),
+                    ignore_suppressions: false,
+                    unsubscribe_list: None,
                 };
                 store.accept(vec![m]).await.unwrap();
             }

@@ -82,7 +82,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "HERALD_PUBLIC_URL",
-        "the URL browsers use to reach Herald (e.g. https://herald.example.com); its host is accepted in Host",
+        "the URL browsers use to reach Herald (e.g. https://herald.example.com); its host is accepted in Host; unsubscribe links point to it (required by \"unsubscribe\")",
     ),
     (
         "HERALD_METRICS_TOKEN",
@@ -165,6 +165,19 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "HERALD_SMTP_MAX_ERRORS",
         "refused commands a session may make before it is closed with 421 (default 10)",
+    ),
+    // Bounces and complaints in (issue 12; src/bounce/intake.rs).
+    (
+        "HERALD_BOUNCE_DOMAIN",
+        "VERP: envelope sender bounces+TOKEN@DOMAIN; the SMTP listener takes DSNs, complaints and unsub+TOKEN@ mail for DOMAIN without AUTH; List-Unsubscribe also offers mailto:unsub+TOKEN@DOMAIN (unset: off)",
+    ),
+    (
+        "HERALD_BOUNCE_MAX_SIZE",
+        "bytes of one received bounce or complaint that are kept and read (default 1048576)",
+    ),
+    (
+        "HERALD_BOUNCE_RATE",
+        "bounces and complaints one client address may hand over per minute; more get 451 (default 600)",
     ),
 ];
 
@@ -290,6 +303,8 @@ pub struct Config {
     pub http: HttpLimits,
     /// `HERALD_SMTP_*`: the SMTP submission listener (off unless a listen address is set).
     pub smtp: crate::submission::Settings,
+    /// `HERALD_BOUNCE_*`: VERP return paths and the bounce intake (issue 12); off without a domain.
+    pub bounce: Option<crate::bounce::IntakeSettings>,
     /// `HERALD_WEBHOOK_*` (issue 12).
     pub webhooks: crate::events::Settings,
 }
@@ -323,6 +338,7 @@ impl std::fmt::Debug for Config {
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "***"))
             .field("http", &self.http)
             .field("smtp", &self.smtp)
+            .field("bounce", &self.bounce)
             .field("webhooks", &self.webhooks)
             .finish()
     }
@@ -537,6 +553,7 @@ impl Config {
             metrics_token: get("HERALD_METRICS_TOKEN").map(str::to_owned),
             http,
             smtp: crate::submission::Settings::from_values(get)?,
+            bounce: crate::bounce::IntakeSettings::from_values(get)?,
             webhooks: webhook_settings(get)?,
         })
     }

@@ -3,12 +3,14 @@
 
 pub mod api;
 pub mod app;
+pub mod bounce;
 pub mod clock;
 pub mod config;
 mod dashboard;
 pub mod delivery;
 pub mod dkim;
 pub mod events;
+pub mod link_tokens;
 pub mod queue;
 pub mod relay;
 pub mod request;

@@ -130,6 +130,38 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
     };
     let (live_nodes_tx, live_nodes) = watch::channel(live_at_start);
+    let mut service = Service::new(store.clone());
+    service.default_from = config.default_from.clone();
+    service.message_id_domain = config.message_id_domain.clone();
+    service.dkim = signing;
+    service.limits.request_bytes = config.request_budget;
+    // Issue 12: unsubscribe links point here; their tokens (and VERP's) are keyed by HERALD_SECRET_KEY when
+    // it is set, else by the key kept in the store.
+    service.public_url = config.public_url.as_ref().map(|url| url.to_string());
+    service.bounce_domain = config.bounce.as_ref().map(|bounce| bounce.domain.clone());
+    if let Some(secret) = config.secret_key.as_deref() {
+        service
+            .use_secret_for_links(secret)
+            .context("HERALD_SECRET_KEY")?;
+    }
+    // Issue 12: VERP return paths and the bounce intake share the link-token key.
+    let bounce = match &config.bounce {
+        Some(settings) => {
+            let tokens = service
+                .link_tokens()
+                .await
+                .context("loading the link-token key for VERP")?;
+            let intake = crate::bounce::Intake::new(settings, tokens);
+            tracing::info!(domain = %settings.domain, "VERP return paths and bounce intake are on");
+            if config.smtp.listen.is_none() && config.smtp.smtps_listen.is_none() {
+                tracing::warn!(
+                    "HERALD_BOUNCE_DOMAIN is set but no HERALD_SMTP_LISTEN: bounces cannot come back to this node"
+                );
+            }
+            Some(intake)
+        }
+        None => None,
+    };
     let options = EngineOptions {
         owner: node.id.clone(),
         live_nodes,
@@ -137,6 +169,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         retry: config.retry.clone(),
         lease: config.lease,
         board: relays.clone(),
+        verp: bounce.as_ref().map(|intake| Arc::new(intake.verp.clone())),
         ..Default::default()
     };
     let routes = relay_routes(&config)?;
@@ -172,11 +205,6 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         tracing::warn!(listen = %addr, "no HERALD_API_TOKEN and no stored tokens: the API needs no authentication (loopback only)");
     }
 
-    let mut service = Service::new(store.clone());
-    service.default_from = config.default_from.clone();
-    service.message_id_domain = config.message_id_domain.clone();
-    service.dkim = signing;
-    service.limits.request_bytes = config.request_budget;
     // Issue 12: webhook endpoints, and this node's dispatcher of their outbox.
     service.webhooks = crate::events::manage::Management {
         allow_private: config.webhooks.allow_private,
@@ -211,7 +239,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.retention,
         stopped.clone(),
     ));
-    let listeners = start_listeners(state, listener, smtp_listeners, &config, stopped.clone())?;
+    let listeners = start_listeners(
+        state,
+        listener,
+        smtp_listeners,
+        &config,
+        bounce,
+        stopped.clone(),
+    )?;
     let store_for_leave = store.clone();
     let task = tokio::spawn(async move {
         for (name, listener) in listeners {
@@ -262,6 +297,7 @@ fn start_listeners(
     http: TcpListener,
     smtp: crate::submission::Listeners,
     config: &Config,
+    bounce: Option<Arc<crate::bounce::Intake>>,
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<Listener>> {
     let submission = crate::submission::spawn(
@@ -270,6 +306,7 @@ fn start_listeners(
         config.smtp.clone(),
         config.body_limit,
         config.http.shutdown_grace,
+        bounce,
         stopped.clone(),
     )?;
     let routes = http_router(state, config.body_limit);
@@ -479,6 +516,20 @@ async fn prune_periodically(
                 Err(error) => tracing::warn!(
                     error = &error as &dyn std::error::Error,
                     "pruning failed; will retry"
+                ),
+            }
+            // Issue 12: kept inbound mail (bounces Herald could not apply) ages out like the bodies.
+            match store
+                .prune_inbound(now - retention.as_millis() as i64)
+                .await
+            {
+                Ok(0) => {}
+                Ok(pruned) => {
+                    tracing::info!(pruned, "pruned kept inbound mail past the retention period")
+                }
+                Err(error) => tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "pruning kept inbound mail failed; will retry"
                 ),
             }
         }

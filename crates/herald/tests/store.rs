@@ -67,7 +67,8 @@ async fn accepted_messages_survive_reopening_the_database(t: TestStore) {
         accepted,
         vec![Accepted::New {
             id: "msg-000001".into(),
-            status: MessageStatus::Queued
+            status: MessageStatus::Queued,
+            suppressed: vec![],
         }]
     );
     let (reopened, _dir) = reopen(t).await;
@@ -374,7 +375,7 @@ async fn an_unreadable_value_is_a_corrupt_error_not_a_guess(t: TestStore) {
         .unwrap();
     execute_directly(
         &t,
-        "UPDATE recipients SET kind = 'resent-to', status = 'bounced'",
+        "UPDATE recipients SET kind = 'resent-to', status = 'evaporated'",
     )
     .await;
     let read = t.store.message("msg-000001").await.unwrap_err();
@@ -405,13 +406,13 @@ async fn an_unreadable_value_is_a_corrupt_error_not_a_guess(t: TestStore) {
         matches!(
             &recorded,
             StoreError::Corrupt(Unreadable { table: "recipients", column: "status", value })
-                if value == "bounced"
+                if value == "evaporated"
         ),
         "{recorded:?}"
     );
     assert_eq!(
         recorded.to_string(),
-        r#"unreadable value "bounced" in recipients.status"#
+        r#"unreadable value "evaporated" in recipients.status"#
     );
 }
 

@@ -26,6 +26,8 @@ pub async fn post_batch(
             "batch_id": accepted.batch_id,
             "status": accepted.status.as_str(),
             "ids": accepted.ids,
+            // Issue 12: recipients on the suppression list, by message (a replay lists none).
+            "suppressed": accepted.suppressed.iter().map(|(id, address)| json!({"id": id, "address": address})).collect::<Vec<_>>(),
         })),
     )
         .into_response();

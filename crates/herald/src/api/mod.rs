@@ -5,7 +5,10 @@
 mod batches;
 // Issue 13.
 mod dkim;
+mod inbound;
 mod openapi;
+// The suppression list and unsubscribe links (issue 12).
+mod suppressions;
 mod templates;
 // Issue 12.
 mod webhooks;
@@ -25,7 +28,10 @@ use serde_json::{Value, json};
 use crate::{
     app::{ApiError, AppState, client_key, prometheus, token_hash, too_many_failures},
     service::{check_search_text, format_rfc3339, parse_rfc3339},
-    store::{Accepted, CancelOutcome, MessageStatus, MessageView, RecipientKind, SearchQuery},
+    store::{
+        Accepted, CancelOutcome, MessageStatus, MessageView, RecipientKind, RecipientStatus,
+        SearchQuery,
+    },
 };
 
 /// The API's routes (`serve` adds the layers every request passes, and the fallback).
@@ -53,6 +59,21 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/dkim", get(dkim::list_keys).post(dkim::generate_key))
         .route("/dkim/{domain}/rotate", post(dkim::rotate_key))
         .route("/dkim/{domain}/{selector}", delete(dkim::delete_key))
+        // Issue 12: the suppression list.
+        .route(
+            "/suppressions",
+            get(suppressions::list).post(suppressions::add),
+        )
+        .route("/suppressions/import", post(suppressions::import))
+        .route("/suppressions/export", get(suppressions::export))
+        .route(
+            "/suppressions/{address}",
+            get(suppressions::get_one).delete(suppressions::delete_one),
+        )
+        // Issue 12: received mail that could not be read or matched.
+        .route("/inbound", get(inbound::list))
+        .route("/inbound/{id}", get(inbound::get_one))
+        .route("/inbound/{id}/raw", get(inbound::raw))
         // Issue 12: webhook endpoints.
         .route("/webhooks", get(webhooks::list).post(webhooks::create))
         .route(
@@ -77,6 +98,11 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        // One-click unsubscribe (issue 12): outside /v1, no bearer token; the signed token authorizes.
+        .route(
+            "/u/{token}",
+            get(suppressions::unsubscribe_page).post(suppressions::unsubscribe_post),
+        )
 }
 
 /// Bearer authentication on `/v1/*`. A request passes with `HERALD_API_TOKEN` or with any token made by
@@ -200,9 +226,29 @@ async fn post_message(
         Accepted::New { .. } => (StatusCode::ACCEPTED, false),
         Accepted::Existing { .. } => (StatusCode::ACCEPTED, true),
     };
+    // Issue 12: which recipients were on the suppression list (a replay reads them from the message).
+    let suppressed: Vec<String> = match &accepted {
+        Accepted::New { suppressed, .. } => suppressed.clone(),
+        Accepted::Existing { id, .. } => state
+            .service
+            .message(id)
+            .await?
+            .map(|view| {
+                view.recipients
+                    .into_iter()
+                    .filter(|r| r.status == RecipientStatus::Suppressed)
+                    .map(|r| r.address)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
     let mut response = (
         status,
-        Json(json!({"id": accepted.id(), "status": accepted.status().as_str()})),
+        Json(json!({
+            "id": accepted.id(),
+            "status": accepted.status().as_str(),
+            "suppressed": suppressed,
+        })),
     )
         .into_response();
     if replay {
@@ -235,6 +281,13 @@ fn view_json(view: MessageView) -> Value {
         "metadata": view.metadata,
         "size": view.raw_size,
         "source": view.source,
+        // Issue 12: the recipients found on the suppression list at accept (never sent to).
+        "suppressed": view
+            .recipients
+            .iter()
+            .filter(|r| r.status == RecipientStatus::Suppressed)
+            .map(|r| r.address.as_str())
+            .collect::<Vec<_>>(),
         "recipients": view.recipients.iter().map(|r| json!({
             "address": r.address,
             "kind": r.kind,

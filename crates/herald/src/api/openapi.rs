@@ -218,11 +218,13 @@ pub fn document() -> Value {
                     "subject": {"type": "string"}, "attempts": {"type": "integer"},
                     "batch_id": {"type": ["string", "null"], "description": "The batch that made this message (POST /v1/batches)"},
                     "recipients": {"type": "array", "items": {"type": "object", "properties": {
-                        "address": {"type": "string"}, "kind": {"type": "string"}, "status": {"type": "string"},
+                        "address": {"type": "string"}, "kind": {"type": "string"},
+                        "status": {"type": "string", "enum": ["pending", "deferred", "delivered", "failed", "cancelled", "suppressed", "bounced", "complained"],
+                                   "description": "bounced: accepted by the relay, then reported permanently undeliverable by a DSN; complained: its mailbox provider reported a complaint (ARF). Both come from HERALD_BOUNCE_DOMAIN's intake; smtp_code, enhanced_status and smtp_reply then hold the report's"},
                         "smtp_code": {"type": ["integer", "null"]}, "enhanced_status": {"type": ["string", "null"]},
                         "smtp_reply": {"type": ["string", "null"]}}}},
                     "events": {"type": "array", "items": {"type": "object", "properties": {
-                        "at": {"type": "string", "format": "date-time"}, "type": {"type": "string", "description": "queued or scheduled (accepted), sending (claimed), cancelled, a recipient's status, attempt_<message status>; attempt_interrupted: the node delivering it stopped (not counted as an attempt, due again at once); stale_outcome: a result from a node that had lost the lease (shown, not applied)"},
+                        "at": {"type": "string", "format": "date-time"}, "type": {"type": "string", "description": "queued or scheduled (accepted), sending (claimed), cancelled, a recipient's status, attempt_<message status>; attempt_interrupted: the node delivering it stopped (not counted as an attempt, due again at once); stale_outcome: a result from a node that had lost the lease (shown, not applied); bounced, complained: a report received at HERALD_BOUNCE_DOMAIN (detail: the diagnostic); soft_bounced, delayed: a report of a temporary failure or a delay (the recipient's status is unchanged)"},
                         "recipient": {"type": ["string", "null"]}, "detail": {"type": ["string", "null"]}}}}}},
                 "BatchRequest": {"type": "object", "required": ["template", "recipients"], "properties": {
                     "template": {"type": "string"},
@@ -271,6 +273,46 @@ pub fn document() -> Value {
         }
     });
     // Added apart: one more field in the literal above exceeds `json!`'s recursion limit.
+    // Issue 12: the bounce intake's kept mail (apart from the literal above, which is at json!'s recursion limit).
+    let inbound_paths = json!({
+            "/v1/inbound": {"get": {
+                "summary": "Mail received at HERALD_BOUNCE_DOMAIN that could not be read or matched (kept, never dropped), newest first",
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}},
+                    {"name": "cursor", "in": "query", "description": "next_cursor of the previous page", "schema": {"type": "string"}}
+                ],
+                "responses": {"200": {"description": "A page", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["items", "next_cursor"],
+                    "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/InboundMail"}},
+                                   "next_cursor": {"type": ["string", "null"]}}}}}},
+                              "422": error_response("Invalid limit or cursor (named in error.field)")}
+            }},
+            "/v1/inbound/{id}": {"get": {
+                "summary": "One kept mail",
+                "parameters": [id_param.clone()],
+                "responses": {"200": {"description": "The entry", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InboundMail"}}}},
+                              "404": error_response("No such entry")}
+            }},
+            "/v1/inbound/{id}/raw": {"get": {
+                "summary": "The kept mail's bytes as received (at most HERALD_BOUNCE_MAX_SIZE), as an attachment",
+                "parameters": [id_param.clone()],
+                "responses": {"200": {"description": "The bytes", "content": {"message/rfc822": {}}},
+                              "404": error_response("No such entry")}
+            }}
+    });
+    for (path, operations) in inbound_paths.as_object().expect("an object") {
+        document["paths"][path] = operations.clone();
+    }
+    document["components"]["schemas"]["InboundMail"] = json!({"type": "object", "properties": {
+                    "id": {"type": "string"}, "received_at": {"type": "string", "format": "date-time"},
+                    "peer": {"type": "string", "description": "The sending client's ip:port"},
+                    "mail_from": {"type": "string", "description": "MAIL FROM (empty for the null reverse path of a DSN)"},
+                    "rcpt_to": {"type": "array", "items": {"type": "string"}},
+                    "reason": {"type": "string", "enum": ["unparseable", "unmatched", "forged"],
+                               "description": "unparseable: not a DSN or ARF report Herald reads; unmatched: a report about no message or recipient here (or one that reports no failure); forged: a VERP or unsubscribe token that does not verify"},
+                    "detail": {"type": "string"},
+                    "message_id": {"type": ["string", "null"], "description": "The message it seemed to be about, if any"},
+                    "size": {"type": "integer", "description": "Bytes kept"}}});
     document["components"]["schemas"]["Message"]["properties"]["source"] = json!({
         "type": "string", "enum": ["api", "smtp"],
         "description": "How the message arrived: the HTTP API (or the CLI, the dashboard), or SMTP submission (HERALD_SMTP_LISTEN)"

@@ -110,7 +110,12 @@ pub async fn open_mode_guard(
         .into_response();
     }
     if request.uri().path().starts_with("/v1/")
-        && let Some(refusal) = browser_refusal(&state.hosts, request.method(), headers)
+        && let Some(refusal) = browser_refusal(
+            &state.hosts,
+            request.method(),
+            headers,
+            request.uri().path() == CSV_PATH,
+        )
     {
         return refusal.into_response();
     }
@@ -119,7 +124,12 @@ pub async fn open_mode_guard(
 
 /// Why a `/v1` request in the open mode looks like another site's page speaking through the visitor's
 /// browser, if it does.
-fn browser_refusal(hosts: &AllowedHosts, method: &Method, headers: &HeaderMap) -> Option<ApiError> {
+fn browser_refusal(
+    hosts: &AllowedHosts,
+    method: &Method,
+    headers: &HeaderMap,
+    csv_allowed: bool,
+) -> Option<ApiError> {
     let header_text = |name| {
         headers
             .get(name)
@@ -153,7 +163,8 @@ fn browser_refusal(hosts: &AllowedHosts, method: &Method, headers: &HeaderMap) -
     let content_type = header_text(header::CONTENT_TYPE.as_str());
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || header_text(header::CONTENT_LENGTH.as_str()).is_some_and(|n| n.trim() != "0");
-    if (has_body || content_type.is_some()) && !content_type.is_some_and(is_json) {
+    let csv = csv_allowed && content_type.is_some_and(is_csv);
+    if (has_body || content_type.is_some()) && !content_type.is_some_and(is_json) && !csv {
         return Some(ApiError {
             field: Some("Content-Type".into()),
             ..ApiError::new(
@@ -167,6 +178,18 @@ fn browser_refusal(hosts: &AllowedHosts, method: &Method, headers: &HeaderMap) -
         });
     }
     None
+}
+
+/// The one `/v1` route that takes another body than JSON: the suppression list's CSV import (issue 12).
+const CSV_PATH: &str = "/v1/suppressions/import";
+
+/// `text/csv`, with or without parameters. Like JSON and unlike `text/plain`, it is not a type a page may
+/// send to another site without the CORS preflight Herald never grants, so it keeps the guard's promise.
+fn is_csv(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/csv"))
 }
 
 /// `application/json`, `application/problem+json`, with or without parameters.
@@ -324,7 +347,7 @@ mod tests {
                     value.parse().unwrap(),
                 );
             }
-            browser_refusal(&hosts, &Method::POST, &headers).map(|e| (e.status, e.field))
+            browser_refusal(&hosts, &Method::POST, &headers, false).map(|e| (e.status, e.field))
         };
         let json = ("content-type", "application/json");
         let body = ("content-length", "10");

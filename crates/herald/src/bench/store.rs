@@ -119,6 +119,8 @@ fn stored(
         batch_id: Some("bench".into()),
         tags: vec![],
         metadata: serde_json::Value::Object(Default::default()),
+        ignore_suppressions: false,
+        unsubscribe_list: None,
     }
 }
 
@@ -288,5 +290,7 @@ pub(super) fn small(i: usize) -> NewMessage {
         batch_id: None,
         tags: vec![],
         metadata: serde_json::Value::Object(Default::default()),
+        ignore_suppressions: false,
+        unsubscribe_list: None,
     }
 }

@@ -154,7 +154,12 @@ impl RelayHealth {
                 RecipientStatus::Delivered => &self.delivered,
                 RecipientStatus::Deferred => &self.deferred,
                 RecipientStatus::Failed => &self.failed,
-                RecipientStatus::Pending | RecipientStatus::Cancelled => continue,
+                // Bounces and complaints arrive after delivery, never as an attempt's outcome.
+                RecipientStatus::Pending
+                | RecipientStatus::Cancelled
+                | RecipientStatus::Suppressed
+                | RecipientStatus::Bounced
+                | RecipientStatus::Complained => continue,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             if recipient.status != RecipientStatus::Delivered && error.is_none() {

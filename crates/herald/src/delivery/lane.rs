@@ -358,6 +358,7 @@ impl<T: Transport> Drop for Batch<'_, T> {
 pub(super) async fn run_lane<T: Transport>(
     worker: Arc<RelayWorker<T>>,
     outcomes: Arc<Outcomes>,
+    verp: Option<Arc<crate::bounce::Verp>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let index = worker.next_lane.fetch_add(1, Ordering::Relaxed);
@@ -395,8 +396,14 @@ pub(super) async fn run_lane<T: Transport>(
             .jobs
             .iter_mut()
             .map(|job| {
+                let positions: Vec<u32> =
+                    job.message.recipients.iter().map(|r| r.position).collect();
+                let sender = verp
+                    .as_ref()
+                    .and_then(|verp| verp.return_path(&job.message.id, &positions))
+                    .unwrap_or_else(|| job.message.sender.clone());
                 let envelope = Envelope {
-                    sender: job.message.sender.clone(),
+                    sender,
                     recipients: job
                         .message
                         .recipients

@@ -166,6 +166,9 @@ pub struct EngineOptions {
     /// rows; always 1 on SQLite). Each relay's `pool=`, `rate=` and `domain_concurrency=` are cluster totals
     /// that live nodes split (`limits::Share`).
     pub live_nodes: watch::Receiver<u32>,
+    /// With `HERALD_BOUNCE_DOMAIN` (issue 12): each transaction's envelope sender is a signed VERP address
+    /// naming the message (and its recipient, when it has one), instead of the message's sender.
+    pub verp: Option<Arc<crate::bounce::Verp>>,
 }
 
 /// A live-node count that always says 1: one process alone keeps its limits whole.
@@ -188,6 +191,7 @@ impl Default for EngineOptions {
             maintenance: Duration::from_secs(10),
             board: RelayBoard::default(),
             live_nodes: single_node(),
+            verp: None,
         }
     }
 }
@@ -288,6 +292,7 @@ impl<T: Transport> Engine<T> {
                 lanes.spawn(lane::run_lane(
                     worker.clone(),
                     outcomes.clone(),
+                    options.verp.clone(),
                     shutdown.clone(),
                 ));
             }

@@ -104,6 +104,9 @@ impl Service {
             batch_id: None,
             tags,
             metadata,
+            // A copy is checked like any new message; its old link still names the original.
+            ignore_suppressions: false,
+            unsubscribe_list: None,
         };
         let accepted = self.store.accept(vec![message]).await?;
         let new_id = accepted

@@ -16,7 +16,9 @@ use serde_json::{Map, Value};
 use super::{
     Queueing, Service, SubmitError,
     compose::{ComposedMessage, recipient_kinds},
-    invalid, parse_object, template_data, template_name,
+    invalid, parse_object,
+    suppressions::{UnsubscribeLinks, check_no_own_unsubscribe_headers},
+    template_data, template_name,
 };
 use crate::{
     request::{AttachmentRequest, Files, MessageRequest, OneOrMany, RequestError},
@@ -34,7 +36,11 @@ impl Service {
     ) -> Result<BatchAccepted, SubmitError> {
         let mut object = parse_object(body)?;
         let queueing = self.queueing_with_header(&mut object, idempotency_header)?;
+        let unsubscribe = self.take_unsubscribe(&mut object).await?;
         let batch = BatchRequest::take(&mut object, self)?;
+        if unsubscribe.is_some() {
+            check_no_own_unsubscribe_headers(batch.common.headers.iter().map(|(name, _)| name))?;
+        }
         let BatchRequest {
             template,
             common,
@@ -74,6 +80,7 @@ impl Service {
             recipient_limit: self.limits.recipients,
             budget: self.limits.request_bytes,
             spent: AtomicUsize::new(shared_bytes),
+            unsubscribe,
         });
         if shared_bytes > self.limits.request_bytes {
             return Err(SubmitError::OverBudget {
@@ -115,6 +122,14 @@ impl Service {
                 .first()
                 .map_or(crate::store::MessageStatus::Queued, Accepted::status),
             ids: accepted.iter().map(|a| a.id().to_owned()).collect(),
+            suppressed: accepted
+                .iter()
+                .flat_map(|a| {
+                    a.suppressed()
+                        .iter()
+                        .map(|address| (a.id().to_owned(), address.clone()))
+                })
+                .collect(),
             replayed,
         })
     }
@@ -129,6 +144,8 @@ pub struct BatchAccepted {
     pub status: crate::store::MessageStatus,
     /// The idempotency key was seen before: nothing new was queued.
     pub replayed: bool,
+    /// `(message id, address)` of each recipient on the suppression list (issue 12).
+    pub suppressed: Vec<(String, String)>,
 }
 
 /// One recipient of a batch.
@@ -243,7 +260,7 @@ impl BatchRequest {
             return Err(invalid(
                 unknown.as_str(),
                 "unknown field for a batch (template, from, reply_to, headers, recipients, attachments, \
-                 send_at, idempotency_key, tags, metadata)",
+                 send_at, idempotency_key, tags, metadata, ignore_suppressions, unsubscribe)",
             ));
         }
         Ok(Self {
@@ -273,6 +290,8 @@ struct BatchShared {
     /// [`Limits::request_bytes`], and the bytes the batch's messages have taken of it so far.
     budget: usize,
     spent: AtomicUsize,
+    /// `unsubscribe` (issue 12): each message gets its own link, naming it.
+    unsubscribe: Option<UnsubscribeLinks>,
 }
 
 enum BatchFailure {
@@ -401,6 +420,12 @@ fn compose_one(
             error,
         })),
     })?;
+    let mut headers = shared.common.headers.clone();
+    let link_id = shared.unsubscribe.as_ref().map(|links| {
+        let (id, pairs) = links.for_new_message();
+        headers.extend(pairs);
+        id
+    });
     let request = MessageRequest {
         from: shared.common.from.clone(),
         to: recipient.to.clone(),
@@ -411,7 +436,7 @@ fn compose_one(
         text: Some(rendered.text),
         html: rendered.html,
         attachments: Vec::new(),
-        headers: shared.common.headers.clone(),
+        headers,
     };
     // Errors about this recipient's fields name them; errors about shared fields keep their own names.
     let locate = |e: RequestError| {
@@ -434,6 +459,13 @@ fn compose_one(
     };
     let kinds =
         recipient_kinds(&request).map_err(|e| BatchFailure::Invalid(Box::new(locate(e))))?;
+    if shared.unsubscribe.is_some() && kinds.len() != 1 {
+        // The link names the message: each recipient needs their own (see `submit`).
+        return Err(BatchFailure::Invalid(Box::new(invalid(
+            format!("recipients[{i}].to"),
+            "one address per recipient with `unsubscribe` (each gets their own link)",
+        ))));
+    }
     if kinds.len() > shared.recipient_limit {
         return Err(BatchFailure::Invalid(Box::new(invalid(
             format!("recipients[{i}].to"),
@@ -469,5 +501,9 @@ fn compose_one(
         .map(|key| format!("{key}\u{1f}{i}"));
     let mut new = composed.into_new(queueing);
     new.batch_id = Some(shared.batch_id.clone());
+    if let (Some(id), Some(links)) = (link_id, &shared.unsubscribe) {
+        new.id = id.to_string();
+        new.unsubscribe_list = Some(links.list.clone());
+    }
     Ok(new)
 }

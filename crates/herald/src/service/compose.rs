@@ -7,7 +7,10 @@ use std::sync::Arc;
 use herald_mime::{ComposeOptions, Composed, Mailbox, Message};
 use serde_json::{Map, Value};
 
-use super::{Queueing, Service, SubmitError, invalid, parse_object, template_data, template_name};
+use super::{
+    Queueing, Service, SubmitError, invalid, parse_object,
+    suppressions::check_no_own_unsubscribe_headers, template_data, template_name,
+};
 use crate::{
     request::{Files, MessageRequest, RequestError},
     store::{
@@ -26,6 +29,25 @@ impl Service {
     ) -> Result<Accepted, SubmitError> {
         let mut object = parse_object(body)?;
         let queueing = self.queueing_with_header(&mut object, idempotency_header)?;
+        // One-click unsubscribe (issue 12): the headers go into the composed bytes, so the id they name is
+        // chosen first.
+        let unsubscribe = self.take_unsubscribe(&mut object).await?;
+        let mut chosen_id = None;
+        if let Some(links) = &unsubscribe {
+            if matches!(object.get("headers"), None | Some(Value::Null)) {
+                object.insert("headers".into(), Value::Object(Map::new()));
+            }
+            let Some(Value::Object(headers)) = object.get_mut("headers") else {
+                return Err(invalid(
+                    "headers",
+                    "must be an object of header names to strings",
+                ));
+            };
+            check_no_own_unsubscribe_headers(headers.keys())?;
+            let (id, pairs) = links.for_new_message();
+            headers.extend(pairs);
+            chosen_id = Some(id.to_string());
+        }
         // `compose` signs with the ring as read; read it again here when it is old (issue 13).
         self.dkim.refresh(&self.store).await;
         if object.contains_key("template") {
@@ -55,7 +77,20 @@ impl Service {
                 limit: self.limits.request_bytes,
             });
         }
-        let mut accepted = self.store.accept(vec![message.into_new(queueing)]).await?;
+        if unsubscribe.is_some() && message.recipients.len() != 1 {
+            // The link names the message, and the headers are the same bytes for every recipient: with
+            // several, one person's click would unsubscribe them all.
+            return Err(invalid(
+                "unsubscribe",
+                "needs a message per recipient (one address in to, no cc or bcc); send lists with /v1/batches",
+            ));
+        }
+        let mut new = message.into_new(queueing);
+        if let Some(id) = chosen_id {
+            new.id = id;
+        }
+        new.unsubscribe_list = unsubscribe.map(|links| links.list);
+        let mut accepted = self.store.accept(vec![new]).await?;
         Ok(accepted.remove(0))
     }
 
@@ -289,6 +324,8 @@ impl ComposedMessage {
             batch_id: None,
             tags: queueing.tags,
             metadata: queueing.metadata,
+            ignore_suppressions: queueing.ignore_suppressions,
+            unsubscribe_list: None,
         }
     }
 }

@@ -23,6 +23,8 @@ mod preview;
 mod stored_templates;
 // SMTP submission (issue 11).
 mod submitted;
+// The suppression list and one-click unsubscribe (issue 12).
+mod suppressions;
 // Webhook endpoints (issue 12).
 mod webhooks;
 
@@ -30,7 +32,14 @@ use bytes::Bytes;
 use herald_mime::ComposeOptions;
 use serde_json::{Map, Value};
 
-pub use self::{archive::check_search_text, batch::BatchAccepted, compose::ComposedMessage};
+pub use self::{
+    archive::check_search_text,
+    batch::BatchAccepted,
+    compose::ComposedMessage,
+    suppressions::{
+        SuppressionError, UNSUBSCRIBE_PURPOSE, Unsubscribed, check_address, check_scope,
+    },
+};
 // Moved to `text` (the templates use it too); re-exported so that `service::search_text` still works.
 pub use crate::text::search_text;
 use crate::{
@@ -144,6 +153,12 @@ pub struct Service {
     parts: std::sync::Arc<parts::PartCache>,
     /// DKIM keys every composed message is signed with (issue 13; see `dkim::signer`).
     pub dkim: crate::dkim::Signing,
+    /// The key of link tokens (issue 12), loaded on first use (see `suppressions`).
+    link_tokens: std::sync::Arc<tokio::sync::OnceCell<crate::link_tokens::LinkTokens>>,
+    /// `HERALD_PUBLIC_URL`: where unsubscribe links point (issue 12).
+    pub public_url: Option<String>,
+    /// `HERALD_BOUNCE_DOMAIN`: with it, List-Unsubscribe also offers `mailto:unsub+TOKEN@` that domain.
+    pub bounce_domain: Option<String>,
     /// Webhook endpoints (issue 12): the SSRF rule and the key that seals their secrets.
     pub webhooks: crate::events::manage::Management,
     /// Tells this node's webhook dispatcher that an endpoint changed.
@@ -157,9 +172,16 @@ pub struct Queueing {
     pub idempotency_key: Option<String>,
     pub tags: Vec<String>,
     pub metadata: Value,
+    /// `ignore_suppressions` (issue 12): send to suppressed recipients too (password resets and the like).
+    pub ignore_suppressions: bool,
 }
 
 impl Service {
+    /// The store the service writes to (the bounce intake applies its reports there).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn new(store: Store) -> Self {
         Self {
             store,
@@ -169,6 +191,9 @@ impl Service {
             renderer: Renderer::default(),
             parts: Default::default(),
             dkim: crate::dkim::Signing::default(),
+            link_tokens: Default::default(),
+            public_url: None,
+            bounce_domain: None,
             webhooks: Default::default(),
             webhooks_changed: Default::default(),
         }
@@ -244,6 +269,14 @@ impl Service {
                 }
                 queueing.tags.push(tag.to_owned());
             }
+        }
+        if let Some(value) = object
+            .remove("ignore_suppressions")
+            .filter(|v| !v.is_null())
+        {
+            queueing.ignore_suppressions = value
+                .as_bool()
+                .ok_or_else(|| invalid("ignore_suppressions", "must be true or false"))?;
         }
         if let Some(value) = object.remove("metadata").filter(|v| !v.is_null()) {
             if !value.is_object() {

@@ -6,6 +6,7 @@
 
 mod postgres;
 pub mod raw;
+mod reports;
 mod rows;
 pub mod rules;
 mod search;
@@ -18,6 +19,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 pub use postgres::{PgStore, Upkeep};
 pub use raw::{RawSegment, SharedBlob};
+pub use reports::*;
 pub use rules::{EVENT_INTERRUPTED, EVENT_STALE_OUTCOME, message_status_from};
 pub use search::{fold, index_terms, query_terms};
 pub use sqlite::{IndexLag, SqliteError, SqliteOptions, SqliteStore, WriterPhase, WriterProfile};
@@ -116,6 +118,19 @@ impl Store {
         pub async fn dkim_keys(&self) -> Result<Vec<crate::dkim::StoredKey>, StoreError>;
         pub async fn retire_dkim_keys(&self, domain: &str, keep: &str, at: Millis) -> Result<u64, StoreError>;
         pub async fn delete_dkim_key(&self, domain: &str, selector: &str) -> Result<bool, StoreError>;
+        // The suppression list (issue 12): store/sqlite/suppressions.rs, store/postgres/suppressions.rs.
+        pub async fn suppress(&self, entries: Vec<NewSuppression>) -> Result<u64, StoreError>;
+        pub async fn suppressions_of(&self, address: &str) -> Result<Vec<Suppression>, StoreError>;
+        pub async fn suppressions(&self, query: &SuppressionQuery) -> Result<SuppressionPage, StoreError>;
+        pub async fn delete_suppression(&self, address: &str, scope: Option<&str>) -> Result<u64, StoreError>;
+        pub async fn store_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
+        pub async fn unsubscribe_target(&self, id: &str) -> Result<Option<(String, Option<String>)>, StoreError>;
+        // Bounce and complaint intake (issue 12): store/sqlite/reports.rs, store/postgres/reports.rs.
+        pub async fn apply_report(&self, update: &ReportUpdate) -> Result<ReportApplied, StoreError>;
+        pub async fn keep_inbound(&self, mail: &InboundMail) -> Result<(), StoreError>;
+        pub async fn inbound(&self, before: Option<&str>, limit: u32) -> Result<InboundPage, StoreError>;
+        pub async fn inbound_mail(&self, id: &str) -> Result<Option<InboundMail>, StoreError>;
+        pub async fn prune_inbound(&self, received_before: Millis) -> Result<u64, StoreError>;
         // Webhooks (issue 12): store/sqlite/webhooks.rs, store/postgres/webhooks.rs.
         pub async fn create_webhook(&self, row: &WebhookRow) -> Result<(), StoreError>;
         pub async fn webhooks(&self) -> Result<Vec<WebhookRow>, StoreError>;

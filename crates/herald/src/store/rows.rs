@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use super::{
     ActivityBucket, Event, MessageStatus, MessageSummary, MessageView, RecipientView, SearchPage,
-    SessionInfo, StoredTemplate, TemplateSource, Unreadable,
+    SessionInfo, StoreError, StoredTemplate, Suppression, SuppressionPage, TemplateSource,
+    Unreadable, rules,
 };
 
 /// What a row type must decode for the mappings below.
@@ -210,4 +211,51 @@ pub fn session_info(token_hash: Vec<u8>, expires_at: super::Millis) -> Option<Se
         token_hash: token_hash.try_into().ok()?,
         expires_at,
     })
+}
+
+/// `SELECT address, scope, reason, source_message, created_at, expires_at` of `suppressions`.
+pub(super) fn suppression<R: HeraldRow>(row: &R) -> Result<Suppression, Unreadable>
+where
+    usize: ColumnIndex<R>,
+{
+    Ok(Suppression {
+        address: row.text(0),
+        scope: rules::scope_from_column(row.text(1)),
+        reason: Unreadable::parse("suppressions", "reason", &row.text(2))?,
+        source_message: row.opt_text(3),
+        created_at: row.int(4),
+        expires_at: row.opt_int(5),
+    })
+}
+
+/// The position after which a page of the suppression list starts: the last row's address and scope column
+/// (`("", "")`: from the start). A cursor is opaque to clients: base64url of `address\nscope`.
+pub(super) fn suppression_cursor(cursor: Option<&str>) -> Result<(String, String), StoreError> {
+    use base64::Engine as _;
+    let Some(cursor) = cursor.filter(|c| !c.is_empty()) else {
+        return Ok((String::new(), String::new()));
+    };
+    let invalid = || StoreError::InvalidQuery("not a cursor this list gave".into());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (address, scope) = text.split_once('\n').ok_or_else(invalid)?;
+    Ok((address.to_owned(), scope.to_owned()))
+}
+
+/// A page from `limit + 1` rows: the extra row only says there is a next page.
+pub(super) fn suppression_page(mut items: Vec<Suppression>, limit: u32) -> SuppressionPage {
+    use base64::Engine as _;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|last| {
+            let scope = rules::scope_column(last.scope.as_deref());
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!("{}\n{scope}", last.address))
+        })
+    } else {
+        None
+    };
+    SuppressionPage { items, next_cursor }
 }

@@ -6,7 +6,7 @@
 //! cannot drift apart again (they once did: the per-recipient timeline line named the recipient by its
 //! position on SQLite and by its address on PostgreSQL).
 
-use super::{MessageStatus, Millis, RecipientResult, RecipientStatus};
+use super::{MessageStatus, Millis, RecipientResult, RecipientStatus, SuppressionReason};
 
 /// The timeline event of an attempt cut short by its node stopping (crash, kill, partition). It does not count
 /// as an attempt: the message is due again at once with its attempts unspent.
@@ -36,7 +36,7 @@ macro_rules! open_recipients_sql {
 /// The SQL list of the recipient statuses [`RecipientStatus::is_final`] accepts: never changed again.
 macro_rules! final_recipients_sql {
     () => {
-        "('delivered', 'failed', 'cancelled')"
+        "('delivered', 'failed', 'cancelled', 'suppressed', 'bounced', 'complained')"
     };
 }
 
@@ -66,6 +66,129 @@ pub fn first_due(send_at: Option<Millis>, now: Millis) -> Millis {
     send_at.unwrap_or(now).max(now)
 }
 
+/// How a new message is stored once its recipients were checked against the suppression list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptedState {
+    pub status: MessageStatus,
+    /// `None`: never due (finished at accept).
+    pub next_attempt_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+/// A new message is [`accepted_status`] and [`first_due`], unless every recipient is suppressed: then there
+/// is nobody to send to and it is finished at once, `failed` as [`message_status_from`] says of a message
+/// delivered to nobody.
+pub fn accepted_state(send_at: Option<Millis>, now: Millis, all_suppressed: bool) -> AcceptedState {
+    if all_suppressed {
+        AcceptedState {
+            status: MessageStatus::Failed,
+            next_attempt_at: None,
+            finished_at: Some(now),
+        }
+    } else {
+        AcceptedState {
+            status: accepted_status(send_at, now),
+            next_attempt_at: Some(first_due(send_at, now)),
+            finished_at: None,
+        }
+    }
+}
+
+/// The form an address is kept in on the suppression list and compared in: lowercased whole (local part
+/// too: RFC 5321 lets a server tell `Ann@` from `ann@`, but no mailbox provider does, and mailing an address
+/// that asked not to be mailed is the worse mistake), with the domain in ASCII (IDNA), as recipients are sent.
+pub fn suppression_address(address: &str) -> String {
+    let address = address.trim();
+    match address.rsplit_once('@') {
+        Some((local, domain)) => {
+            let domain = idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase());
+            format!("{}@{domain}", local.to_lowercase())
+        }
+        None => address.to_lowercase(),
+    }
+}
+
+/// The `scope` column of a suppression: `''` for one that applies to every message.
+pub fn scope_column(scope: Option<&str>) -> &str {
+    scope.unwrap_or("")
+}
+
+/// A `scope` column read back.
+pub fn scope_from_column(scope: String) -> Option<String> {
+    (!scope.is_empty()).then_some(scope)
+}
+
+/// The scopes whose suppressions apply to a message: its tags and its unsubscribe list (an unscoped
+/// suppression applies to every message).
+pub fn message_scopes<'a>(tags: &'a [String], unsubscribe_list: Option<&'a str>) -> Vec<&'a str> {
+    tags.iter()
+        .map(String::as_str)
+        .chain(unsubscribe_list)
+        .collect()
+}
+
+/// Whether a stored suppression (its `scope` column and expiry) applies to a message with `scopes` now.
+pub fn suppression_applies(
+    scope: &str,
+    expires_at: Option<Millis>,
+    scopes: &[&str],
+    now: Millis,
+) -> bool {
+    expires_at.is_none_or(|at| at > now) && (scope.is_empty() || scopes.contains(&scope))
+}
+
+/// Whether a permanent failure says the mailbox does not exist (RFC 3463 §3.2, the 5.1.x address statuses):
+/// such an address is suppressed at once. Not 5.1.7/5.1.8 (the sender's address was refused), not the
+/// others of the class (5.1.4 ambiguous, 5.1.5 valid, 5.1.9 relayed), and not 5.7.x (policy: the mailbox may
+/// well exist).
+pub fn is_bad_mailbox(result: &RecipientResult) -> bool {
+    if result.status != RecipientStatus::Failed || result.smtp_code.is_none_or(|c| c < 500) {
+        return false;
+    }
+    let Some(enhanced) = result.enhanced_status.as_deref() else {
+        return false;
+    };
+    matches!(
+        enhanced.strip_prefix("5.1."),
+        Some("0" | "1" | "2" | "3" | "6" | "10")
+    )
+}
+
+/// The suppression a bad-mailbox failure ([`is_bad_mailbox`]) of message `id` adds: every message, for good.
+pub fn hard_bounce(result: &RecipientResult, id: &str) -> super::NewSuppression {
+    super::NewSuppression {
+        address: result.address.clone(),
+        scope: None,
+        reason: SuppressionReason::HardBounce,
+        source_message: Some(id.to_owned()),
+        expires_at: None,
+    }
+}
+
+/// The timeline kind of a recipient put on (or found on) the suppression list.
+pub const EVENT_SUPPRESSED: &str = "suppressed";
+
+/// The detail of a [`EVENT_SUPPRESSED`] line: why, and for which list.
+pub fn suppression_detail(reason: SuppressionReason, scope: Option<&str>) -> String {
+    match scope {
+        Some(scope) => format!("{reason} (scope {scope})"),
+        None => reason.to_string(),
+    }
+}
+
+/// A [`EVENT_SUPPRESSED`] line for `address`, its detail from [`suppression_detail`] (or, at accept,
+/// that the recipient was on the list).
+pub fn suppressed_event<'a>(address: &'a str, detail: &'a str) -> EventLine<'a> {
+    EventLine {
+        kind: EVENT_SUPPRESSED,
+        recipient: Some(address),
+        detail: Some(detail),
+    }
+}
+
+/// The detail of the line an accept writes for a recipient found on the suppression list.
+pub const SUPPRESSED_AT_ACCEPT: &str = "on the suppression list: not sent";
+
 /// The status a message given back without an outcome returns to: its attempt did not happen, so it is as
 /// it was before the claim (deferred once it has been tried, queued before).
 pub fn given_back_status(attempts: u32) -> MessageStatus {
@@ -87,7 +210,8 @@ pub fn message_status_from(recipients: &[RecipientStatus]) -> MessageStatus {
         MessageStatus::Deferred
     } else if any(R::Pending) {
         MessageStatus::Queued
-    } else if any(R::Delivered) {
+    } else if any(R::Delivered) || any(R::Complained) {
+        // A complaint comes from a mailbox the message reached; a bounce from one it did not.
         MessageStatus::Delivered
     } else if !recipients.is_empty() && recipients.iter().all(|s| *s == R::Cancelled) {
         MessageStatus::Cancelled
@@ -113,7 +237,9 @@ pub fn settle(recipients: &[RecipientStatus], retry_at: Option<Millis>, now: Mil
     let gave_up =
         matches!(status, MessageStatus::Deferred | MessageStatus::Queued) && retry_at.is_none();
     if gave_up {
-        status = if recipients.contains(&RecipientStatus::Delivered) {
+        status = if recipients.contains(&RecipientStatus::Delivered)
+            || recipients.contains(&RecipientStatus::Complained)
+        {
             MessageStatus::Delivered
         } else {
             MessageStatus::Failed
@@ -328,6 +454,81 @@ mod tests {
         assert_eq!(
             (pending.status, pending.next_attempt_at),
             (MessageStatus::Queued, Some(20))
+        );
+    }
+
+    #[test]
+    fn suppression_addresses_fold_case_and_idn_domains() {
+        assert_eq!(suppression_address(" Ann@Example.COM "), "ann@example.com");
+        assert_eq!(
+            suppression_address("Jo@Bücher.example"),
+            "jo@xn--bcher-kva.example"
+        );
+        assert_eq!(
+            suppression_address("jo@xn--bcher-kva.example"),
+            "jo@xn--bcher-kva.example"
+        );
+    }
+
+    #[test]
+    fn a_suppression_applies_within_its_scope_until_it_expires() {
+        let tags = ["news".to_owned()];
+        let scopes = message_scopes(&tags, Some("weekly"));
+        assert!(suppression_applies("", None, &scopes, 10));
+        assert!(suppression_applies("news", None, &scopes, 10));
+        assert!(suppression_applies("weekly", Some(11), &scopes, 10));
+        assert!(!suppression_applies("weekly", Some(10), &scopes, 10));
+        assert!(!suppression_applies("billing", None, &scopes, 10));
+        assert!(!suppression_applies("", Some(5), &[], 10));
+    }
+
+    #[test]
+    fn only_bad_mailbox_failures_suppress() {
+        let result = |status, code, enhanced: &str| RecipientResult {
+            position: 0,
+            address: "a@b.example".into(),
+            status,
+            smtp_code: Some(code),
+            enhanced_status: Some(enhanced.into()),
+            reply: None,
+        };
+        use RecipientStatus as R;
+        for enhanced in ["5.1.1", "5.1.2", "5.1.10", "5.1.0", "5.1.3", "5.1.6"] {
+            assert!(
+                is_bad_mailbox(&result(R::Failed, 550, enhanced)),
+                "{enhanced}"
+            );
+        }
+        for enhanced in ["5.7.1", "5.1.7", "5.1.8", "5.2.2", "5.1.1x", "5.1.11"] {
+            assert!(
+                !is_bad_mailbox(&result(R::Failed, 550, enhanced)),
+                "{enhanced}"
+            );
+        }
+        assert!(!is_bad_mailbox(&result(R::Deferred, 450, "4.1.1")));
+        assert!(!is_bad_mailbox(&result(R::Failed, 450, "5.1.1")));
+    }
+
+    #[test]
+    fn a_message_with_every_recipient_suppressed_is_finished_at_accept() {
+        let done = accepted_state(Some(99), 10, true);
+        assert_eq!(
+            (done.status, done.next_attempt_at, done.finished_at),
+            (MessageStatus::Failed, None, Some(10))
+        );
+        let later = accepted_state(Some(99), 10, false);
+        assert_eq!(
+            (later.status, later.next_attempt_at, later.finished_at),
+            (MessageStatus::Scheduled, Some(99), None)
+        );
+        use RecipientStatus as R;
+        assert_eq!(
+            message_status_from(&[R::Suppressed, R::Delivered]),
+            MessageStatus::Delivered
+        );
+        assert_eq!(
+            message_status_from(&[R::Suppressed, R::Pending]),
+            MessageStatus::Queued
         );
     }
 

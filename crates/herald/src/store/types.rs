@@ -116,13 +116,29 @@ string_enum! {
 }
 
 string_enum! {
-    /// Where one recipient of a message is. A message's status is derived from its recipients'.
+    /// Where one recipient of a message is. A message's status is derived from its recipients'. `Suppressed`
+    /// (issue 12) is set at accept for an address on the suppression list: it is never sent to.
     RecipientStatus {
         Pending => "pending",
         Deferred => "deferred",
         Delivered => "delivered",
         Failed => "failed",
         Cancelled => "cancelled",
+        Suppressed => "suppressed",
+        // Issue 12: a recipient the relay accepted, then reported back by an asynchronous DSN (bounced) or
+        // a complaint (ARF) from its mailbox provider.
+        Bounced => "bounced",
+        Complained => "complained",
+    }
+}
+
+string_enum! {
+    /// Why an address is on the suppression list (issue 12).
+    SuppressionReason {
+        HardBounce => "hard_bounce",
+        Complaint => "complaint",
+        Unsubscribe => "unsubscribe",
+        Manual => "manual",
     }
 }
 
@@ -156,7 +172,12 @@ impl RecipientStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            RecipientStatus::Delivered | RecipientStatus::Failed | RecipientStatus::Cancelled
+            RecipientStatus::Delivered
+                | RecipientStatus::Failed
+                | RecipientStatus::Cancelled
+                | RecipientStatus::Suppressed
+                | RecipientStatus::Bounced
+                | RecipientStatus::Complained
         )
     }
 }
@@ -185,13 +206,24 @@ pub struct NewMessage {
     pub metadata: serde_json::Value,
     /// The HTTP API (and CLI, dashboard) or SMTP submission.
     pub source: MessageSource,
+    /// `ignore_suppressions` (issue 12): sent to every recipient, suppressed or not (password resets and
+    /// other mail the recipient asked for).
+    pub ignore_suppressions: bool,
+    /// The `unsubscribe.list` of the message: its List-Unsubscribe link suppresses the recipient for this
+    /// list, and suppressions scoped to it apply to the message (as do those scoped to one of its tags).
+    pub unsubscribe_list: Option<String>,
 }
 
 /// What `accept` did with one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
-    /// Stored now, with this status (queued or scheduled).
-    New { id: String, status: MessageStatus },
+    /// Stored now, with this status (queued or scheduled; failed when every recipient was suppressed), and
+    /// the recipient addresses found on the suppression list (never sent to).
+    New {
+        id: String,
+        status: MessageStatus,
+        suppressed: Vec<String>,
+    },
     /// The idempotency key was seen before: nothing new was queued; this is the message it made.
     Existing { id: String, status: MessageStatus },
 }
@@ -206,6 +238,14 @@ impl Accepted {
     pub fn status(&self) -> MessageStatus {
         match self {
             Accepted::New { status, .. } | Accepted::Existing { status, .. } => *status,
+        }
+    }
+
+    /// The recipients suppressed at accept; empty for [`Accepted::Existing`] (the message resource tells).
+    pub fn suppressed(&self) -> &[String] {
+        match self {
+            Accepted::New { suppressed, .. } => suppressed,
+            Accepted::Existing { .. } => &[],
         }
     }
 }
@@ -409,4 +449,50 @@ pub struct HeartbeatReport {
     pub dead_nodes: Vec<String>,
     /// Messages those nodes were delivering, due again now (their attempt recorded as interrupted).
     pub released: u64,
+}
+
+/// An entry of the suppression list (issue 12): mail to `address` (within `scope`, if any) is not sent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Suppression {
+    /// Lowercased ([`super::rules::suppression_address`]).
+    pub address: String,
+    /// A tag or unsubscribe list; `None`: every message.
+    pub scope: Option<String>,
+    pub reason: SuppressionReason,
+    /// The message whose outcome (bounce, complaint, unsubscribe link) added it.
+    pub source_message: Option<String>,
+    pub created_at: Millis,
+    /// From then on it no longer applies; `None`: never expires.
+    pub expires_at: Option<Millis>,
+}
+
+/// A page of the suppression list, ordered by address and scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuppressionPage {
+    pub items: Vec<Suppression>,
+    /// Give it as `cursor` for the next page; `None` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Which part of the suppression list to read.
+#[derive(Debug, Clone, Default)]
+pub struct SuppressionQuery {
+    /// Addresses containing this text (case-insensitive).
+    pub contains: Option<String>,
+    pub limit: u32,
+    /// From a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+/// An entry to put on the suppression list ([`super::Store::suppress`]). An entry already there for the same
+/// address and scope takes the new reason and source, and keeps the later expiry (none beats any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSuppression {
+    /// As given; the store keeps it in [`super::rules::suppression_address`] form.
+    pub address: String,
+    pub scope: Option<String>,
+    pub reason: SuppressionReason,
+    /// The message it comes from: its timeline gets a `suppressed` line in the same transaction.
+    pub source_message: Option<String>,
+    pub expires_at: Option<Millis>,
 }

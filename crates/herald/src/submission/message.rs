@@ -18,8 +18,10 @@ const TAG: &str = "x-herald-tag";
 const SEND_AT: &str = "x-herald-send-at";
 const IDEMPOTENCY_KEY: &str = "x-herald-idempotency-key";
 const METADATA: &str = "x-herald-metadata";
-const CONTROL_HEADERS: &str =
-    "X-Herald-Tag, X-Herald-Send-At, X-Herald-Idempotency-Key, X-Herald-Metadata";
+/// Issue 12: `true` sends to suppressed recipients too.
+const IGNORE_SUPPRESSIONS: &str = "x-herald-ignore-suppressions";
+const CONTROL_HEADERS: &str = "X-Herald-Tag, X-Herald-Send-At, X-Herald-Idempotency-Key, X-Herald-Metadata, \
+     X-Herald-Ignore-Suppressions";
 
 /// Why a received message is not stored; the session answers `554 5.6.0` with it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -113,6 +115,16 @@ pub fn new_message(
             }
             IDEMPOTENCY_KEY => {
                 control.insert("idempotency_key".into(), Value::String(field.value()));
+                continue;
+            }
+            IGNORE_SUPPRESSIONS => {
+                // `true` or `false`, as the API's `ignore_suppressions` (issue 12).
+                let value = match field.value().trim().to_ascii_lowercase().as_str() {
+                    "true" => Value::Bool(true),
+                    "false" => Value::Bool(false),
+                    _ => Value::String(field.value()),
+                };
+                control.insert("ignore_suppressions".into(), value);
                 continue;
             }
             METADATA => {
@@ -235,6 +247,8 @@ pub fn new_message(
         batch_id: None,
         tags: queueing.tags,
         metadata: queueing.metadata,
+        ignore_suppressions: queueing.ignore_suppressions,
+        unsubscribe_list: None,
     })
 }
 
@@ -322,6 +336,7 @@ fn header_of(field: &str) -> String {
         "send_at" => "X-Herald-Send-At",
         "idempotency_key" => "X-Herald-Idempotency-Key",
         "metadata" => "X-Herald-Metadata",
+        "ignore_suppressions" => "X-Herald-Ignore-Suppressions",
         _ => "X-Herald-*",
     }
     .to_owned()

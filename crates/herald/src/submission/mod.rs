@@ -54,6 +54,9 @@ pub struct Shared {
     pub size_limit: usize,
     pub tls: Option<TlsAcceptor>,
     failures: FailureThrottle,
+    /// With `HERALD_BOUNCE_DOMAIN` (issue 12): mail for that domain is taken without AUTH and read as
+    /// bounces, complaints and unsubscribe requests.
+    pub bounce: Option<Arc<crate::bounce::Intake>>,
 }
 
 impl Shared {
@@ -138,6 +141,7 @@ pub fn spawn(
     settings: Settings,
     size_limit: usize,
     grace: Duration,
+    bounce: Option<Arc<crate::bounce::Intake>>,
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let tls = match (&settings.tls_cert, &settings.tls_key) {
@@ -156,6 +160,7 @@ pub fn spawn(
         size_limit,
         tls,
         failures: FailureThrottle::new(MAX_AUTH_FAILURES, FAILURE_WINDOW),
+        bounce,
     });
     let mut loops = JoinSet::new();
     for (listener, implicit) in [(listeners.plain, false), (listeners.implicit_tls, true)] {

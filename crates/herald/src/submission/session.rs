@@ -42,6 +42,12 @@ pub struct Session {
     /// oversized chunk closes the session).
     chunks: Option<(Vec<u8>, bool)>,
     errors: usize,
+    /// The open transaction began without AUTH where AUTH is required: only recipients at the bounce domain
+    /// are taken (issue 12; no open relay).
+    restricted: bool,
+    /// The open transaction's recipients are at the bounce domain (`Some(true)`) or elsewhere
+    /// (`Some(false)`); the two never mix in one transaction.
+    inbound: Option<bool>,
 }
 
 impl Session {
@@ -54,12 +60,16 @@ impl Session {
             envelope: None,
             chunks: None,
             errors: 0,
+            restricted: false,
+            inbound: None,
         }
     }
 
     fn reset(&mut self) {
         self.envelope = None;
         self.chunks = None;
+        self.restricted = false;
+        self.inbound = None;
     }
 
     /// AUTH is offered over TLS, and in clear text only to a client on this machine.
@@ -212,7 +222,10 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
                 wire.reply("503 5.5.1 a transaction is already open; send RSET first");
                 return Step::Refused;
             }
-            if !session.authenticated && shared.auth_required().await {
+            let restricted = !session.authenticated && shared.auth_required().await;
+            // With a bounce domain, a client without AUTH may still hand over reports for it: the
+            // recipients decide (RCPT below).
+            if restricted && shared.bounce.is_none() {
                 wire.reply(if session.may_authenticate() {
                     "530 5.7.0 authentication required: AUTH with an API token as the password"
                 } else {
@@ -228,13 +241,18 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
                 return Step::Refused;
             }
             let sender = from.address.trim();
-            if sender.is_empty() {
+            // RFC 3464 §2 / RFC 5321 §4.5.5: reports come from the null reverse path; with a bounce domain
+            // the recipients decide whether it is allowed (RCPT below).
+            let null_allowed = shared.bounce.is_some();
+            if sender.is_empty() && !null_allowed {
                 wire.reply(
                     "553 5.1.7 a submission needs a sender address (MAIL FROM:<you@example.com>)",
                 );
                 return Step::Refused;
             }
-            if let Err(error) = herald_mime::Address::parse(sender) {
+            if !sender.is_empty()
+                && let Err(error) = herald_mime::Address::parse(sender)
+            {
                 wire.reply(&format!(
                     "553 5.1.7 the sender address is not valid: {}",
                     printable(&error.to_string())
@@ -242,9 +260,15 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
                 return Step::Refused;
             }
             session.envelope = Some(Envelope {
-                sender: ascii_address(sender),
+                sender: if sender.is_empty() {
+                    String::new()
+                } else {
+                    ascii_address(sender)
+                },
                 recipients: Vec::new(),
             });
+            session.restricted = restricted;
+            session.inbound = None;
             wire.reply("250 2.1.0 sender ok");
             Step::Continue
         }
@@ -262,12 +286,49 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
                 return Step::Refused;
             }
             let address = ascii_address(address);
+            let inbound = shared
+                .bounce
+                .as_ref()
+                .is_some_and(|bounce| bounce.verp.is_ours(&address));
+            if !inbound {
+                if session.restricted {
+                    // Only the bounce domain takes mail without AUTH: anything else would be an open relay.
+                    wire.reply(if session.may_authenticate() {
+                        "530 5.7.0 authentication required: AUTH with an API token as the password"
+                    } else {
+                        "530 5.7.0 authentication required: send STARTTLS, then AUTH with an API token"
+                    });
+                    return Step::Refused;
+                }
+                if envelope.sender.is_empty() {
+                    wire.reply(
+                        "553 5.1.7 a submission needs a sender address (MAIL FROM:<you@example.com>)",
+                    );
+                    return Step::Refused;
+                }
+            }
+            if session.inbound.is_some_and(|open| open != inbound) {
+                // RFC 5321 §4.5.3.1.10: 452 lets the client send the others in a transaction of their own.
+                wire.reply(
+                    "452 4.5.3 mail for the bounce domain and other mail go in separate transactions",
+                );
+                return Step::Continue;
+            }
             if envelope
                 .recipients
                 .iter()
                 .any(|r| r.eq_ignore_ascii_case(&address))
             {
                 wire.reply("250 2.1.5 recipient ok (already given)");
+                return Step::Continue;
+            }
+            if inbound
+                && envelope.recipients.is_empty()
+                && let Some(bounce) = &shared.bounce
+                && !bounce.admit(session.peer.ip())
+            {
+                metrics::counter!("herald_inbound_rate_limited_total").increment(1);
+                wire.reply("451 4.7.1 too many reports from this address; try again later");
                 return Step::Continue;
             }
             let limit = shared.state.service.limits.recipients;
@@ -279,6 +340,7 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
                 return Step::Continue;
             }
             envelope.recipients.push(address);
+            session.inbound = Some(inbound);
             wire.reply("250 2.1.5 recipient ok");
             Step::Continue
         }
@@ -291,10 +353,11 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
                 return Step::Refused;
             }
             wire.reply("354 end the message with <CRLF>.<CRLF>");
-            let data = match wire
-                .data(shared.size_limit, shared.settings.data_timeout)
-                .await
-            {
+            let limit = match (&shared.bounce, session.inbound) {
+                (Some(bounce), Some(true)) => bounce.max_size,
+                _ => shared.size_limit,
+            };
+            let data = match wire.data(limit, shared.settings.data_timeout).await {
                 Ok(data) => data,
                 Err(end) => {
                     // A client that vanished mid-message: nothing of it is stored.
@@ -303,6 +366,10 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             };
             let envelope = session.envelope.take().expect("checked above");
+            if session.inbound == Some(true) {
+                return finish_inbound(shared, wire, session, envelope, data.bytes, data.oversized)
+                    .await;
+            }
             finish(shared, wire, envelope, data.bytes, data.oversized).await
         }
         Request::Bdat {
@@ -348,6 +415,9 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let (bytes, oversized) = session.chunks.take().expect("inserted above");
             let envelope = session.envelope.take().expect("checked above");
+            if session.inbound == Some(true) {
+                return finish_inbound(shared, wire, session, envelope, bytes, oversized).await;
+            }
             finish(shared, wire, envelope, bytes, oversized).await
         }
         Request::Rset => {
@@ -498,6 +568,51 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
             Step::Continue
         }
     }
+}
+
+/// Hands a report for the bounce domain to the intake (issue 12) and answers: `250` once it was applied or
+/// kept (either is committed), `451` when the store failed (the sending MTA tries again).
+async fn finish_inbound<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    wire: &mut Wire<S>,
+    session: &mut Session,
+    envelope: Envelope,
+    mut bytes: Vec<u8>,
+    oversized: bool,
+) -> Step {
+    session.inbound = None;
+    session.restricted = false;
+    let Some(bounce) = &shared.bounce else {
+        wire.reply("451 4.3.0 the bounce intake is not configured; try again later");
+        return Step::Continue;
+    };
+    let truncated = oversized || bytes.len() > bounce.max_size;
+    bytes.truncate(bounce.max_size);
+    let received = crate::bounce::intake::Received {
+        peer: session.peer.to_string(),
+        mail_from: envelope.sender,
+        rcpt_to: envelope.recipients,
+        bytes,
+        truncated,
+    };
+    match bounce.receive(&shared.state.service, received).await {
+        Ok(crate::bounce::intake::Outcome::Applied { recipients }) => {
+            wire.reply(&format!(
+                "250 2.0.0 report applied to {recipients} recipient(s)"
+            ));
+        }
+        Ok(crate::bounce::intake::Outcome::Kept { id, .. }) => {
+            wire.reply(&format!("250 2.0.0 kept for inspection as {id}"));
+        }
+        Err(error) => {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "storing a received report failed"
+            );
+            wire.reply("451 4.3.0 the report could not be stored; try again later");
+        }
+    }
+    Step::Continue
 }
 
 /// AUTH PLAIN (RFC 4616) and LOGIN: the password is an API token, the user name is free.

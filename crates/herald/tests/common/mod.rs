@@ -37,6 +37,8 @@ pub fn new_message(id: &str, sender: &str, recipients: &[&str], raw: Bytes) -> N
         batch_id: None,
         tags: vec![],
         metadata: serde_json::json!({}),
+        ignore_suppressions: false,
+        unsubscribe_list: None,
     }
 }
 

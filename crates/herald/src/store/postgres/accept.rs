@@ -9,11 +9,11 @@ use std::{
 use sqlx::{Executor, PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CHANNEL, PgStore, insert_events};
+use super::{CHANNEL, PgStore, insert_events, suppressions::suppressed_recipients};
 use crate::{
     clock::Clock,
     store::{
-        Accepted, MessageStatus, Millis, NewMessage, StoreError, Unreadable,
+        Accepted, MessageStatus, Millis, NewMessage, RecipientStatus, StoreError, Unreadable,
         raw::{self, RawSegment, SharedBlob},
         rules,
         search::index_terms,
@@ -108,7 +108,9 @@ pub(super) struct MessageColumns<'a> {
     senders: Vec<&'a str>,
     subjects: Vec<&'a str>,
     send_ats: Vec<Option<Millis>>,
-    dues: Vec<Millis>,
+    dues: Vec<Option<Millis>>,
+    finished: Vec<Option<Millis>>,
+    lists: Vec<Option<&'a str>>,
     keys: Vec<Option<&'a str>>,
     batches: Vec<Option<&'a str>>,
     tags: Vec<String>,
@@ -125,7 +127,13 @@ pub(super) async fn accept_group(
     messages: &[&NewMessage],
 ) -> Result<Vec<Accepted>, GroupError> {
     let mut tx = pool.begin().await?;
-    let status_of = |m: &NewMessage| rules::accepted_status(m.send_at, now);
+    // The suppression check (issue 12), in the accepting transaction, one lookup for the group.
+    let suppressed = suppressed_recipients(&mut tx, messages, now).await?;
+    let state_of = |i: usize| {
+        let all = !messages[i].recipients.is_empty()
+            && suppressed[i].len() == messages[i].recipients.len();
+        rules::accepted_state(messages[i].send_at, now, all)
+    };
     let mut blob_refs: HashMap<[u8; 32], (&SharedBlob, i64)> = HashMap::new();
     for m in messages {
         for segment in &m.raw {
@@ -137,13 +145,16 @@ pub(super) async fn accept_group(
     // Messages first: ON CONFLICT on the idempotency key tells which are new, even against another node's
     // concurrent accept of the same key.
     let mut c = MessageColumns::default();
-    for m in messages {
+    for (i, m) in messages.iter().enumerate() {
+        let state = state_of(i);
         c.ids.push(&m.id);
-        c.statuses.push(status_of(m).as_str());
+        c.statuses.push(state.status.as_str());
+        c.finished.push(state.finished_at);
+        c.lists.push(m.unsubscribe_list.as_deref());
         c.senders.push(&m.sender);
         c.subjects.push(&m.subject);
         c.send_ats.push(m.send_at);
-        c.dues.push(rules::first_due(m.send_at, now));
+        c.dues.push(state.next_attempt_at);
         c.keys.push(m.idempotency_key.as_deref());
         c.batches.push(m.batch_id.as_deref());
         c.tags
@@ -164,12 +175,14 @@ pub(super) async fn accept_group(
     }
     let inserted: HashSet<String> = sqlx::query(
         "INSERT INTO messages (id, status, sender, subject, created_at, send_at, next_attempt_at, idempotency_key,
-                               batch_id, tags, metadata, raw, raw_size, search, source)
+                               batch_id, tags, metadata, raw, raw_size, search, source, finished_at, unsubscribe_list)
          SELECT id, status, sender, subject, $7, send_at, due, key, batch, tags, metadata, raw, size,
-                array_to_tsvector(string_to_array(doc, ' ')), source
+                array_to_tsvector(string_to_array(doc, ' ')), source, finished, list
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $8::text[],
-                     $9::text[], $10::text[], $11::text[], $12::bytea[], $13::bigint[], $14::text[], $15::text[])
-              AS t(id, status, sender, subject, send_at, due, key, batch, tags, metadata, raw, size, doc, source)
+                     $9::text[], $10::text[], $11::text[], $12::bytea[], $13::bigint[], $14::text[], $15::text[],
+                     $16::bigint[], $17::text[])
+              AS t(id, status, sender, subject, send_at, due, key, batch, tags, metadata, raw, size, doc, source,
+                   finished, list)
          ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING id",
     )
@@ -188,16 +201,19 @@ pub(super) async fn accept_group(
     .bind(&c.sizes)
     .bind(&c.documents)
     .bind(&c.sources)
+    .bind(&c.finished)
+    .bind(&c.lists)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
     .map(|r| r.get(0))
     .collect();
 
-    let fresh: Vec<&NewMessage> = messages
+    let fresh: Vec<(usize, &NewMessage)> = messages
         .iter()
         .copied()
-        .filter(|m| inserted.contains(&m.id))
+        .enumerate()
+        .filter(|(_, m)| inserted.contains(&m.id))
         .collect();
     let repeated_keys: Vec<&str> = messages
         .iter()
@@ -220,7 +236,7 @@ pub(super) async fn accept_group(
 
     // Shared blobs of the messages actually stored.
     let mut stored_refs: HashMap<[u8; 32], i64> = HashMap::new();
-    for m in &fresh {
+    for (_, m) in &fresh {
         for segment in &m.raw {
             if let RawSegment::Shared { blob, .. } = segment {
                 *stored_refs.entry(blob.hash).or_default() += 1;
@@ -259,28 +275,35 @@ pub(super) async fn accept_group(
         }
     }
 
-    let (mut ids, mut positions, mut addresses, mut kinds) = (vec![], vec![], vec![], vec![]);
-    for m in &fresh {
+    let (mut ids, mut positions, mut addresses, mut kinds, mut statuses) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for (m_index, m) in &fresh {
         for (i, r) in m.recipients.iter().enumerate() {
             ids.push(m.id.as_str());
             positions.push(i as i32);
             addresses.push(r.address.as_str());
             kinds.push(r.kind.as_str());
+            statuses.push(if suppressed[*m_index].contains(&i) {
+                RecipientStatus::Suppressed.as_str()
+            } else {
+                RecipientStatus::Pending.as_str()
+            });
         }
     }
     sqlx::query(
         "INSERT INTO recipients (message_id, position, address, kind, status)
-         SELECT id, pos, address, kind, 'pending' FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[])
-              AS t(id, pos, address, kind)",
+         SELECT id, pos, address, kind, status FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::text[])
+              AS t(id, pos, address, kind, status)",
     )
     .bind(&ids)
     .bind(&positions)
     .bind(&addresses)
     .bind(&kinds)
+    .bind(&statuses)
     .execute(&mut *tx)
     .await?;
     let (mut tagged, mut tags) = (vec![], vec![]);
-    for m in &fresh {
+    for (_, m) in &fresh {
         for tag in m.tags.iter().collect::<HashSet<_>>() {
             tagged.push(m.id.as_str());
             tags.push(tag.as_str());
@@ -297,14 +320,19 @@ pub(super) async fn accept_group(
         .execute(&mut *tx)
         .await?;
     }
-    insert_events(
-        &mut tx,
-        now,
-        fresh
-            .iter()
-            .map(|m| (m.id.as_str(), rules::status_event(status_of(m)))),
-    )
-    .await?;
+    // Collected first: a lazy iterator of borrowed lines across the await is not Send-provable.
+    let mut lines = Vec::with_capacity(fresh.len());
+    for (i, m) in &fresh {
+        lines.push((m.id.as_str(), rules::status_event(state_of(*i).status)));
+        for &p in &suppressed[*i] {
+            let address = m.recipients[p].address.as_str();
+            lines.push((
+                m.id.as_str(),
+                rules::suppressed_event(address, rules::SUPPRESSED_AT_ACCEPT),
+            ));
+        }
+    }
+    insert_events(&mut tx, now, lines).await?;
     if !fresh.is_empty() {
         // Delivered with the commit: idle nodes wake only for work they can see.
         tx.execute(sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL))
@@ -314,11 +342,16 @@ pub(super) async fn accept_group(
 
     Ok(messages
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             if inserted.contains(&m.id) {
                 Accepted::New {
                     id: m.id.clone(),
-                    status: status_of(m),
+                    status: state_of(i).status,
+                    suppressed: suppressed[i]
+                        .iter()
+                        .map(|&p| m.recipients[p].address.clone())
+                        .collect(),
                 }
             } else {
                 let key = m.idempotency_key.as_deref().unwrap_or_default();

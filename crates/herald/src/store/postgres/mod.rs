@@ -17,9 +17,13 @@ mod archive;
 mod auth;
 // DKIM keys (issue 13).
 mod dkim;
+// Bounce and complaint intake (issue 12).
 mod nodes;
 mod queue;
+mod reports;
 mod search;
+// The suppression list (issue 12).
+mod suppressions;
 mod templates;
 mod upkeep;
 // Webhooks (issue 12).
@@ -94,6 +98,18 @@ pub(super) fn migrator() -> Migrator {
             14,
             "webhooks",
             include_str!("../../../migrations/postgres/0014_webhooks.sql"),
+        ),
+        // Issue 12, part B (suppression list, one-click unsubscribe); numbered as assigned to it.
+        migration(
+            15,
+            "suppressions",
+            include_str!("../../../migrations/postgres/0015_suppressions.sql"),
+        ),
+        // Issue 12, part C (bounce and complaint intake).
+        migration(
+            16,
+            "inbound",
+            include_str!("../../../migrations/postgres/0016_inbound.sql"),
         ),
     ])
 }

@@ -9,7 +9,7 @@ use std::{
 use bytes::Bytes;
 use sqlx::{Executor, Row};
 
-use super::{CHANNEL, PgStore, insert_events};
+use super::{CHANNEL, PgStore, insert_events, suppressions::suppress_in};
 use crate::store::{
     AttemptOutcome, CancelOutcome, ClaimedMessage, ClaimedRecipient, MessageStatus, Millis,
     RecipientResult, RecipientStatus, StoreError, Unreadable, raw,
@@ -216,6 +216,15 @@ impl PgStore {
                 .map(|(id, r)| (*id, rules::recipient_event(r))),
         )
         .await?;
+        // Mailboxes that do not exist: never mailed again, decided with the outcome (issue 12).
+        let bad_mailboxes: Vec<_> = results
+            .iter()
+            .filter(|(_, r)| rules::is_bad_mailbox(r))
+            .map(|(id, r)| rules::hard_bounce(r, id))
+            .collect();
+        if !bad_mailboxes.is_empty() {
+            suppress_in(&mut tx, &bad_mailboxes, now).await?;
+        }
 
         let owned_ids: Vec<&str> = owned.iter().map(|o| o.id.as_str()).collect();
         let mut statuses: HashMap<String, Vec<RecipientStatus>> = HashMap::new();

@@ -15,10 +15,11 @@ use super::{
     indexer::{IndexTerms, PendingDoc, mark_indexed_through},
     profile::{Laps, WriterPhase},
     raw_db::{RawDb, Value},
+    suppressions::suppressed,
     writer::{IndexBook, WriteOp, WriteResult, event},
 };
 use crate::store::{
-    Accepted, MessageStatus, Millis, NewMessage, StoreError, Unreadable,
+    Accepted, MessageStatus, Millis, NewMessage, RecipientStatus, StoreError, Unreadable,
     raw::{self, RawSegment, SharedBlob},
     rules,
 };
@@ -117,7 +118,21 @@ pub(super) fn accept(
                 continue;
             }
         }
-        let status = rules::accepted_status(message.send_at, now);
+        // The suppression check (issue 12), in the accepting transaction: one primary-key range per recipient.
+        let mut suppressed_at = Vec::new();
+        if !message.ignore_suppressions {
+            let scopes = rules::message_scopes(&message.tags, message.unsubscribe_list.as_deref());
+            for (position, recipient) in message.recipients.iter().enumerate() {
+                let address = rules::suppression_address(&recipient.address);
+                if suppressed(db, &address, &scopes, now)? {
+                    suppressed_at.push(position);
+                }
+            }
+        }
+        let all_suppressed =
+            !message.recipients.is_empty() && suppressed_at.len() == message.recipients.len();
+        let state = rules::accepted_state(message.send_at, now, all_suppressed);
+        let status = state.status;
         if let Some(key) = message.idempotency_key.as_deref() {
             made_here.insert(key, (message.id.clone(), status));
         }
@@ -133,8 +148,8 @@ pub(super) fn accept(
         let metadata = message.metadata.to_string();
         db.stmt(
             "INSERT INTO messages (id, status, sender, subject, created_at, send_at, next_attempt_at, attempts,
-             idempotency_key, batch_id, tags, metadata, raw, raw_size, source)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             idempotency_key, batch_id, tags, metadata, raw, raw_size, source, finished_at, unsubscribe_list)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?
         .bind([
             Value::Text(&message.id),
@@ -143,7 +158,7 @@ pub(super) fn accept(
             Value::Text(&message.subject),
             now.into(),
             message.send_at.into(),
-            rules::first_due(message.send_at, now).into(),
+            state.next_attempt_at.into(),
             message.idempotency_key.as_deref().into(),
             message.batch_id.as_deref().into(),
             Value::Text(&tags),
@@ -151,6 +166,8 @@ pub(super) fn accept(
             Value::Blob(&framed),
             (raw::wire_size(&message.raw) as i64).into(),
             message.source.as_str().into(),
+            state.finished_at.into(),
+            message.unsubscribe_list.as_deref().into(),
         ])?
         .execute()?;
         let rowid = db.last_insert_rowid();
@@ -170,14 +187,20 @@ pub(super) fn accept(
         });
         laps.lap(WriterPhase::Other);
         for (position, recipient) in message.recipients.iter().enumerate() {
+            let status = if suppressed_at.contains(&position) {
+                RecipientStatus::Suppressed
+            } else {
+                RecipientStatus::Pending
+            };
             db.stmt(
-                "INSERT INTO recipients (message_id, position, address, kind, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
+                "INSERT INTO recipients (message_id, position, address, kind, status) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .bind([
                 Value::Text(&message.id),
                 (position as i64).into(),
                 Value::Text(&recipient.address),
                 recipient.kind.as_str().into(),
+                status.as_str().into(),
             ])?
             .execute()?;
         }
@@ -192,10 +215,19 @@ pub(super) fn accept(
         }
         laps.lap(WriterPhase::Tags);
         event(db, &message.id, now, rules::status_event(status))?;
+        let suppressed: Vec<String> = suppressed_at
+            .iter()
+            .map(|&i| message.recipients[i].address.clone())
+            .collect();
+        for address in &suppressed {
+            let line = rules::suppressed_event(address, rules::SUPPRESSED_AT_ACCEPT);
+            event(db, &message.id, now, line)?;
+        }
         laps.lap(WriterPhase::Events);
         results.push(Accepted::New {
             id: message.id.clone(),
             status,
+            suppressed,
         });
     }
     // What the INSERT trigger on PostgreSQL counts, once per group here (see migrations/sqlite/0002).
@@ -206,16 +238,18 @@ pub(super) fn accept(
             .count() as i64
     };
     let (queued, scheduled) = (new(MessageStatus::Queued), new(MessageStatus::Scheduled));
-    if queued + scheduled > 0 {
-        db.stmt("UPDATE status_counts SET queued = queued + ?1, scheduled = scheduled + ?2 WHERE shard = 0")?
-            .bind([queued.into(), scheduled.into()])?
+    // Every recipient suppressed: finished at accept (see rules::accepted_state).
+    let failed = new(MessageStatus::Failed);
+    if queued + scheduled + failed > 0 {
+        db.stmt("UPDATE status_counts SET queued = queued + ?1, scheduled = scheduled + ?2, failed = failed + ?3 WHERE shard = 0")?
+            .bind([queued.into(), scheduled.into(), failed.into()])?
             .execute()?;
         db.stmt(
             "INSERT INTO activity (minute, shard, accepted)
              VALUES (CAST(unixepoch('subsec') * 1000 AS INTEGER) / 60000 * 60000, 0, ?1)
              ON CONFLICT (minute, shard) DO UPDATE SET accepted = accepted + excluded.accepted",
         )?
-        .bind([(queued + scheduled).into()])?
+        .bind([(queued + scheduled + failed).into()])?
         .execute()?;
     }
     laps.lap(WriterPhase::Counters);

@@ -19,11 +19,15 @@ mod auth;
 // DKIM keys (issue 13).
 mod dkim;
 mod indexer;
+// Bounce and complaint intake (issue 12).
 mod nodes;
 mod profile;
 mod queue;
 mod raw_db;
+mod reports;
 mod search;
+// The suppression list (issue 12).
+mod suppressions;
 mod templates;
 // Webhooks (issue 12).
 mod webhooks;
@@ -209,6 +213,18 @@ fn migrator() -> Migrator {
             14,
             "webhooks",
             include_str!("../../../migrations/sqlite/0014_webhooks.sql"),
+        ),
+        // Issue 12, part B (suppression list, one-click unsubscribe); numbered as assigned to it.
+        migration(
+            15,
+            "suppressions",
+            include_str!("../../../migrations/sqlite/0015_suppressions.sql"),
+        ),
+        // Issue 12, part C (bounce and complaint intake).
+        migration(
+            16,
+            "inbound",
+            include_str!("../../../migrations/sqlite/0016_inbound.sql"),
         ),
         // Issue 14: the full-text index filled beside the accept commit.
         migration(

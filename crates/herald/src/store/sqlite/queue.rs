@@ -9,6 +9,7 @@ use sqlx::Row;
 use super::{
     SqliteStore,
     raw_db::{RawDb, Value},
+    suppressions::suppress,
     writer::{WriteOp, WriteResult, event},
 };
 use crate::store::{
@@ -259,6 +260,10 @@ pub(super) fn record(
             ])?
             .execute()?;
             event(db, id, now, rules::recipient_event(r))?;
+            // The mailbox does not exist: never mailed again, decided with the outcome (issue 12).
+            if rules::is_bad_mailbox(r) {
+                suppress(db, &[rules::hard_bounce(r, id)], now)?;
+            }
         }
         statuses.clear();
         {

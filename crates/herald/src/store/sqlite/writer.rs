@@ -15,12 +15,15 @@ use super::{
     queue::{Claimed, cancel, claim, record},
     queue::{release, renew},
     raw_db::{DbResult, RawDb, SqliteError},
+    reports::apply_report,
+    suppressions::suppress,
     webhooks::{WebhookAnswer, WebhookWrite},
 };
 use crate::{
     clock::Clock,
     store::{
-        Accepted, AttemptOutcome, CancelOutcome, Millis, NewMessage, StoreError, Unreadable,
+        Accepted, AttemptOutcome, CancelOutcome, Millis, NewMessage, NewSuppression, ReportApplied,
+        ReportUpdate, StoreError, Unreadable,
         rules::{self, EventLine},
     },
 };
@@ -95,6 +98,16 @@ pub(super) enum WriteOp {
     Prune {
         finished_before: Millis,
         reply: oneshot::Sender<WriteResult<u64>>,
+    },
+    /// Entries for the suppression list (issue 12), with their messages' timeline lines.
+    Suppress {
+        entries: Vec<NewSuppression>,
+        reply: oneshot::Sender<WriteResult<u64>>,
+    },
+    /// A bounce or complaint applied to its recipient (issue 12).
+    Report {
+        update: ReportUpdate,
+        reply: oneshot::Sender<WriteResult<ReportApplied>>,
     },
     /// Webhook claims, outcomes and deletes (issue 12).
     Webhooks {
@@ -272,6 +285,7 @@ pub(super) enum Answer {
     Unit,
     Cancel(CancelOutcome),
     Count(u64),
+    Report(ReportApplied),
     Webhooks(WebhookAnswer),
 }
 
@@ -280,6 +294,7 @@ impl WriteOp {
         match self {
             WriteOp::Accept { messages, .. } => messages.len(),
             WriteOp::Record { outcomes, .. } => outcomes.len(),
+            WriteOp::Suppress { entries, .. } => entries.len(),
             WriteOp::Webhooks { op, .. } => op.weight(),
             _ => 1,
         }
@@ -294,12 +309,15 @@ impl WriteOp {
             (WriteOp::Claim { reply, .. }, Ok(Answer::Claimed(v))) => drop(reply.send(Ok(v))),
             (WriteOp::Record { reply, .. }, Ok(Answer::Unit)) => drop(reply.send(Ok(()))),
             (WriteOp::Cancel { reply, .. }, Ok(Answer::Cancel(v))) => drop(reply.send(Ok(v))),
+            (WriteOp::Report { reply, .. }, Ok(Answer::Report(v))) => drop(reply.send(Ok(v))),
+            (WriteOp::Report { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (WriteOp::Webhooks { reply, .. }, Ok(Answer::Webhooks(v))) => drop(reply.send(Ok(v))),
             (WriteOp::Webhooks { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (
                 WriteOp::Release { reply, .. }
                 | WriteOp::Prune { reply, .. }
                 | WriteOp::Renew { reply, .. }
+                | WriteOp::Suppress { reply, .. }
                 | WriteOp::Recover { reply },
                 Ok(Answer::Count(n)),
             ) => drop(reply.send(Ok(n))),
@@ -313,6 +331,7 @@ impl WriteOp {
                 WriteOp::Release { reply, .. }
                 | WriteOp::Prune { reply, .. }
                 | WriteOp::Renew { reply, .. }
+                | WriteOp::Suppress { reply, .. }
                 | WriteOp::Recover { reply },
                 Err(e),
             ) => drop(reply.send(Err(e))),
@@ -366,6 +385,8 @@ pub(super) fn apply_one(
             owner, lease, ids, ..
         } => Answer::Count(renew(db, owner, now + lease.as_millis() as Millis, ids)?),
         WriteOp::Recover { .. } => Answer::Count(recover(db, now)?),
+        WriteOp::Suppress { entries, .. } => Answer::Count(suppress(db, entries, now)?),
+        WriteOp::Report { update, .. } => Answer::Report(apply_report(db, update, now)?),
         WriteOp::Webhooks { op, .. } => Answer::Webhooks(super::webhooks::apply(db, op, now)?),
     })
 }
