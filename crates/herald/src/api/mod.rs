@@ -10,6 +10,8 @@ mod openapi;
 mod suppressions;
 mod templates;
 
+pub use self::suppressions::suppression_json;
+
 use axum::{
     Json, Router,
     body::Bytes,

@@ -14,3 +14,4 @@ pub mod queue;
 pub mod smtp;
 pub mod store;
 pub mod submission;
+pub mod suppressions;

@@ -23,6 +23,8 @@ pub enum BenchCommand {
     /// Measure a running `herald serve`'s SMTP submission: alerts/s and p99, idle sessions' memory, a
     /// connection burst (see scripts/bench-submission).
     Submission(bench::submission::SubmissionArgs),
+    /// Accept throughput with 0 and with 1,000,000 suppressed addresses, side by side (issue 12).
+    Suppressions(bench::suppressions::SuppressionsArgs),
 }
 
 /// Runs one bench.
@@ -35,5 +37,6 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Queue(args) => bench::queue::run(args),
         BenchCommand::Queries(args) => bench::queries::run(args),
         BenchCommand::Submission(args) => bench::submission::run(args),
+        BenchCommand::Suppressions(args) => bench::suppressions::run(args),
     }
 }

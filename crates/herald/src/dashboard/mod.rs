@@ -4,7 +4,8 @@
 //!
 //! Pages: overview (`/`, live over server-sent events from `/events`), the archive (`/messages`), a message
 //! (`/messages/{id}`, its HTML in a sandboxed frame from `/messages/{id}/html`), templates with a live preview
-//! (`/templates`), the capture inbox (`/inbox`) and the DKIM records to publish (`/dkim`). Sign-in and CSRF are in `session`.
+//! (`/templates`), the capture inbox (`/inbox`), the DKIM records to publish (`/dkim`) and the suppression list
+//! (`/suppressions`). Sign-in and CSRF are in `session`.
 //!
 //! Like the API, it takes the application state from `app` and asks the service for everything it shows or
 //! does; `serve` mounts it beside the API, and neither imports the other.
@@ -15,6 +16,8 @@ mod live;
 mod mail;
 mod pages;
 mod session;
+// Issue 12: the suppression list page.
+mod suppressions;
 
 use std::sync::LazyLock;
 
@@ -53,6 +56,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/templates/{name}/preview", post(pages::preview_template))
         .route("/inbox", get(pages::inbox))
         .route("/dkim", get(dkim::keys))
+        .route("/suppressions", get(suppressions::list))
         .route("/logout", post(session::logout))
         .route_layer(middleware::from_fn_with_state(state, session::guard));
     Router::new()
@@ -73,6 +77,7 @@ const VIEWS: &[(&str, &str)] = &[
     ("template.html", include_str!("views/template.html")),
     ("inbox.html", include_str!("views/inbox.html")),
     ("dkim.html", include_str!("views/dkim.html")),
+    ("suppressions.html", include_str!("views/suppressions.html")),
 ];
 
 /// The page templates, parsed once.
