@@ -141,6 +141,7 @@ async fn pages_show_the_archive_a_message_and_its_parts(backend: Backend) {
         "Rechnung März.txt",
         "Message-ID",
         "<strong>queued</strong>",
+        "<dt>Source</dt><dd>HTTP API</dd>",
     ] {
         assert!(detail.contains(expected), "detail lacks {expected:?}");
     }

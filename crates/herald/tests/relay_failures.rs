@@ -321,16 +321,32 @@ async fn missing_starttls_pauses_the_relay_and_nothing_goes_in_plaintext(t: Test
     .await;
     assert_eq!(view.attempts, 0);
     assert_eq!(running.relay().problem, Some(RelayProblem::StartTls));
-    // Retried with growing pauses (100, 200, 400, 800 ms …), not every 100 ms.
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(1_600) {
+    // Retried with growing pauses (100, 200, 400, 800 ms …), not every 100 ms. The pauses are on the
+    // store's clock: it is advanced in 100 ms steps, and after each step the test gives the delivery loop
+    // up to 200 ms of real time to connect, so that a loaded machine cannot make a due retry look missing.
+    let mut seen = server.connections();
+    let mut connected_at = Vec::new();
+    for step in 1..=16u64 {
         t.clock.advance(Duration::from_millis(100));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < deadline && server.connections() == seen {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let now = server.connections();
+        if now > seen {
+            connected_at.push(step * 100);
+            seen = now;
+        }
     }
-    let connections = server.connections();
+    let retries = connected_at.len();
     assert!(
-        (2..=6).contains(&connections),
-        "retried, with pauses that grow: {connections} connections in 1.6 s"
+        (2..=6).contains(&retries),
+        "retried, with pauses that grow: {retries} retries in 1.6 s of the clock, at {connected_at:?} ms"
+    );
+    let gaps: Vec<u64> = connected_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.windows(2).all(|g| g[1] >= g[0]),
+        "the pauses grow: retries at {connected_at:?} ms"
     );
     assert!(
         !server.commands().iter().any(|(_, c)| c.starts_with("MAIL")),

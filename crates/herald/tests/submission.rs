@@ -5,6 +5,7 @@
 // A test crate: a failed unwrap is a failed test (see Cargo.toml's [workspace.lints]).
 #![allow(clippy::unwrap_used)]
 
+mod common;
 mod dkim_check;
 mod submission_harness;
 
@@ -873,4 +874,112 @@ async fn a_submission_is_signed_after_its_control_headers_are_removed() {
     .await;
     dkim_check::assert_both(&records, &[("tampered".into(), tampered)], false).await;
     herald.stop().await;
+}
+
+/// Bytes no database compresses away, so that a size check sees every copy.
+fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ seed;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// (rows in `blobs`, bytes of all `messages.raw`) of the store at `url`.
+async fn stored_bodies(url: &str) -> (i64, i64) {
+    use sqlx::{Connection, Row};
+    let sql =
+        "SELECT (SELECT COUNT(*) FROM blobs), (SELECT COALESCE(SUM(LENGTH(raw)), 0) FROM messages)";
+    if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let sql = sql.replace("LENGTH(raw)", "octet_length(raw)");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        (row.get::<i64, _>(0), row.get::<i64, _>(1))
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        let row = sqlx::query(sql).fetch_one(&mut conn).await.unwrap();
+        (row.get::<i64, _>(0), row.get::<i64, _>(1))
+    }
+}
+
+/// An application that submits the same invoice PDF with every message: the PDF is stored once, on SQLite
+/// and on PostgreSQL, while the relay and `/raw` get every message byte for byte as submitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_attachment_is_stored_once_on_sqlite_and_postgresql() {
+    let mut stores = vec![None];
+    if let Some(url) = common::fresh_postgres_database().await {
+        stores.push(Some(url));
+    }
+    let pdf = base64::engine::general_purpose::STANDARD.encode(incompressible(30_000, 7));
+    let pdf: String = pdf
+        .as_bytes()
+        .chunks(76)
+        .map(|line| format!("{}\r\n", std::str::from_utf8(line).unwrap()))
+        .collect();
+    for pg_url in stores {
+        let mut setup = Setup::default();
+        if let Some(url) = &pg_url {
+            setup.env.push(("HERALD_DATABASE_URL", url.clone()));
+        }
+        let herald = start(setup).await;
+        let url = pg_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", herald.dir.path().join("herald.db").display())
+        });
+        let mut sent = Vec::new();
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let message = format!(
+                "From: billing@example.com\r\nTo: customer{n}@example.com\r\nSubject: Invoice {n}\r\n\
+                 Message-ID: <invoice-{n}@example.com>\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\n\
+                 MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+                 Content-Type: text/plain; charset=utf-8\r\n\r\nInvoice {n} attached.\r\n--b\r\n\
+                 Content-Type: application/pdf; name=\"invoice.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\
+                 Content-Disposition: attachment; filename=\"invoice.pdf\"\r\n\r\n{pdf}--b--\r\n"
+            );
+            let mut smtp = Raw::connect(herald.smtp).await;
+            expect(&smtp.reply().await, "220 ");
+            smtp.command("EHLO client.test").await;
+            expect(
+                &smtp.command("MAIL FROM:<billing@example.com>").await,
+                "250 ",
+            );
+            expect(
+                &smtp
+                    .command(&format!("RCPT TO:<customer{n}@example.com>"))
+                    .await,
+                "250 ",
+            );
+            expect(&smtp.command("DATA").await, "354 ");
+            smtp.send(format!("{message}.\r\n").as_bytes()).await;
+            let queued = smtp.reply().await;
+            expect(&queued, "250 2.0.0 queued as ");
+            ids.push(queued_id(&queued));
+            sent.push(message);
+        }
+        let transactions = relayed(&herald, 3).await;
+        for message in &sent {
+            assert!(
+                transactions.iter().any(|t| t.content == message.as_bytes()),
+                "the relay did not get this message byte for byte ({url})"
+            );
+        }
+        for (id, message) in ids.iter().zip(&sent) {
+            herald.wait_for_status(id, "delivered").await;
+            assert_eq!(herald.raw(id).await, message.as_bytes());
+        }
+        let (blobs, raw_bytes) = stored_bodies(&url).await;
+        assert_eq!(blobs, 1, "the PDF is one blob ({url})");
+        assert!(
+            raw_bytes < 3 * 2_000,
+            "three bodies take {raw_bytes} bytes besides the shared PDF ({url})"
+        );
+        herald.stop().await;
+    }
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     service::{Queueing, Service, SubmitError, search_text},
-    store::{MessageSource, NewMessage, NewRecipient, RawSegment, RecipientKind},
+    store::{MessageSource, NewMessage, NewRecipient, RawSegment, RecipientKind, SharedBlob},
 };
 
 /// Herald's control headers: read into the queueing fields, then removed.
@@ -183,12 +183,10 @@ pub fn new_message(
         // Only a body was sent: the added fields need the empty line that ends a header section.
         head.extend_from_slice(b"\r\n");
     }
-    let body = Bytes::copy_from_slice(&bytes[body_start..]);
-    drop(bytes);
-
-    let mut whole = Vec::with_capacity(head.len() + body.len());
+    let mut whole = Vec::with_capacity(head.len() + bytes.len() - body_start);
     whole.extend_from_slice(&head);
-    whole.extend_from_slice(&body);
+    whole.extend_from_slice(&bytes[body_start..]);
+    drop(bytes);
     let parsed = mail_parser::MessageParser::default().parse(&whole[..]);
     let subject = parsed
         .as_ref()
@@ -233,7 +231,9 @@ pub fn new_message(
             }
         })
         .collect();
+    let shared = shareable_parts(parsed.as_ref(), &whole);
     drop(parsed);
+    let raw = stored_segments(Bytes::from(whole), &shared);
     Ok(NewMessage {
         source: MessageSource::Smtp,
         id: uuid::Uuid::now_v7().to_string(),
@@ -241,16 +241,7 @@ pub fn new_message(
         subject,
         recipients,
         search_text: search,
-        raw: vec![
-            RawSegment::Literal {
-                bytes: Bytes::from(head),
-                dot_safe: false,
-            },
-            RawSegment::Literal {
-                bytes: body,
-                dot_safe: false,
-            },
-        ],
+        raw,
         send_at: queueing.send_at,
         idempotency_key: queueing.idempotency_key,
         batch_id: None,
@@ -259,6 +250,83 @@ pub fn new_message(
         ignore_suppressions: queueing.ignore_suppressions,
         unsubscribe_list: None,
     })
+}
+
+/// MIME leaf parts at least this large are stored as shared segments: an application that submits the same
+/// invoice PDF or logo with every message then stores it once (content-addressed, as the API path does),
+/// and the store writes kilobytes, not the whole message, per submission. Smaller parts are not worth a
+/// hash and a blob reference.
+const SHARED_PART_MIN: usize = 4 * 1024;
+
+/// The byte ranges of `whole` worth storing once by content: the bodies of large leaf parts, each from the
+/// start of a line to the end of its last complete line (segments begin at a line start and end with CRLF,
+/// the contract of the SMTP writer), in order and disjoint.
+fn shareable_parts(parsed: Option<&mail_parser::Message<'_>>, whole: &[u8]) -> Vec<(usize, usize)> {
+    let Some(parsed) = parsed else {
+        return Vec::new();
+    };
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for part in &parsed.parts {
+        if matches!(
+            part.body,
+            mail_parser::PartType::Multipart(_) | mail_parser::PartType::Message(_)
+        ) {
+            continue;
+        }
+        let start = part.offset_body as usize;
+        // The CRLF before a boundary delimiter belongs to the delimiter, so the body's last line end may be
+        // just past `offset_end`.
+        let limit = (part.offset_end as usize)
+            .saturating_add(2)
+            .min(whole.len());
+        if start == 0 || start >= limit || whole[start - 1] != b'\n' {
+            continue;
+        }
+        let Some(last_line_end) = memchr::memmem::rfind(&whole[start..limit], b"\r\n") else {
+            continue;
+        };
+        let end = start + last_line_end + 2;
+        let after_previous = ranges.last().is_none_or(|&(_, previous)| start >= previous);
+        if end - start >= SHARED_PART_MIN && after_previous {
+            ranges.push((start, end));
+        }
+    }
+    ranges
+}
+
+/// `whole` as stored segments: the `shared` ranges as content-addressed blobs, the rest as literals; each
+/// marked dot-safe when no line in it starts with `.`, so that delivery sends it without scanning.
+fn stored_segments(whole: Bytes, shared: &[(usize, usize)]) -> Vec<RawSegment> {
+    let mut segments = Vec::with_capacity(2 * shared.len() + 1);
+    let literal = |bytes: Bytes| RawSegment::Literal {
+        dot_safe: dot_safe(&bytes),
+        bytes,
+    };
+    let mut at = 0;
+    for &(start, end) in shared {
+        if start > at {
+            segments.push(literal(whole.slice(at..start)));
+        }
+        let bytes = whole.slice(start..end);
+        segments.push(RawSegment::Shared {
+            dot_safe: dot_safe(&bytes),
+            blob: SharedBlob::new(bytes),
+        });
+        at = end;
+    }
+    if at < whole.len() || segments.is_empty() {
+        segments.push(literal(whole.slice(at..)));
+    }
+    segments
+}
+
+/// Whether `lines` (starting at a line start, CRLF line ends: the session refused bare CR and LF) can be
+/// sent untouched: no line starts with `.` (the one thing DATA's dot-stuffing changes), and ASCII only,
+/// because delivery looks for 8-bit content (BODY=8BITMIME) only in the segments that are not dot-safe.
+fn dot_safe(lines: &[u8]) -> bool {
+    lines.is_ascii()
+        && lines.first() != Some(&b'.')
+        && memchr::memmem::find(lines, b"\n.").is_none()
 }
 
 /// The control header a queueing field came from (`tags[2]` → `X-Herald-Tag`).
@@ -310,6 +378,39 @@ mod tests {
                 "hidden@example.com".into(),
             ],
         }
+    }
+
+    /// A multipart submission with a large base64 attachment: the attachment body is one shared segment
+    /// (stored once by content), the rest literal, and the segments join to the submitted bytes.
+    #[tokio::test]
+    async fn a_large_attachment_is_stored_as_a_shared_segment_and_the_bytes_are_unchanged() {
+        let (service, _dir) = service().await;
+        let base64: String = (0..200).map(|i| format!("{:076}\r\n", i)).collect();
+        let text = "Hello\r\n.starts with a dot\r\n";
+        let sent = format!(
+            "From: app@example.com\r\nTo: a@example.com\r\nMessage-ID: <m2@example.com>\r\n\
+             Date: Thu, 03 Dec 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n\
+             Content-Type: text/plain\r\n\r\n{text}--b1\r\nContent-Type: application/pdf\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{base64}--b1--\r\n"
+        );
+        let message = new_message(sent.clone().into_bytes(), &envelope(), &service, "h").unwrap();
+        assert_eq!(join(&message.raw), sent.as_bytes());
+        let shared: Vec<&RawSegment> = message
+            .raw
+            .iter()
+            .filter(|s| matches!(s, RawSegment::Shared { .. }))
+            .collect();
+        assert_eq!(shared.len(), 1, "{:?}", message.raw);
+        assert_eq!(shared[0].bytes(), base64.as_bytes());
+        assert!(shared[0].dot_safe());
+        // The literal holding the text part has a line starting with a dot: it must be stuffed.
+        assert!(!message.raw[0].dot_safe());
+        assert!(message.raw.last().unwrap().dot_safe());
+        // Delivery looks for 8-bit content only in segments that are not dot-safe.
+        assert!(!dot_safe("Grüße\r\n".as_bytes()));
+        assert!(!dot_safe(b"a\r\n.b\r\n"));
+        assert!(dot_safe(b"a\r\nb.\r\n"));
     }
 
     #[tokio::test]
