@@ -354,6 +354,15 @@ async fn the_list_round_trips_through_csv_and_a_bad_line_is_named(backend: Backe
         .await
         .unwrap();
     assert_eq!(found["items"].as_array().unwrap().len(), 1);
+    // The dashboard's page searches the same list.
+    let page = app.get("/suppressions?q=quoted").await;
+    assert_eq!(page.status().as_u16(), 200);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("b,quoted") && page.contains("newsletter"),
+        "{page}"
+    );
+    assert!(!page.contains("a@example.test"), "{page}");
     let (status, error) = error_of(app.get("/v1/suppressions?cursor=zzz").await).await;
     assert_eq!((status, error["field"].as_str()), (422, Some("cursor")));
 }

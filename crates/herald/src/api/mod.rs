@@ -13,6 +13,8 @@ mod templates;
 // Issue 12.
 mod webhooks;
 
+pub use self::suppressions::suppression_json;
+
 use axum::{
     Json, Router,
     body::Bytes,

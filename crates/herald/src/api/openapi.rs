@@ -224,7 +224,7 @@ pub fn document() -> Value {
                         "smtp_code": {"type": ["integer", "null"]}, "enhanced_status": {"type": ["string", "null"]},
                         "smtp_reply": {"type": ["string", "null"]}}}},
                     "events": {"type": "array", "items": {"type": "object", "properties": {
-                        "at": {"type": "string", "format": "date-time"}, "type": {"type": "string", "description": "queued or scheduled (accepted), sending (claimed), cancelled, a recipient's status, attempt_<message status>; attempt_interrupted: the node delivering it stopped (not counted as an attempt, due again at once); stale_outcome: a result from a node that had lost the lease (shown, not applied); bounced, complained: a report received at HERALD_BOUNCE_DOMAIN (detail: the diagnostic); soft_bounced, delayed: a report of a temporary failure or a delay (the recipient's status is unchanged)"},
+                        "at": {"type": "string", "format": "date-time"}, "type": {"type": "string", "description": "queued or scheduled (accepted), sending (claimed), cancelled, a recipient's status, attempt_<message status>; attempt_interrupted: the node delivering it stopped (not counted as an attempt, due again at once); stale_outcome: a result from a node that had lost the lease (shown, not applied); bounced, complained: a report received at HERALD_BOUNCE_DOMAIN (detail: the diagnostic); soft_bounced, delayed: a report of a temporary failure or a delay (the recipient's status is unchanged); suppressed: the recipient was on the suppression list at accept, or was put on it (bad mailbox, unsubscribe link, bounce)"},
                         "recipient": {"type": ["string", "null"]}, "detail": {"type": ["string", "null"]}}}}}},
                 "BatchRequest": {"type": "object", "required": ["template", "recipients"], "properties": {
                     "template": {"type": "string"},
@@ -318,6 +318,7 @@ pub fn document() -> Value {
         "description": "How the message arrived: the HTTP API (or the CLI, the dashboard), or SMTP submission (HERALD_SMTP_LISTEN)"
     });
     add_webhooks(&mut document);
+    suppression_paths(&mut document);
     document
 }
 
@@ -417,4 +418,93 @@ fn add_webhooks(document: &mut Value) {
     {
         all.extend(more);
     }
+}
+
+/// Issue 12: the suppression list, unsubscribe links and the fields they add (apart, for `json!`'s limit).
+fn suppression_paths(document: &mut Value) {
+    let address_param = json!({"name": "address", "in": "path", "required": true,
+        "description": "An email address; compared lowercased, with its domain in ASCII (IDNA)", "schema": {"type": "string"}});
+    let token_param =
+        json!({"name": "token", "in": "path", "required": true, "schema": {"type": "string"}});
+    let list = json!({"type": "object", "required": ["items"], "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Suppression"}},
+        "next_cursor": {"type": ["string", "null"]}}});
+    document["paths"]["/v1/suppressions"] = json!({
+        "get": {
+            "summary": "The suppression list, by address and scope, a page at a time",
+            "parameters": [
+                {"name": "q", "in": "query", "description": "Addresses containing this text (case-insensitive)", "schema": {"type": "string", "maxLength": 254}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                {"name": "cursor", "in": "query", "description": "next_cursor of the previous page", "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "A page", "content": {"application/json": {"schema": list.clone()}}},
+                          "422": error_response("A bad limit or cursor (named in error.field)")}
+        },
+        "post": {
+            "summary": "Put an address on the list (an entry for the same address and scope is updated: new reason and source, the later expiry)",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SuppressionRequest"}}}},
+            "responses": {"201": {"description": "On the list", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Suppression"}}}},
+                          "422": error_response("A field is invalid (named in error.field)")}
+        }
+    });
+    document["paths"]["/v1/suppressions/{address}"] = json!({
+        "get": {"summary": "Every entry (all scopes) of one address", "parameters": [address_param.clone()],
+                "responses": {"200": {"description": "The entries", "content": {"application/json": {"schema": list}}},
+                              "404": error_response("Not on the list")}},
+        "delete": {"summary": "Take an address off the list: every entry, or with ?scope= only that scope's (an empty scope: the unscoped entry)",
+                   "parameters": [address_param, {"name": "scope", "in": "query", "schema": {"type": "string"}}],
+                   "responses": {"200": {"description": "Removed", "content": {"application/json": {"schema": {"type": "object", "properties": {"deleted": {"type": "integer"}}}}}},
+                                 "404": error_response("Not on the list")}}
+    });
+    document["paths"]["/v1/suppressions/import"] = json!({"post": {
+        "summary": "Add entries from CSV (columns address, scope, reason, expires_at, source_message; created_at ignored); every line is checked before any is stored",
+        "requestBody": {"required": true, "content": {"text/csv": {"schema": {"type": "string"}}}},
+        "responses": {"200": {"description": "Stored", "content": {"application/json": {"schema": {"type": "object", "properties": {"imported": {"type": "integer"}}}}}},
+                      "422": error_response("A bad line: error.field is `line N`, the message names the column")}
+    }});
+    document["paths"]["/v1/suppressions/export"] = json!({"get": {
+        "summary": "The whole list as CSV (address,scope,reason,expires_at,source_message,created_at), what import reads back",
+        "responses": {"200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}}
+    }});
+    document["paths"]["/u/{token}"] = json!({
+        "get": {"summary": "One-click unsubscribe: a confirmation page with a button (never unsubscribes by itself: link scanners fetch every URL)",
+                "security": [], "parameters": [token_param.clone()],
+                "responses": {"200": {"description": "The page", "content": {"text/html": {}}},
+                              "404": {"description": "Not a link Herald made (or its message is gone)"}}},
+        "post": {"summary": "One-click unsubscribe (RFC 8058): suppresses the message's recipient for the message's list; no login, no CSRF token (the signed token is the authority)",
+                 "security": [], "parameters": [token_param],
+                 "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {"type": "string", "example": "List-Unsubscribe=One-Click"}}}},
+                 "responses": {"200": {"description": "Unsubscribed (an empty body; a small page when posted by the confirmation page, from=page)"},
+                               "404": {"description": "Not a link Herald made (or its message is gone)"}}}
+    });
+    let schemas = &mut document["components"]["schemas"];
+    schemas["Suppression"] = json!({"type": "object", "required": ["address", "scope", "reason", "created_at"], "properties": {
+        "address": {"type": "string", "description": "Lowercased, the domain in ASCII"},
+        "scope": {"type": ["string", "null"], "description": "A tag or unsubscribe list; null: every message"},
+        "reason": {"type": "string", "enum": ["hard_bounce", "complaint", "unsubscribe", "manual"]},
+        "source_message": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "expires_at": {"type": ["string", "null"], "format": "date-time"}}});
+    schemas["SuppressionRequest"] = json!({"type": "object", "required": ["address"], "additionalProperties": false, "properties": {
+        "address": {"type": "string"}, "scope": {"type": "string", "description": "1 to 128 characters; absent: every message"},
+        "reason": {"type": "string", "enum": ["hard_bounce", "complaint", "unsubscribe", "manual"], "default": "manual"},
+        "expires_at": {"type": "string", "format": "date-time"},
+        "source_message": {"type": "string"}}});
+    let ignore = json!({"type": "boolean", "default": false,
+        "description": "Send to suppressed recipients too (password resets and other mail the recipient asked for)"});
+    let unsubscribe = json!({"type": "object", "required": ["list"], "additionalProperties": false,
+        "description": "Adds List-Unsubscribe (https link to HERALD_PUBLIC_URL/u/TOKEN, and mailto:unsub+TOKEN@HERALD_BOUNCE_DOMAIN when set) and List-Unsubscribe-Post: List-Unsubscribe=One-Click. Needs HERALD_PUBLIC_URL (else 422) and one recipient per message (a batch gives each its own link).",
+        "properties": {"list": {"type": "string", "description": "The list the link unsubscribes from (a suppression scoped to it)"}}});
+    for request in ["MessageRequest", "BatchRequest"] {
+        schemas[request]["properties"]["ignore_suppressions"] = ignore.clone();
+        schemas[request]["properties"]["unsubscribe"] = unsubscribe.clone();
+    }
+    let suppressed = json!({"type": "array", "items": {"type": "string"},
+        "description": "Recipients on the suppression list: not sent to (a message whose every recipient is is failed at once)"});
+    schemas["Accepted"]["properties"]["suppressed"] = suppressed.clone();
+    schemas["Message"]["properties"]["suppressed"] = suppressed;
+    schemas["BatchAccepted"]["properties"]["suppressed"] = json!({"type": "array", "items": {"type": "object",
+        "properties": {"id": {"type": "string"}, "address": {"type": "string"}}},
+        "description": "Recipients on the suppression list, with their message"});
+    schemas["Message"]["properties"]["recipients"]["items"]["properties"]["status"] = json!({"type": "string",
+        "enum": ["pending", "deferred", "delivered", "failed", "cancelled", "suppressed", "bounced", "complained"]});
 }

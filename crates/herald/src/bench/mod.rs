@@ -15,3 +15,4 @@ pub mod smtp;
 pub mod store;
 pub mod submission;
 pub mod webhooks;
+pub mod suppressions;

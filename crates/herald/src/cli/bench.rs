@@ -26,6 +26,8 @@ pub enum BenchCommand {
     /// Webhooks (issue 12): events/s signed to a local receiver, state change → 2xx latency at a steady
     /// rate, and the accept hot path with and without the outbox trigger.
     Webhooks(bench::webhooks::WebhooksArgs),
+    /// Accept throughput with 0 and with 1,000,000 suppressed addresses, side by side (issue 12).
+    Suppressions(bench::suppressions::SuppressionsArgs),
 }
 
 /// Runs one bench.
@@ -39,5 +41,6 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Queries(args) => bench::queries::run(args),
         BenchCommand::Submission(args) => bench::submission::run(args),
         BenchCommand::Webhooks(args) => bench::webhooks::run(args),
+        BenchCommand::Suppressions(args) => bench::suppressions::run(args),
     }
 }

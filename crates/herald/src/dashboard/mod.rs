@@ -4,7 +4,8 @@
 //!
 //! Pages: overview (`/`, live over server-sent events from `/events`), the archive (`/messages`), a message
 //! (`/messages/{id}`, its HTML in a sandboxed frame from `/messages/{id}/html`), templates with a live preview
-//! (`/templates`), the capture inbox (`/inbox`) and the DKIM records to publish (`/dkim`). Sign-in and CSRF are in `session`.
+//! (`/templates`), the capture inbox (`/inbox`), the DKIM records to publish (`/dkim`) and the suppression list
+//! (`/suppressions`). Sign-in and CSRF are in `session`.
 //!
 //! Like the API, it takes the application state from `app` and asks the service for everything it shows or
 //! does; `serve` mounts it beside the API, and neither imports the other.
@@ -17,6 +18,8 @@ mod mail;
 mod pages;
 mod session;
 mod webhooks;
+// Issue 12: the suppression list page.
+mod suppressions;
 
 use std::sync::LazyLock;
 
@@ -61,6 +64,7 @@ pub fn router(state: AppState) -> Router<AppState> {
             post(webhooks::send_again),
         )
         .route("/webhooks/{id}/{action}", post(webhooks::set_enabled))
+        .route("/suppressions", get(suppressions::list))
         .route("/logout", post(session::logout))
         .route_layer(middleware::from_fn_with_state(state, session::guard));
     Router::new()
@@ -82,6 +86,7 @@ const VIEWS: &[(&str, &str)] = &[
     ("inbox.html", include_str!("views/inbox.html")),
     ("dkim.html", include_str!("views/dkim.html")),
     ("webhooks.html", include_str!("views/webhooks.html")),
+    ("suppressions.html", include_str!("views/suppressions.html")),
 ];
 
 /// The page templates, parsed once.
