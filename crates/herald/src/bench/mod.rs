@@ -14,5 +14,5 @@ pub mod queue;
 pub mod smtp;
 pub mod store;
 pub mod submission;
-pub mod webhooks;
 pub mod suppressions;
+pub mod webhooks;
