@@ -25,19 +25,6 @@ on_both_stores!(
     a_shared_part_is_pruned_with_its_last_body_and_stored_again_when_sent_again,
 );
 
-/// Bytes no database compresses away, so that a size check sees every copy.
-fn incompressible(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ seed;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 /// The request of message `n`: personal fields, the same inline logo, PDF and dotted text file every time.
 fn request(n: usize) -> Vec<u8> {
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -49,9 +36,9 @@ fn request(n: usize) -> Vec<u8> {
         "html": format!("<p>Hello {n}</p><img src=\"cid:logo@example.test\">"),
         "attachments": [
             {"filename": "logo.png", "content_type": "image/png", "inline": true,
-             "content_id": "logo@example.test", "content_base64": b64.encode(incompressible(6_000, 1))},
+             "content_id": "logo@example.test", "content_base64": b64.encode(common::incompressible(6_000, 1))},
             {"filename": "invoice.pdf", "content_type": "application/pdf",
-             "content_base64": b64.encode(incompressible(60_000, 2))},
+             "content_base64": b64.encode(common::incompressible(60_000, 2))},
             // A line that starts with a dot: the one thing a shared segment's dot-safety could get wrong.
             {"filename": "notes.txt", "content_base64": b64.encode(".hidden\r\n..two\r\nplain\r\n")},
         ],

@@ -876,19 +876,6 @@ async fn a_submission_is_signed_after_its_control_headers_are_removed() {
     herald.stop().await;
 }
 
-/// Bytes no database compresses away, so that a size check sees every copy.
-fn incompressible(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ seed;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 /// (rows in `blobs`, bytes of all `messages.raw`) of the store at `url`.
 async fn stored_bodies(url: &str) -> (i64, i64) {
     use sqlx::{Connection, Row};
@@ -917,7 +904,7 @@ async fn a_repeated_attachment_is_stored_once_on_sqlite_and_postgresql() {
     if let Some(url) = common::fresh_postgres_database().await {
         stores.push(Some(url));
     }
-    let pdf = base64::engine::general_purpose::STANDARD.encode(incompressible(30_000, 7));
+    let pdf = base64::engine::general_purpose::STANDARD.encode(common::incompressible(30_000, 7));
     let pdf: String = pdf
         .as_bytes()
         .chunks(76)

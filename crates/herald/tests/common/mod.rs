@@ -166,3 +166,16 @@ macro_rules! on_both_stores {
         }
     };
 }
+
+/// Bytes no database compresses away, so that a size check sees every copy.
+pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ seed;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
