@@ -42,18 +42,7 @@ pub async fn list(
     params: Result<Query<InboundParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    let limit = match params.limit.as_deref() {
-        None => 50,
-        Some(text) => match text.parse::<u32>() {
-            Ok(n @ 1..=1000) => n,
-            _ => {
-                return Err(ApiError::invalid(
-                    "limit",
-                    "must be a whole number from 1 to 1000",
-                ));
-            }
-        },
-    };
+    let limit = super::page_limit(params.limit.as_deref(), 50, 1000)?;
     if let Some(cursor) = &params.cursor
         && uuid::Uuid::parse_str(cursor).is_err()
     {

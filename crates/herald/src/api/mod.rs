@@ -369,18 +369,7 @@ async fn list_messages(
             .transpose()
             .map_err(|e| ApiError::invalid(field, e))
     };
-    let limit = match params.limit.as_deref() {
-        None => 50,
-        Some(text) => match text.parse::<u32>() {
-            Ok(n @ 1..=1000) => n,
-            _ => {
-                return Err(ApiError::invalid(
-                    "limit",
-                    "must be a whole number from 1 to 1000",
-                ));
-            }
-        },
-    };
+    let limit = page_limit(params.limit.as_deref(), 50, 1000)?;
     let query = SearchQuery {
         status,
         to: params.to,
@@ -469,4 +458,18 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
         lag.oldest.as_secs_f64()
     ));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// A list route's `limit` query parameter: `default` when absent, otherwise a whole number from 1 to `max`.
+pub(crate) fn page_limit(text: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match text {
+        None => Ok(default),
+        Some(text) => match text.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::invalid(
+                "limit",
+                format!("must be a whole number from 1 to {max}"),
+            )),
+        },
+    }
 }

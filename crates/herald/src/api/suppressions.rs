@@ -64,18 +64,7 @@ pub async fn list(
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    let limit = match params.limit.as_deref() {
-        None => 100,
-        Some(text) => match text.parse::<u32>() {
-            Ok(n @ 1..=1000) => n,
-            _ => {
-                return Err(ApiError::invalid(
-                    "limit",
-                    "must be a whole number from 1 to 1000",
-                ));
-            }
-        },
-    };
+    let limit = super::page_limit(params.limit.as_deref(), 100, 1000)?;
     if params.q.as_deref().is_some_and(|q| q.len() > 254) {
         return Err(ApiError::invalid("q", "longer than 254 characters"));
     }

@@ -175,18 +175,7 @@ pub async fn deliveries(
     params: Result<Query<DeliveriesParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    let limit = match params.limit.as_deref() {
-        None => 50,
-        Some(text) => match text.parse::<u32>() {
-            Ok(n) if (1..=MAX_DELIVERIES_PAGE).contains(&n) => n,
-            _ => {
-                return Err(ApiError::invalid(
-                    "limit",
-                    format!("a whole number from 1 to {MAX_DELIVERIES_PAGE}"),
-                ));
-            }
-        },
-    };
+    let limit = super::page_limit(params.limit.as_deref(), 50, MAX_DELIVERIES_PAGE)?;
     let items: Vec<Value> = state
         .service
         .webhook_deliveries(&id, limit)
