@@ -531,8 +531,28 @@ impl WebDriverCompatibleCommand for BrowserLog {
     }
 }
 
-/// Starts chromedriver on a port of its choosing and waits until it says which.
+/// Starts chromedriver on a port of its choosing and waits until it says which. With `--port=0` chromedriver
+/// picks a free port and then binds it again, so a parallel test can take the port in between ("IPv4 port
+/// not available. Exiting..."): that start is tried again, up to three times.
 async fn start_driver(chromedriver: &Path) -> Driver {
+    let mut printed = String::new();
+    for _ in 0..3 {
+        match start_driver_once(chromedriver).await {
+            Ok(driver) => return driver,
+            Err(output) if output.contains("port not available") => printed = output,
+            Err(output) => {
+                printed = output;
+                break;
+            }
+        }
+    }
+    panic!(
+        "{} did not report its port within {DEADLINE:?}; it printed:\n{printed}",
+        chromedriver.display()
+    )
+}
+
+async fn start_driver_once(chromedriver: &Path) -> Result<Driver, String> {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("chromedriver.log");
     let mut child = Command::new(chromedriver)
@@ -570,14 +590,10 @@ async fn start_driver(chromedriver: &Path) -> Driver {
         _ => {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "{} did not report its port within {DEADLINE:?}; it printed:\n{}",
-                chromedriver.display(),
-                seen.lock().unwrap()
-            )
+            return Err(seen.lock().unwrap().clone());
         }
     };
-    Driver { child, port, dir }
+    Ok(Driver { child, port, dir })
 }
 
 fn driver_log(driver: &Driver) -> String {
