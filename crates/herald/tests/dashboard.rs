@@ -663,7 +663,389 @@ async fn the_overview_shows_a_relays_last_error(backend: Backend) {
     app.stop().await;
 }
 
+/// Text as the dashboard's templates escape it (minijinja's HTML escaping).
+fn escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#x27;")
+        .replace('/', "&#x2f;")
+}
+
+/// The signing secret a secret page shows in its read-only field.
+fn secret_of(html: &str) -> String {
+    let field = "id=\"webhook-secret\" class=\"secret\" value=\"";
+    let start = html
+        .find(field)
+        .unwrap_or_else(|| panic!("no secret field: {html}"))
+        + field.len();
+    let secret = html[start..start + html[start..].find('"').unwrap()].to_owned();
+    // Base64 has `/` and `+`; the page escapes the `/`.
+    let secret = secret.replace("&#x2f;", "/");
+    assert!(
+        secret.starts_with("whsec_") && secret.len() > 40,
+        "{secret}"
+    );
+    secret
+}
+
+/// Whether `page` shows `secret` in any form: whole, its key alone, or escaped.
+fn shows_secret(page: &str, secret: &str) -> bool {
+    let key = secret.strip_prefix("whsec_").unwrap();
+    [
+        secret.to_owned(),
+        escaped(secret),
+        key.to_owned(),
+        escaped(key),
+    ]
+    .iter()
+    .any(|form| page.contains(form.as_str()))
+}
+
+/// Signs in with the API token as the login form does; answers the session cookie (`name=value`).
+async fn sign_in(app: &TestApp, client: &reqwest::Client) -> String {
+    let signed_in = client
+        .post(format!("{}/login", app.base))
+        .form(&[("token", TOKEN), ("next", "/webhooks")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status().as_u16(), 303);
+    let set = cookie_of(&signed_in, "herald_session").unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+async fn signed_in_page(client: &reqwest::Client, session: &str, url: &str) -> (u16, String) {
+    let response = client
+        .get(url)
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn api_webhooks(app: &TestApp) -> Vec<Value> {
+    let answer: Value = app.get("/v1/webhooks").await.json().await.unwrap();
+    answer["items"].as_array().unwrap().clone()
+}
+
+/// Webhook endpoints managed from the dashboard, signed in, over plain HTTP: every change needs the session
+/// and the CSRF token; a refused field shows the form again naming it with what was typed kept (the API's
+/// checks); the secret is shown once, on the POST's own answer, never on the list or in a redirect.
+async fn webhook_endpoints_are_managed_from_the_dashboard(backend: Backend) {
+    let Some(mut app) = spawn_app(
+        backend,
+        Options {
+            api_token: Some(TOKEN),
+            env: &[("HERALD_WEBHOOK_ALLOW_PRIVATE", "1")],
+            ..DEFAULTS
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    app.token = Some(TOKEN.into());
+    let client = browser();
+    let base = app.base.clone();
+    let good = [
+        ("url", "http://127.0.0.1:9/orders"),
+        ("events", "message.failed"),
+        ("events", "message.delivered"),
+        ("description", "Orders team"),
+        ("enabled", "on"),
+    ];
+
+    // Without a session: sent to sign in, or refused; nothing is created.
+    let (status, _) = page(&app, "/webhooks/new").await;
+    assert_eq!(status, 303);
+    let anonymous = client
+        .post(format!("{base}/webhooks"))
+        .form(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+
+    let session = sign_in(&app, &client).await;
+    let form = client
+        .get(format!("{base}/webhooks/new"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status().as_u16(), 200);
+    let html = form.text().await.unwrap();
+    let csrf = csrf_of(&html);
+    // The defaults: enabled, no type ticked (every type).
+    assert!(
+        html.contains("name=\"enabled\" value=\"on\" checked"),
+        "{html}"
+    );
+    assert!(!html.contains("name=\"events\" value=\"message.failed\" checked"));
+    let with_csrf = |token: &str, fields: &[(&'static str, &'static str)]| {
+        let mut form: Vec<(String, String)> = vec![("csrf".into(), token.into())];
+        form.extend(fields.iter().map(|(k, v)| ((*k).into(), (*v).into())));
+        form
+    };
+
+    // The CSRF token missing, wrong, or the request from another site: refused, nothing created.
+    let missing = client
+        .post(format!("{base}/webhooks"))
+        .header("cookie", &session)
+        .form(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 403);
+    assert!(missing.text().await.unwrap().contains("security token"));
+    let forged = client
+        .post(format!("{base}/webhooks"))
+        .header("cookie", &session)
+        .form(&with_csrf("forged", &good))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
+    let cross = client
+        .post(format!("{base}/webhooks"))
+        .header("cookie", &session)
+        .header("origin", "https://evil.example")
+        .form(&with_csrf(&csrf, &good))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status().as_u16(), 403);
+    assert_eq!(api_webhooks(&app).await, Vec::<Value>::new());
+
+    // A bad URL: the form again, the field named, what was typed kept.
+    let bad = client
+        .post(format!("{base}/webhooks"))
+        .header("cookie", &session)
+        .form(&with_csrf(
+            &csrf,
+            &[
+                ("url", "ftp://hooks.example.test/in"),
+                ("events", "message.failed"),
+                ("description", "Orders <b>team</b>"),
+            ],
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 422);
+    let html = bad.text().await.unwrap();
+    let error = &html[html.find("id=\"webhook-error\"").expect("an error")..];
+    let error = &error[..error.find("</p>").unwrap()];
+    assert!(
+        error.contains("url: scheme") && error.contains("only http and https"),
+        "{error}"
+    );
+    assert!(
+        html.contains(&format!(
+            "value=\"{}\"",
+            escaped("ftp://hooks.example.test/in")
+        )),
+        "{html}"
+    );
+    assert!(html.contains(&format!("value=\"{}\"", escaped("Orders <b>team</b>"))));
+    assert!(!html.contains("<b>team</b>"), "the description is escaped");
+    assert!(html.contains("name=\"events\" value=\"message.failed\" checked"));
+    assert!(!html.contains("name=\"events\" value=\"message.delivered\" checked"));
+    assert!(
+        !html.contains("name=\"enabled\" value=\"on\" checked"),
+        "unticked stays unticked"
+    );
+    assert!(html.contains("aria-invalid=\"true\""));
+    // The API's other checks, named the same way.
+    for (fields, expected) in [
+        (&[("url", "")][..], "url: missing"),
+        (
+            &[
+                ("url", "http://127.0.0.1:9/x"),
+                ("events", "message.opened"),
+            ][..],
+            "events: events[0]: unknown event type",
+        ),
+    ] {
+        let refused = client
+            .post(format!("{base}/webhooks"))
+            .header("cookie", &session)
+            .form(&with_csrf(&csrf, fields))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status().as_u16(), 422, "{expected}");
+        let html = refused.text().await.unwrap();
+        assert!(html.contains(&escaped(expected)), "{expected}: {html}");
+    }
+    assert_eq!(api_webhooks(&app).await, Vec::<Value>::new());
+
+    // Created: the secret on this answer only, which no cache keeps.
+    let created = client
+        .post(format!("{base}/webhooks"))
+        .header("cookie", &session)
+        .form(&with_csrf(&csrf, &good))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 200);
+    assert_eq!(created.headers()["cache-control"], "no-store");
+    let html = created.text().await.unwrap();
+    assert!(html.contains("it will not be shown again"), "{html}");
+    let secret = secret_of(&html);
+    let hooks = api_webhooks(&app).await;
+    assert_eq!(hooks.len(), 1);
+    let hook = &hooks[0];
+    let id = hook["id"].as_str().unwrap().to_owned();
+    assert_eq!(hook["url"], "http://127.0.0.1:9/orders");
+    assert_eq!(
+        hook["events"],
+        json!(["message.failed", "message.delivered"])
+    );
+    assert_eq!(hook["description"], "Orders team");
+    assert_eq!(hook["enabled"], true);
+    assert!(html.contains(&id));
+
+    // Never again: not on the list, not on the edit form.
+    for path in ["/webhooks".to_owned(), format!("/webhooks/{id}/edit")] {
+        let (status, html) = signed_in_page(&client, &session, &format!("{base}{path}")).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            html.contains(&escaped("http://127.0.0.1:9/orders")),
+            "{path}: {html}"
+        );
+        assert!(!shows_secret(&html, &secret), "{path} shows the secret");
+    }
+
+    // Edit: the same checks; a refused field keeps the edits; a good change is saved.
+    let long = "x".repeat(1_001);
+    let refused = client
+        .post(format!("{base}/webhooks/{id}/edit"))
+        .header("cookie", &session)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("url", "http://127.0.0.1:9/renamed"),
+            ("description", long.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 422);
+    let html = refused.text().await.unwrap();
+    assert!(
+        html.contains("description: longer than 1000 characters"),
+        "{html}"
+    );
+    assert!(html.contains(&escaped("http://127.0.0.1:9/renamed")));
+    assert_eq!(api_webhooks(&app).await[0]["description"], "Orders team");
+    let no_csrf = client
+        .post(format!("{base}/webhooks/{id}/edit"))
+        .header("cookie", &session)
+        .form(&[("url", "http://127.0.0.1:9/renamed")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_csrf.status().as_u16(), 403);
+    let saved = client
+        .post(format!("{base}/webhooks/{id}/edit"))
+        .header("cookie", &session)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("url", "http://127.0.0.1:9/renamed"),
+            ("description", "Changed"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(saved.status().as_u16(), 303);
+    assert_eq!(saved.headers()["location"], "/webhooks?notice=saved");
+    let hook = &api_webhooks(&app).await[0];
+    assert_eq!(hook["url"], "http://127.0.0.1:9/renamed");
+    assert_eq!(hook["all_events"], true, "no box ticked: every type");
+    assert_eq!(hook["description"], "Changed");
+    assert_eq!(hook["enabled"], false);
+
+    // Rotate: asked first; refused without the token; the new secret once, the old one still signing.
+    let (status, confirm) =
+        signed_in_page(&client, &session, &format!("{base}/webhooks/{id}/rotate")).await;
+    assert_eq!(status, 200);
+    assert!(confirm.contains("24 hours") && confirm.contains("id=\"confirm-rotate\""));
+    let no_csrf = client
+        .post(format!("{base}/webhooks/{id}/rotate"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert!(no_csrf.status().is_client_error(), "{}", no_csrf.status());
+    assert_eq!(
+        api_webhooks(&app).await[0]["previous_secret_valid_until"],
+        Value::Null
+    );
+    let rotated = client
+        .post(format!("{base}/webhooks/{id}/rotate"))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status().as_u16(), 200);
+    assert_eq!(rotated.headers()["cache-control"], "no-store");
+    let html = rotated.text().await.unwrap();
+    let new_secret = secret_of(&html);
+    assert_ne!(new_secret, secret);
+    assert!(html.contains("it will not be shown again") && html.contains("24 hours"));
+    assert!(api_webhooks(&app).await[0]["previous_secret_valid_until"].is_string());
+    let (_, list) = signed_in_page(&client, &session, &format!("{base}/webhooks")).await;
+    assert!(!shows_secret(&list, &new_secret) && !shows_secret(&list, &secret));
+
+    // Delete: asked first; refused without the token; then gone, with a notice.
+    let (status, confirm) =
+        signed_in_page(&client, &session, &format!("{base}/webhooks/{id}/delete")).await;
+    assert_eq!(status, 200);
+    assert!(confirm.contains("id=\"confirm-delete\""));
+    let no_csrf = client
+        .post(format!("{base}/webhooks/{id}/delete"))
+        .header("cookie", &session)
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_csrf.status().as_u16(), 403);
+    assert_eq!(api_webhooks(&app).await.len(), 1);
+    let deleted = client
+        .post(format!("{base}/webhooks/{id}/delete"))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 303);
+    assert_eq!(deleted.headers()["location"], "/webhooks?notice=deleted");
+    assert_eq!(
+        app.get(&format!("/v1/webhooks/{id}"))
+            .await
+            .status()
+            .as_u16(),
+        404
+    );
+    let (_, list) = signed_in_page(
+        &client,
+        &session,
+        &format!("{base}/webhooks?notice=deleted"),
+    )
+    .await;
+    assert!(
+        list.contains("Endpoint deleted") && list.contains("id=\"no-webhooks\""),
+        "{list}"
+    );
+    app.stop().await;
+}
+
 on_both_backends!(
+    webhook_endpoints_are_managed_from_the_dashboard,
     the_overview_shows_a_relays_last_error,
     pages_show_the_archive_a_message_and_its_parts,
     cancel_and_resend_from_the_dashboard,

@@ -4,8 +4,9 @@
 //!
 //! Pages: overview (`/`, live over server-sent events from `/events`), the archive (`/messages`), a message
 //! (`/messages/{id}`, its HTML in a sandboxed frame from `/messages/{id}/html`), templates with a live preview
-//! (`/templates`), the capture inbox (`/inbox`), the DKIM records to publish (`/dkim`) and the suppression list
-//! (`/suppressions`). Sign-in and CSRF are in `session`.
+//! (`/templates`), the capture inbox (`/inbox`), the DKIM records to publish (`/dkim`), the webhook endpoints
+//! and their deliveries, managed there too (`/webhooks`), and the suppression list (`/suppressions`). Sign-in
+//! and CSRF are in `session`.
 //!
 //! Like the API, it takes the application state from `app` and asks the service for everything it shows or
 //! does; `serve` mounts it beside the API, and neither imports the other.
@@ -58,12 +59,26 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/templates/{name}/preview", post(pages::preview_template))
         .route("/inbox", get(pages::inbox))
         .route("/dkim", get(dkim::keys))
-        .route("/webhooks", get(webhooks::endpoints))
+        .route("/webhooks", get(webhooks::endpoints).post(webhooks::create))
+        .route("/webhooks/new", get(webhooks::new_form))
+        .route(
+            "/webhooks/{id}/edit",
+            get(webhooks::edit_form).post(webhooks::save),
+        )
+        .route(
+            "/webhooks/{id}/rotate",
+            get(webhooks::rotate_confirm).post(webhooks::rotate),
+        )
+        .route(
+            "/webhooks/{id}/delete",
+            get(webhooks::delete_confirm).post(webhooks::delete),
+        )
+        .route("/webhooks/{id}/enable", post(webhooks::enable))
+        .route("/webhooks/{id}/disable", post(webhooks::disable))
         .route(
             "/webhooks/{id}/deliveries/{delivery}/retry",
             post(webhooks::send_again),
         )
-        .route("/webhooks/{id}/{action}", post(webhooks::set_enabled))
         .route("/suppressions", get(suppressions::list))
         .route("/logout", post(session::logout))
         .route_layer(middleware::from_fn_with_state(state, session::guard));
@@ -86,6 +101,15 @@ const VIEWS: &[(&str, &str)] = &[
     ("inbox.html", include_str!("views/inbox.html")),
     ("dkim.html", include_str!("views/dkim.html")),
     ("webhooks.html", include_str!("views/webhooks.html")),
+    ("webhook_form.html", include_str!("views/webhook_form.html")),
+    (
+        "webhook_confirm.html",
+        include_str!("views/webhook_confirm.html"),
+    ),
+    (
+        "webhook_secret.html",
+        include_str!("views/webhook_secret.html"),
+    ),
     ("suppressions.html", include_str!("views/suppressions.html")),
 ];
 

@@ -26,7 +26,7 @@ use crate::{
 const PAGE_SIZE: u32 = 50;
 
 /// The context every page shares: which nav entry is current, and the viewer.
-fn base(page: &str, viewer: &Viewer, state: &AppState) -> minijinja::Value {
+pub(super) fn base(page: &str, viewer: &Viewer, state: &AppState) -> minijinja::Value {
     context! {
         page => page,
         csrf => viewer.csrf.clone(),
@@ -36,7 +36,7 @@ fn base(page: &str, viewer: &Viewer, state: &AppState) -> minijinja::Value {
 }
 
 /// Any serialisable value for a page's context.
-fn v<T: serde::Serialize>(value: &T) -> minijinja::Value {
+pub(super) fn v<T: serde::Serialize>(value: &T) -> minijinja::Value {
     minijinja::Value::from(minijinja::value::Serde(value))
 }
 
@@ -216,7 +216,7 @@ pub async fn messages(
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Notice {
-    notice: Option<String>,
+    pub(super) notice: Option<String>,
 }
 
 fn notice_text(notice: Option<&str>) -> Option<&'static str> {

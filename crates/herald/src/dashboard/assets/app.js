@@ -1,4 +1,4 @@
-// Herald dashboard: live overview, message tabs, template preview. Plain JavaScript, no build step.
+// Herald dashboard: live overview, message tabs, template preview, copying a secret. Plain JavaScript, no build step.
 "use strict";
 
 const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content ?? "";
@@ -240,8 +240,26 @@ function markLine(textarea, line) {
   textarea.dataset.errorLine = line;
 }
 
+// "Copy" beside a secret shown once: selects it (so Ctrl+C works whatever happens) and copies it where the
+// browser allows the clipboard.
+function startCopy() {
+  for (const button of $$("button[data-copy]")) {
+    button.addEventListener("click", async () => {
+      const field = document.getElementById(button.dataset.copy);
+      field.select();
+      try {
+        await navigator.clipboard.writeText(field.value);
+        button.textContent = "Copied";
+      } catch {
+        button.textContent = "Selected: press Ctrl+C";
+      }
+    });
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   startOverview();
   startTabs();
   startEditor();
+  startCopy();
 });
