@@ -675,6 +675,23 @@ async fn a_template_with_unsubscribe_gives_its_messages_the_link(backend: Backen
         listed["items"][0]["unsubscribe"],
         json!({"list": "newsletter"})
     );
+    // The OpenAPI document describes every field the template resources answer with.
+    let document: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let schemas = &document["components"]["schemas"];
+    let items = &document["paths"]["/v1/templates"]["get"]["responses"]["200"]["content"]["application/json"]
+        ["schema"]["properties"]["items"]["items"]["properties"];
+    for (fields, described) in [
+        (&got, &schemas["Template"]["properties"]),
+        (&got, &schemas["TemplateRequest"]["properties"]),
+        (&listed["items"][0], items),
+    ] {
+        for field in fields.as_object().unwrap().keys() {
+            assert!(
+                described.get(field).is_some(),
+                "{field} undocumented in {described}"
+            );
+        }
+    }
 
     // A message from the template carries the link, and the link unsubscribes from the template's list.
     let answer = accepted(
