@@ -497,9 +497,9 @@ fn relay_routes(config: &Config) -> anyhow::Result<Option<Routes<SmtpTransport>>
     }
 }
 
-/// Hourly housekeeping (first run at start): drops per-minute activity older than the chart shows, and raw
-/// bodies of messages finished longer ago than `retention` when one is configured. Every minute between,
-/// the store's own upkeep ([`Store::maintain`]).
+/// Hourly housekeeping (first run at start): drops per-minute activity older than the chart shows, expired
+/// suppressions, and raw bodies of messages finished longer ago than `retention` when one is configured.
+/// Every minute between, the store's own upkeep ([`Store::maintain`]).
 async fn prune_periodically(
     store: Store,
     retention: Option<Duration>,
@@ -532,6 +532,19 @@ async fn prune_periodically(
                     "pruning kept inbound mail failed; will retry"
                 ),
             }
+        }
+        // Issue 12: an expired suppression no longer applies, but would stay on the list (and in every export)
+        // for ever. Deleted a chunk per commit, by the store's clock, the one the accept-time check reads.
+        match store.prune_expired_suppressions(now).await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                metrics::counter!("herald_suppressions_expired_total").increment(deleted);
+                tracing::info!(deleted, "deleted expired suppressions");
+            }
+            Err(error) => tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "deleting expired suppressions failed; will retry"
+            ),
         }
         // Activity is counted in wall-clock time (not the store's clock), so it is pruned by it too.
         let cutoff = SystemClock.now() - ACTIVITY_RETENTION.as_millis() as i64;

@@ -361,12 +361,15 @@ async fn a_stored_bomb_is_a_422_at_send_also_after_a_restart() {
             ),
         ] {
             store
-                .put_template(&TemplateSource {
-                    name: name.into(),
-                    subject: "s".into(),
-                    text,
-                    html: html.map(str::to_owned),
-                })
+                .put_template(
+                    &TemplateSource {
+                        name: name.into(),
+                        subject: "s".into(),
+                        text,
+                        html: html.map(str::to_owned),
+                    },
+                    None,
+                )
                 .await
                 .unwrap();
         }

@@ -545,6 +545,86 @@ async fn the_template_editor_previews_drafts_and_saves(backend: Backend) {
     app.stop().await;
 }
 
+async fn the_template_editor_edits_the_unsubscribe_list(backend: Backend) {
+    let Some(mut app) = spawn_app(backend, DEFAULTS).await else {
+        return;
+    };
+    let client = browser();
+    let open = |app: &TestApp| client.get(format!("{}/templates/news", app.base)).send();
+    let editor = open(&app).await.unwrap();
+    let cookie = cookie_of(&editor, "herald_csrf").unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let html = editor.text().await.unwrap();
+    let csrf = csrf_of(&html);
+    assert!(
+        html.contains("name=\"unsubscribe_list\" value=\"\""),
+        "{html}"
+    );
+    assert!(html.contains("needs HERALD_PUBLIC_URL"), "{html}");
+    let save = |app: &TestApp, list: &str| {
+        client
+            .post(format!("{}/templates/news", app.base))
+            .header("cookie", &cookie)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("subject", "News"),
+                ("text", "Hi {{ name }}"),
+                ("html", ""),
+                ("unsubscribe_list", list),
+            ])
+            .send()
+    };
+    // Without HERALD_PUBLIC_URL the list is refused at its field, and nothing is stored.
+    let refused = save(&app, "newsletter").await.unwrap();
+    assert_eq!(refused.status().as_u16(), 422);
+    let html = refused.text().await.unwrap();
+    assert!(
+        html.contains("id=\"unsubscribe-error\"") && html.contains("HERALD_PUBLIC_URL"),
+        "{html}"
+    );
+    assert!(
+        html.contains("value=\"newsletter\""),
+        "what was typed stays: {html}"
+    );
+    assert_eq!(app.get_template("news").await.status().as_u16(), 404);
+
+    app.restart(Options {
+        env: &[("HERALD_PUBLIC_URL", "https://herald.example.test")],
+        ..DEFAULTS
+    })
+    .await;
+    // The CSRF cookie and token are the browser's own (double submit), so they stay valid.
+    assert_eq!(
+        save(&app, " <b>news</b> ").await.unwrap().status().as_u16(),
+        303
+    );
+    let stored: Value = app.get_template("news").await.json().await.unwrap();
+    assert_eq!(stored["unsubscribe"], json!({"list": "<b>news</b>"}));
+    let html = open(&app).await.unwrap().text().await.unwrap();
+    assert!(
+        html.contains("name=\"unsubscribe_list\" value=\"&lt;b&gt;news&lt;&#x2f;b&gt;\""),
+        "shown escaped: {html}"
+    );
+    assert!(!html.contains("needs HERALD_PUBLIC_URL"), "{html}");
+    // A bad name is refused at the field and the stored one stays.
+    let refused = save(&app, "news\u{7}").await.unwrap();
+    assert_eq!(refused.status().as_u16(), 422);
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("no control characters")
+    );
+    let stored: Value = app.get_template("news").await.json().await.unwrap();
+    assert_eq!(stored["unsubscribe"], json!({"list": "<b>news</b>"}));
+    // Emptied: none.
+    assert_eq!(save(&app, "").await.unwrap().status().as_u16(), 303);
+    let stored: Value = app.get_template("news").await.json().await.unwrap();
+    assert_eq!(stored["unsubscribe"], Value::Null);
+    app.stop().await;
+}
+
 async fn the_capture_inbox_lists_and_shows_captured_mail(backend: Backend) {
     let Some(app) = spawn_app(backend, CAPTURE).await else {
         return;
@@ -1051,6 +1131,7 @@ on_both_backends!(
     cancel_and_resend_from_the_dashboard,
     sign_in_is_required_when_a_token_is_set,
     the_template_editor_previews_drafts_and_saves,
+    the_template_editor_edits_the_unsubscribe_list,
     the_capture_inbox_lists_and_shows_captured_mail,
     the_live_stream_reflects_a_delivery_within_a_second,
 );

@@ -759,11 +759,17 @@ async fn templates_and_tokens_are_stored(t: TestStore) {
         text: None,
         html: Some("<p>Hi {{ name }}</p>".into()),
     };
-    t.store.put_template(&welcome).await.unwrap();
+    t.store
+        .put_template(&welcome, Some("newsletter"))
+        .await
+        .unwrap();
+    let stored = t.store.template("welcome").await.unwrap().unwrap();
+    assert_eq!(stored.unsubscribe_list.as_deref(), Some("newsletter"));
     welcome.text = Some("Hi {{ name }}".into());
-    t.store.put_template(&welcome).await.unwrap();
+    t.store.put_template(&welcome, None).await.unwrap();
     let stored = t.store.template("welcome").await.unwrap().unwrap();
     assert_eq!(stored.source, welcome, "the second put replaced the first");
+    assert_eq!(stored.unsubscribe_list, None, "and its unsubscribe");
     assert_eq!(t.store.templates().await.unwrap().len(), 1);
     assert!(t.store.template("nope").await.unwrap().is_none());
     assert!(t.store.delete_template("welcome").await.unwrap());

@@ -1,7 +1,8 @@
 //! The suppression list and one-click unsubscribe over HTTP (issue 12), on SQLite and PostgreSQL, with a real
 //! `herald serve` delivering to the herald-testkit relay: a suppressed recipient never reaches the relay while
 //! the others do, `ignore_suppressions`, a 5.1.1 reply suppresses, CSV round trip and a bad line named, and
-//! List-Unsubscribe links that unsubscribe on POST only, refuse forged tokens and are covered by DKIM.
+//! List-Unsubscribe links that unsubscribe on POST only, refuse forged tokens and are covered by DKIM; stored
+//! templates that carry `unsubscribe` (the request's own or `null` winning); expired entries pruned.
 #![allow(clippy::unwrap_used)]
 
 mod app;
@@ -20,6 +21,9 @@ on_both_backends!(
     the_list_round_trips_through_csv_and_a_bad_line_is_named,
     one_click_unsubscribe_works_on_post_only_and_is_signed,
     unsubscribe_needs_a_public_url_and_one_recipient_per_message,
+    a_template_with_unsubscribe_gives_its_messages_the_link,
+    a_template_unsubscribe_is_checked_and_its_refusals_say_so,
+    expired_entries_are_removed_by_the_housekeeping,
 );
 
 const SHOP: Options = Options {
@@ -616,4 +620,411 @@ async fn unsubscribe_needs_a_public_url_and_one_recipient_per_message(backend: B
         json!([]),
         "nothing stored"
     );
+}
+
+/// Posts the one-click unsubscribe of `token` as a mail client does.
+async fn one_click(app: &TestApp, token: &str) {
+    let done = app
+        .client
+        .post(format!("{}/u/{token}", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status().as_u16(), 200);
+}
+
+/// The scopes `address` is suppressed for, each with the message that put it there.
+async fn entries_of(app: &TestApp, address: &str) -> Vec<(Value, Value)> {
+    let response = app.get(&format!("/v1/suppressions/{address}")).await;
+    if response.status().as_u16() == 404 {
+        return Vec::new();
+    }
+    let listed: Value = response.json().await.unwrap();
+    listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["scope"].clone(), e["source_message"].clone()))
+        .collect()
+}
+
+fn has_list_unsubscribe(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    head.lines().any(|l| l.starts_with("list-unsubscribe"))
+}
+
+async fn a_template_with_unsubscribe_gives_its_messages_the_link(backend: Backend) {
+    let Some(app) = spawn_app(backend, PUBLIC).await else {
+        return;
+    };
+    let news = json!({"subject": "News for {{ name }}", "text": "Hi {{ name }}",
+                      "unsubscribe": {"list": "newsletter"}});
+    let response = app.put_template("news", &news).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let stored: Value = response.json().await.unwrap();
+    assert_eq!(stored["unsubscribe"], json!({"list": "newsletter"}));
+    // What GET returns can be PUT back, unsubscribe included.
+    let got: Value = app.get_template("news").await.json().await.unwrap();
+    assert_eq!(got["unsubscribe"], json!({"list": "newsletter"}));
+    assert_eq!(app.put_template("news", &got).await.status().as_u16(), 200);
+    let listed: Value = app.list_templates().await.json().await.unwrap();
+    assert_eq!(
+        listed["items"][0]["unsubscribe"],
+        json!({"list": "newsletter"})
+    );
+    // The OpenAPI document describes every field the template resources answer with.
+    let document: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let schemas = &document["components"]["schemas"];
+    let items = &document["paths"]["/v1/templates"]["get"]["responses"]["200"]["content"]["application/json"]
+        ["schema"]["properties"]["items"]["items"]["properties"];
+    for (fields, described) in [
+        (&got, &schemas["Template"]["properties"]),
+        (&got, &schemas["TemplateRequest"]["properties"]),
+        (&listed["items"][0], items),
+    ] {
+        for field in fields.as_object().unwrap().keys() {
+            assert!(
+                described.get(field).is_some(),
+                "{field} undocumented in {described}"
+            );
+        }
+    }
+
+    // A message from the template carries the link, and the link unsubscribes from the template's list.
+    let answer = accepted(
+        &app,
+        json!({"to": "ann@example.test", "template": "news", "data": {"name": "Ann"}}),
+    )
+    .await;
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let raw = app.get_raw(&id).await;
+    assert!(String::from_utf8_lossy(&raw).contains("Subject: News for Ann"));
+    let (value, token) = unsubscribe_header(&raw);
+    assert!(value.ends_with(&format!("<mailto:unsub+{token}@bounces.example.test>")));
+    assert!(entries_of(&app, "ann@example.test").await.is_empty());
+    one_click(&app, &token).await;
+    assert_eq!(
+        entries_of(&app, "ann@example.test").await,
+        [(json!("newsletter"), json!(id))]
+    );
+    // The template's list is the message's scope at accept: her next one is suppressed, a receipt is not.
+    let next = accepted(
+        &app,
+        json!({"to": "ann@example.test", "template": "news", "data": {"name": "Ann"}}),
+    )
+    .await;
+    assert_eq!(next["suppressed"], json!(["ann@example.test"]));
+    let receipt = accepted(
+        &app,
+        json!({"to": "ann@example.test", "subject": "Receipt", "text": "thanks"}),
+    )
+    .await;
+    assert_eq!(receipt["suppressed"], json!([]));
+
+    // The request's own unsubscribe wins over the template's.
+    let answer = accepted(
+        &app,
+        json!({"to": "bob@example.test", "template": "news", "data": {"name": "Bob"},
+               "unsubscribe": {"list": "offers"}}),
+    )
+    .await;
+    let bob_id = answer["id"].as_str().unwrap().to_owned();
+    let (_, token) = unsubscribe_header(&app.get_raw(&bob_id).await);
+    one_click(&app, &token).await;
+    assert_eq!(
+        entries_of(&app, "bob@example.test").await,
+        [(json!("offers"), json!(bob_id))]
+    );
+
+    // `"unsubscribe": null` sends one without the link: no headers, and several recipients are fine.
+    let answer = accepted(
+        &app,
+        json!({"to": ["cid@example.test", "dan@example.test"], "template": "news",
+               "data": {"name": "all"}, "unsubscribe": null}),
+    )
+    .await;
+    let raw = app.get_raw(answer["id"].as_str().unwrap()).await;
+    assert!(
+        !has_list_unsubscribe(&raw),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    app.wait_for_status(answer["id"].as_str().unwrap(), "delivered")
+        .await;
+
+    // A batch from the template: one link per message, each for its own recipient and the template's list.
+    let response = app
+        .post_batch(&json!({"template": "news", "recipients": [
+            {"to": "eve@example.test", "data": {"name": "Eve"}},
+            {"to": "fay@example.test", "data": {"name": "Fay"}}]}))
+        .await;
+    assert_eq!(response.status().as_u16(), 202);
+    let batch: Value = response.json().await.unwrap();
+    let fay_id = batch["ids"][1].as_str().unwrap().to_owned();
+    let (_, eve_token) = unsubscribe_header(&app.get_raw(batch["ids"][0].as_str().unwrap()).await);
+    let (_, fay_token) = unsubscribe_header(&app.get_raw(&fay_id).await);
+    assert_ne!(eve_token, fay_token);
+    one_click(&app, &fay_token).await;
+    assert_eq!(
+        entries_of(&app, "fay@example.test").await,
+        [(json!("newsletter"), json!(fay_id))]
+    );
+    assert!(entries_of(&app, "eve@example.test").await.is_empty());
+    // A batch that says null: none.
+    let response = app
+        .post_batch(
+            &json!({"template": "news", "unsubscribe": null, "recipients": [
+            {"to": "gus@example.test", "data": {"name": "Gus"}}]}),
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 202);
+    let batch: Value = response.json().await.unwrap();
+    assert!(!has_list_unsubscribe(
+        &app.get_raw(batch["ids"][0].as_str().unwrap()).await
+    ));
+
+    // Stored again without unsubscribe: its messages have no link.
+    let response = app
+        .put_template(
+            "news",
+            &json!({"subject": "News for {{ name }}", "text": "Hi {{ name }}"}),
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 200);
+    let stored: Value = response.json().await.unwrap();
+    assert_eq!(stored["unsubscribe"], Value::Null);
+    let answer = accepted(
+        &app,
+        json!({"to": "hal@example.test", "template": "news", "data": {"name": "Hal"}}),
+    )
+    .await;
+    assert!(!has_list_unsubscribe(
+        &app.get_raw(answer["id"].as_str().unwrap()).await
+    ));
+}
+
+async fn a_template_unsubscribe_is_checked_and_its_refusals_say_so(backend: Backend) {
+    let Some(mut app) = spawn_app(backend, SHOP).await else {
+        return;
+    };
+    let news =
+        json!({"subject": "News", "text": "Hi {{ name }}", "unsubscribe": {"list": "newsletter"}});
+    // Without HERALD_PUBLIC_URL every message from it would be refused: so is the template.
+    let (status, error) = error_of(app.put_template("news", &news).await).await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (422, Some("unsubscribe")),
+        "{error}"
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("HERALD_PUBLIC_URL"),
+        "{error}"
+    );
+    assert_eq!(app.get_template("news").await.status().as_u16(), 404);
+
+    app.restart(PUBLIC).await;
+    for (unsubscribe, field) in [
+        (json!("newsletter"), "unsubscribe"),
+        (json!({}), "unsubscribe.list"),
+        (json!({"list": 7}), "unsubscribe.list"),
+        (json!({"list": ""}), "unsubscribe.list"),
+        (json!({"list": "news", "scope": "x"}), "unsubscribe.scope"),
+    ] {
+        let (status, error) = error_of(
+            app.put_template(
+                "news",
+                &json!({"subject": "News", "text": "x", "unsubscribe": unsubscribe}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(
+            (status, error["field"].as_str()),
+            (422, Some(field)),
+            "{unsubscribe}: {error}"
+        );
+    }
+    assert_eq!(app.get_template("news").await.status().as_u16(), 404);
+    assert_eq!(app.put_template("news", &news).await.status().as_u16(), 200);
+
+    // The single-recipient rule and the own-header rule hold for the template's unsubscribe, and the refusal
+    // says where the unsubscribe comes from and how to send without it.
+    let data = json!({"name": "x"});
+    for (body, field) in [
+        (
+            json!({"to": ["a@example.test", "b@example.test"], "template": "news", "data": data}),
+            "unsubscribe",
+        ),
+        (
+            json!({"to": "a@example.test", "cc": "b@example.test", "template": "news", "data": data}),
+            "unsubscribe",
+        ),
+        (
+            json!({"to": "a@example.test", "template": "news", "data": data,
+                   "headers": {"List-Unsubscribe": "<https://elsewhere.example/>"}}),
+            "headers.List-Unsubscribe",
+        ),
+    ] {
+        let (status, error) = error_of(app.post_message(&body).await).await;
+        assert_eq!(
+            (status, error["field"].as_str()),
+            (422, Some(field)),
+            "{error}"
+        );
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("template \"news\"") && message.contains("\"unsubscribe\": null"),
+            "{message}"
+        );
+    }
+    let (status, error) = error_of(
+        app.post_batch(&json!({"template": "news", "recipients": [
+            {"to": ["a@example.test", "b@example.test"], "data": data}]}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (422, Some("recipients[0].to")),
+        "{error}"
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("template \"news\"")
+    );
+    // The request's own `unsubscribe` is refused without the template being named.
+    let (status, error) = error_of(
+        app.post_message(
+            &json!({"to": ["a@example.test", "b@example.test"], "template": "news",
+                                  "data": data, "unsubscribe": {"list": "other"}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (422, Some("unsubscribe"))
+    );
+    assert!(
+        !error["message"].as_str().unwrap().contains("template"),
+        "{error}"
+    );
+    assert_eq!(
+        app.list_messages("").await["items"],
+        json!([]),
+        "nothing stored"
+    );
+
+    // A server without HERALD_PUBLIC_URL refuses the stored template's messages, naming it; null sends.
+    app.restart(SHOP).await;
+    let (status, error) = error_of(
+        app.post_message(&json!({"to": "a@example.test", "template": "news", "data": data}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (422, Some("unsubscribe"))
+    );
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("HERALD_PUBLIC_URL") && message.contains("template \"news\""),
+        "{message}"
+    );
+    let (status, error) = error_of(
+        app.post_batch(
+            &json!({"template": "news", "recipients": [{"to": "a@example.test", "data": data}]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (422, Some("unsubscribe")),
+        "{error}"
+    );
+    let answer = accepted(
+        &app,
+        json!({"to": "a@example.test", "template": "news", "data": data, "unsubscribe": null}),
+    )
+    .await;
+    assert!(!has_list_unsubscribe(
+        &app.get_raw(answer["id"].as_str().unwrap()).await
+    ));
+}
+
+/// Every entry's address and scope (one page: the tests' lists are short).
+async fn listed_entries(app: &TestApp) -> Vec<(String, Value)> {
+    let page: Value = app.get("/v1/suppressions").await.json().await.unwrap();
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["address"].as_str().unwrap().to_owned(),
+                e["scope"].clone(),
+            )
+        })
+        .collect()
+}
+
+async fn expired_entries_are_removed_by_the_housekeeping(backend: Backend) {
+    let Some(mut app) = spawn_app(backend, SHOP).await else {
+        return;
+    };
+    for entry in [
+        json!({"address": "lapsed@example.test", "expires_at": "2020-01-01T00:00:00Z"}),
+        json!({"address": "lapsed@example.test", "scope": "newsletter"}),
+        json!({"address": "later@example.test", "expires_at": "2999-01-01T00:00:00Z"}),
+        json!({"address": "forever@example.test", "reason": "complaint"}),
+    ] {
+        let (status, body) = post(&app, "/v1/suppressions", &entry).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // Expired, it no longer applies, but it is still listed until the housekeeping runs.
+    assert_eq!(listed_entries(&app).await.len(), 4);
+    let answer = accepted(
+        &app,
+        json!({"to": "lapsed@example.test", "subject": "Hi", "text": "hello"}),
+    )
+    .await;
+    assert_eq!(answer["suppressed"], json!([]));
+
+    // The housekeeping runs at start (then hourly).
+    app.restart(SHOP).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let left = loop {
+        let left = listed_entries(&app).await;
+        if left.len() < 4 || std::time::Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        left,
+        [
+            ("forever@example.test".to_owned(), Value::Null),
+            ("lapsed@example.test".to_owned(), json!("newsletter")),
+            ("later@example.test".to_owned(), Value::Null),
+        ]
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let expired: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_suppressions_expired_total "))
+        .unwrap_or_else(|| panic!("no herald_suppressions_expired_total in\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    // The recorder is the process's: other tests' servers may have counted too.
+    assert!(expired >= 1, "{metrics}");
 }

@@ -1,6 +1,6 @@
 //! The suppression list in the store (issue 12), on SQLite and PostgreSQL: the accept-time check (global,
 //! scoped, expired, ignored, every recipient), the entry a bad-mailbox failure adds with the outcome, paging,
-//! and the stored link-token key.
+//! the stored link-token key, and the pruning of expired entries.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -24,6 +24,7 @@ on_both_stores!(
     a_bad_mailbox_failure_suppresses_the_address_with_the_outcome,
     the_list_pages_by_address_and_searches,
     the_link_key_is_stored_once,
+    expired_entries_are_deleted_in_chunks_and_the_others_stay,
 );
 
 fn message(id: &str, recipients: &[&str]) -> NewMessage {
@@ -340,4 +341,82 @@ async fn the_link_key_is_stored_once(t: TestStore) {
     let second = t.store.store_secret("k", &[2u8; 32]).await.unwrap();
     assert_eq!(first, vec![1u8; 32]);
     assert_eq!(second, first);
+}
+
+/// Every entry of the list, page by page.
+async fn all_entries(t: &TestStore) -> Vec<(String, Option<String>)> {
+    let mut entries = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = t
+            .store
+            .suppressions(&SuppressionQuery {
+                contains: None,
+                limit: 1_000,
+                cursor,
+            })
+            .await
+            .unwrap();
+        entries.extend(page.items.into_iter().map(|s| (s.address, s.scope)));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return entries,
+        }
+    }
+}
+
+async fn expired_entries_are_deleted_in_chunks_and_the_others_stay(t: TestStore) {
+    let now = t.clock.now();
+    // More than two chunks of 5,000 expired entries, one expiring exactly now (it no longer applies), and
+    // entries that must stay: a later expiry, none, and an expired address's other scope.
+    let expired: Vec<NewSuppression> = (0..12_001)
+        .map(|i| entry(&format!("old{i:05}@example.test"), None, Some(now - 1 - i)))
+        .chain([entry("edge@example.test", None, Some(now))])
+        .collect();
+    for chunk in expired.chunks(5_000) {
+        t.store.suppress(chunk.to_vec()).await.unwrap();
+    }
+    t.store
+        .suppress(vec![
+            entry("later@example.test", None, Some(now + 1)),
+            entry("forever@example.test", None, None),
+            entry("old00000@example.test", Some("newsletter"), None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(all_entries(&t).await.len(), 12_005);
+
+    assert_eq!(
+        t.store.prune_expired_suppressions(now).await.unwrap(),
+        12_002
+    );
+    assert_eq!(
+        all_entries(&t).await,
+        [
+            ("forever@example.test".to_owned(), None),
+            ("later@example.test".to_owned(), None),
+            (
+                "old00000@example.test".to_owned(),
+                Some("newsletter".to_owned())
+            ),
+        ]
+    );
+    assert_eq!(t.store.prune_expired_suppressions(now).await.unwrap(), 0);
+
+    // Once its time has come, the later one goes too.
+    t.clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        t.store
+            .prune_expired_suppressions(t.clock.now())
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        t.store
+            .suppressions_of("later@example.test")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -483,7 +483,8 @@ fn suppression_paths(document: &mut Value) {
         "reason": {"type": "string", "enum": ["hard_bounce", "complaint", "unsubscribe", "manual"]},
         "source_message": {"type": ["string", "null"]},
         "created_at": {"type": "string", "format": "date-time"},
-        "expires_at": {"type": ["string", "null"], "format": "date-time"}}});
+        "expires_at": {"type": ["string", "null"], "format": "date-time",
+            "description": "From then on the entry no longer applies; the hourly housekeeping (first run at start) deletes it"}}});
     schemas["SuppressionRequest"] = json!({"type": "object", "required": ["address"], "additionalProperties": false, "properties": {
         "address": {"type": "string"}, "scope": {"type": "string", "description": "1 to 128 characters; absent: every message"},
         "reason": {"type": "string", "enum": ["hard_bounce", "complaint", "unsubscribe", "manual"], "default": "manual"},
@@ -491,13 +492,21 @@ fn suppression_paths(document: &mut Value) {
         "source_message": {"type": "string"}}});
     let ignore = json!({"type": "boolean", "default": false,
         "description": "Send to suppressed recipients too (password resets and other mail the recipient asked for)"});
-    let unsubscribe = json!({"type": "object", "required": ["list"], "additionalProperties": false,
-        "description": "Adds List-Unsubscribe (https link to HERALD_PUBLIC_URL/u/TOKEN, and mailto:unsub+TOKEN@HERALD_BOUNCE_DOMAIN when set) and List-Unsubscribe-Post: List-Unsubscribe=One-Click. Needs HERALD_PUBLIC_URL (else 422) and one recipient per message (a batch gives each its own link).",
-        "properties": {"list": {"type": "string", "description": "The list the link unsubscribes from (a suppression scoped to it)"}}});
+    let list = json!({"type": "string", "minLength": 1, "maxLength": 128,
+        "description": "The list the link unsubscribes from (a suppression scoped to it)"});
+    let unsubscribe = json!({"type": ["object", "null"], "required": ["list"], "additionalProperties": false,
+        "description": "Adds List-Unsubscribe (https link to HERALD_PUBLIC_URL/u/TOKEN, and mailto:unsub+TOKEN@HERALD_BOUNCE_DOMAIN when set) and List-Unsubscribe-Post: List-Unsubscribe=One-Click. Needs HERALD_PUBLIC_URL (else 422) and one recipient per message (a batch gives each its own link). With a stored template that has an unsubscribe: absent takes the template's, an object replaces it, null sends without any.",
+        "properties": {"list": list.clone()}});
     for request in ["MessageRequest", "BatchRequest"] {
         schemas[request]["properties"]["ignore_suppressions"] = ignore.clone();
         schemas[request]["properties"]["unsubscribe"] = unsubscribe.clone();
     }
+    // A stored template's unsubscribe: what its messages and batches get unless their request says otherwise.
+    let template_unsubscribe = json!({"type": ["object", "null"], "required": ["list"], "additionalProperties": false,
+        "description": "One-click unsubscribe for every message and batch made from this template, as their own `unsubscribe` field would add it (their request's `unsubscribe` wins; null there sends without). Needs HERALD_PUBLIC_URL when stored (else 422 on unsubscribe); null or absent: none.",
+        "properties": {"list": list}});
+    schemas["TemplateRequest"]["properties"]["unsubscribe"] = template_unsubscribe.clone();
+    schemas["Template"]["properties"]["unsubscribe"] = template_unsubscribe.clone();
     let suppressed = json!({"type": "array", "items": {"type": "string"},
         "description": "Recipients on the suppression list: not sent to (a message whose every recipient is is failed at once)"});
     schemas["Accepted"]["properties"]["suppressed"] = suppressed.clone();
@@ -507,4 +516,7 @@ fn suppression_paths(document: &mut Value) {
         "description": "Recipients on the suppression list, with their message"});
     schemas["Message"]["properties"]["recipients"]["items"]["properties"]["status"] = json!({"type": "string",
         "enum": ["pending", "deferred", "delivered", "failed", "cancelled", "suppressed", "bounced", "complained"]});
+    document["paths"]["/v1/templates"]["get"]["responses"]["200"]["content"]["application/json"]
+        ["schema"]["properties"]["items"]["items"]["properties"]["unsubscribe"] =
+        template_unsubscribe;
 }

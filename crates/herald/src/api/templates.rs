@@ -32,6 +32,10 @@ struct TemplateBody {
     text: Option<String>,
     #[serde(default)]
     html: Option<String>,
+    /// `{"list": "newsletter"}` (issue 12): the messages made from this template get one-click unsubscribe
+    /// for that list unless their request says otherwise; `null` or absent: none.
+    #[serde(default)]
+    unsubscribe: Option<Value>,
 }
 
 /// The body of `POST /v1/templates/{name}/preview`.
@@ -58,12 +62,20 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         // serde names the field in its message (`missing field `subject``, `unknown field `txt``).
         let message = e.to_string();
-        let field = ["subject", "text", "html", "data"]
+        let field = ["subject", "text", "html", "data", "unsubscribe"]
             .into_iter()
             .find(|f| message.contains(&format!("`{f}`")))
             .unwrap_or("");
         ApiError::invalid(field, format!("invalid template request: {message}"))
     })
+}
+
+/// A template's `unsubscribe`, as a message request writes it: `{"list": …}`, or `null`.
+fn unsubscribe_json(stored: &StoredTemplate) -> Value {
+    stored
+        .unsubscribe_list
+        .as_ref()
+        .map_or(Value::Null, |list| json!({"list": list}))
 }
 
 fn template_json(stored: &StoredTemplate) -> Value {
@@ -72,6 +84,7 @@ fn template_json(stored: &StoredTemplate) -> Value {
         "subject": stored.source.subject,
         "text": stored.source.text,
         "html": stored.source.html,
+        "unsubscribe": unsubscribe_json(stored),
         "updated_at": format_rfc3339(stored.updated_at),
     })
 }
@@ -94,13 +107,18 @@ pub async fn put_template(
             ),
         ));
     }
+    let unsubscribe = state.service.template_unsubscribe(body.unsubscribe)?;
     let source = TemplateSource {
         name: name.clone(),
         subject: body.subject,
         text: body.text,
         html: body.html,
     };
-    match state.service.save_template(&source).await {
+    match state
+        .service
+        .save_template(&source, unsubscribe.as_deref())
+        .await
+    {
         Ok(()) => {}
         Err(templates::LoadError::Template(e)) => {
             let field = e.part().map_or("text", |p| p.as_str());
@@ -126,7 +144,7 @@ pub async fn get_template(
     }
 }
 
-/// `GET /v1/templates`: every template's name, subject and time of change, by name (a short list: the
+/// `GET /v1/templates`: every template's name, subject, unsubscribe and time of change, by name (a short list: the
 /// sources are fetched one at a time).
 pub async fn list_templates(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let all = state.service.templates().await?;
@@ -136,6 +154,7 @@ pub async fn list_templates(State(state): State<AppState>) -> Result<Json<Value>
             "subject": t.source.subject,
             "has_text": t.source.text.is_some(),
             "has_html": t.source.html.is_some(),
+            "unsubscribe": unsubscribe_json(t),
             "updated_at": format_rfc3339(t.updated_at),
         })).collect::<Vec<_>>(),
     })))

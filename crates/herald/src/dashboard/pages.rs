@@ -509,14 +509,24 @@ fn template_error_json(error: &crate::templates::TemplateError) -> Value {
     })
 }
 
+/// What the editor shows of a template: its parts, and the list its messages unsubscribe from (issue 12).
+struct EditorTemplate<'a> {
+    source: &'a TemplateSource,
+    unsubscribe_list: Option<&'a str>,
+    /// Why the list was refused, shown at its field (apart from the template error, which the live preview
+    /// replaces).
+    unsubscribe_error: Option<String>,
+}
+
 fn editor(
     state: &AppState,
     viewer: &Viewer,
-    source: &TemplateSource,
+    template: EditorTemplate<'_>,
     exists: bool,
     error: Option<Value>,
     notice: Option<&str>,
 ) -> Result<String, PageError> {
+    let source = template.source;
     render(
         "template.html",
         context! {
@@ -524,6 +534,9 @@ fn editor(
             subject => source.subject.clone(),
             text => source.text.clone().unwrap_or_default(),
             html => source.html.clone().unwrap_or_default(),
+            unsubscribe_list => template.unsubscribe_list.unwrap_or_default(),
+            unsubscribe_error => template.unsubscribe_error,
+            public_url => state.service.public_url.is_some(),
             exists => exists,
             sample => if exists { "{}" } else { "{\"name\": \"Ana\"}" },
             error => v(&error),
@@ -544,6 +557,7 @@ pub async fn template_editor(
     templates::check_name(&name).map_err(|e| PageError::bad_request("name", e))?;
     let stored = state.service.template(&name).await?;
     let exists = stored.is_some();
+    let unsubscribe_list = stored.as_ref().and_then(|t| t.unsubscribe_list.clone());
     // A new template starts from a small working example, so the preview shows something at once.
     let source = stored.map(|t| t.source).unwrap_or(TemplateSource {
         name: name.clone(),
@@ -554,7 +568,11 @@ pub async fn template_editor(
     editor(
         &state,
         &viewer,
-        &source,
+        EditorTemplate {
+            source: &source,
+            unsubscribe_list: unsubscribe_list.as_deref(),
+            unsubscribe_error: None,
+        },
         exists,
         None,
         notice_text(notice.notice.as_deref()),
@@ -570,6 +588,9 @@ pub struct TemplateForm {
     text: String,
     #[serde(default)]
     html: String,
+    /// The list the template's messages unsubscribe from (issue 12); empty: none.
+    #[serde(default)]
+    unsubscribe_list: String,
 }
 
 /// Browsers send textarea lines with CRLF; templates are stored with LF, as the API stores them.
@@ -594,24 +615,40 @@ pub async fn save_template(
         text: part_of(&form.text),
         html: part_of(&form.html),
     };
-    if let Err(error) = state.service.save_template(&source).await {
-        let error = match error {
-            templates::LoadError::Template(error) => error,
-            templates::LoadError::Store(e) => return Err(e.into()),
-            other => {
+    let list = form.unsubscribe_list.trim();
+    let asked = (!list.is_empty()).then(|| json!({ "list": list }));
+    // The same check as the API's (the list's syntax, HERALD_PUBLIC_URL).
+    let (error, unsubscribe_error) = match state.service.template_unsubscribe(asked) {
+        Ok(unsubscribe) => match state
+            .service
+            .save_template(&source, unsubscribe.as_deref())
+            .await
+        {
+            Ok(()) => (None, None),
+            Err(templates::LoadError::Template(error)) => (Some(template_error_json(&error)), None),
+            Err(templates::LoadError::Store(e)) => return Err(e.into()),
+            Err(other) => {
                 return Err(PageError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     other.to_string(),
                 ));
             }
-        };
+        },
+        Err(crate::service::SubmitError::Invalid(e)) => (None, Some(e.message)),
+        Err(other) => (None, Some(other.to_string())),
+    };
+    if error.is_some() || unsubscribe_error.is_some() {
         let exists = state.service.template(&name).await?.is_some();
         let html = editor(
             &state,
             &viewer,
-            &source,
+            EditorTemplate {
+                source: &source,
+                unsubscribe_list: Some(list),
+                unsubscribe_error,
+            },
             exists,
-            Some(template_error_json(&error)),
+            error,
             None,
         )?;
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, Html(html)).into_response());

@@ -17,7 +17,7 @@ use super::{
     Queueing, Service, SubmitError,
     compose::{ComposedMessage, recipient_kinds},
     invalid, parse_object,
-    suppressions::{UnsubscribeLinks, check_no_own_unsubscribe_headers},
+    suppressions::{UnsubscribeField, UnsubscribeLinks, check_no_own_unsubscribe_headers},
     template_data, template_name,
 };
 use crate::{
@@ -36,13 +36,23 @@ impl Service {
     ) -> Result<BatchAccepted, SubmitError> {
         let mut object = parse_object(body)?;
         let queueing = self.queueing_with_header(&mut object, idempotency_header)?;
-        let unsubscribe = self.take_unsubscribe(&mut object).await?;
+        let asked = UnsubscribeField::take(&mut object)?;
         let batch = BatchRequest::take(&mut object, self)?;
-        if unsubscribe.is_some() {
-            check_no_own_unsubscribe_headers(batch.common.headers.iter().map(|(name, _)| name))?;
+        let stored = self
+            .store
+            .template(&batch.template)
+            .await?
+            .ok_or_else(|| SubmitError::UnknownTemplate(batch.template.clone()))?;
+        // The request's `unsubscribe` when given (null: none), else the template's (issue 12).
+        let unsubscribe = self.unsubscribe_links(asked, Some(&stored)).await?;
+        if let Some(links) = &unsubscribe {
+            check_no_own_unsubscribe_headers(
+                batch.common.headers.iter().map(|(name, _)| name),
+                links,
+            )?;
         }
         let BatchRequest {
-            template,
+            template: _,
             common,
             attachments,
             recipients,
@@ -57,9 +67,7 @@ impl Service {
             encoded.push(part);
         }
 
-        let set = TemplateSet::load(&self.store, &template, self.limits.template.clone())
-            .await
-            .map_err(|e| SubmitError::from_load(e, "recipients[0].data"))?;
+        let set = TemplateSet::from_root(stored.source, self.limits.template.clone());
         // The first recipient renders on its own first, which fetches what the template extends or includes.
         let mut set = Arc::new(set);
         templates::render_loading(&mut set, &self.renderer, &self.store, &recipients[0].data)
@@ -459,9 +467,11 @@ fn compose_one(
     };
     let kinds =
         recipient_kinds(&request).map_err(|e| BatchFailure::Invalid(Box::new(locate(e))))?;
-    if shared.unsubscribe.is_some() && kinds.len() != 1 {
+    if let Some(links) = &shared.unsubscribe
+        && kinds.len() != 1
+    {
         // The link names the message: each recipient needs their own (see `submit`).
-        return Err(BatchFailure::Invalid(Box::new(invalid(
+        return Err(BatchFailure::Invalid(Box::new(links.refusal(
             format!("recipients[{i}].to"),
             "one address per recipient with `unsubscribe` (each gets their own link)",
         ))));

@@ -9,12 +9,14 @@ use serde_json::{Map, Value};
 
 use super::{
     Queueing, Service, SubmitError, invalid, parse_object,
-    suppressions::check_no_own_unsubscribe_headers, template_data, template_name,
+    suppressions::{UnsubscribeField, check_no_own_unsubscribe_headers},
+    template_data, template_name,
 };
 use crate::{
     request::{Files, MessageRequest, RequestError},
     store::{
         Accepted, MessageSource, NewMessage, NewRecipient, RawSegment, RecipientKind, SharedBlob,
+        StoredTemplate,
     },
     templates::Rendered,
     text::search_text,
@@ -29,9 +31,17 @@ impl Service {
     ) -> Result<Accepted, SubmitError> {
         let mut object = parse_object(body)?;
         let queueing = self.queueing_with_header(&mut object, idempotency_header)?;
+        let asked = UnsubscribeField::take(&mut object)?;
+        // The stored template is read first: its unsubscribe (issue 12) decides headers that go in before
+        // the message is composed.
+        let template = if object.contains_key("template") {
+            Some(self.take_template(&mut object).await?)
+        } else {
+            None
+        };
         // One-click unsubscribe (issue 12): the headers go into the composed bytes, so the id they name is
         // chosen first.
-        let unsubscribe = self.take_unsubscribe(&mut object).await?;
+        let unsubscribe = self.unsubscribe_links(asked, template.as_ref()).await?;
         let mut chosen_id = None;
         if let Some(links) = &unsubscribe {
             if matches!(object.get("headers"), None | Some(Value::Null)) {
@@ -43,15 +53,15 @@ impl Service {
                     "must be an object of header names to strings",
                 ));
             };
-            check_no_own_unsubscribe_headers(headers.keys())?;
+            check_no_own_unsubscribe_headers(headers.keys(), links)?;
             let (id, pairs) = links.for_new_message();
             headers.extend(pairs);
             chosen_id = Some(id.to_string());
         }
         // `compose` signs with the ring as read; read it again here when it is old (issue 13).
         self.dkim.refresh(&self.store).await;
-        if object.contains_key("template") {
-            self.render_into(&mut object).await?;
+        if let Some(template) = template {
+            self.render_into(&mut object, template).await?;
         } else if object.contains_key("data") {
             return Err(invalid(
                 "data",
@@ -77,10 +87,12 @@ impl Service {
                 limit: self.limits.request_bytes,
             });
         }
-        if unsubscribe.is_some() && message.recipients.len() != 1 {
+        if let Some(links) = &unsubscribe
+            && message.recipients.len() != 1
+        {
             // The link names the message, and the headers are the same bytes for every recipient: with
             // several, one person's click would unsubscribe them all.
-            return Err(invalid(
+            return Err(links.refusal(
                 "unsubscribe",
                 "needs a message per recipient (one address in to, no cc or bcc); send lists with /v1/batches",
             ));
@@ -130,8 +142,11 @@ impl Service {
         }
     }
 
-    /// Replaces `template` + `data` in a message request by the rendered `subject`, `text` and `html`.
-    async fn render_into(&self, object: &mut Map<String, Value>) -> Result<(), SubmitError> {
+    /// Takes `template` out of a message request and reads that stored template.
+    async fn take_template(
+        &self,
+        object: &mut Map<String, Value>,
+    ) -> Result<StoredTemplate, SubmitError> {
         for field in ["subject", "text", "html"] {
             if object.contains_key(field) {
                 return Err(invalid(
@@ -141,8 +156,21 @@ impl Service {
             }
         }
         let name = template_name(object.remove("template"))?;
+        self.store
+            .template(&name)
+            .await?
+            .ok_or(SubmitError::UnknownTemplate(name))
+    }
+
+    /// Replaces `data` in a message request, and the template it was read with, by the rendered `subject`,
+    /// `text` and `html`.
+    async fn render_into(
+        &self,
+        object: &mut Map<String, Value>,
+        template: StoredTemplate,
+    ) -> Result<(), SubmitError> {
         let data = template_data(object.remove("data"), "data")?;
-        let rendered = self.render(&name, &data, "data").await?;
+        let rendered = self.render_stored(template.source, &data, "data").await?;
         insert_rendered(object, rendered);
         Ok(())
     }

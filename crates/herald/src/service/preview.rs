@@ -28,6 +28,20 @@ impl Service {
             .map_err(|e| SubmitError::from_load(e, field))
     }
 
+    /// Renders a stored template already read (`source`) with `data`, fetching the templates it extends or
+    /// includes: a message reads its template first, for the template's unsubscribe.
+    pub(super) async fn render_stored(
+        &self,
+        source: TemplateSource,
+        data: &Value,
+        field: &str,
+    ) -> Result<Rendered, SubmitError> {
+        let set = TemplateSet::from_root(source, self.limits.template.clone());
+        templates::render_loading(&mut Arc::new(set), &self.renderer, &self.store, data)
+            .await
+            .map_err(|e| SubmitError::from_load(e, field))
+    }
+
     /// Renders an unsaved draft with sample `data`, exactly as a message would carry it: its parts are
     /// compiled first, and the stored templates it extends or includes are fetched.
     pub async fn preview_draft(
@@ -37,7 +51,7 @@ impl Service {
     ) -> Result<Rendered, LoadError<StoreError>> {
         let limits = self.limits.template.clone();
         templates::check_source(&self.renderer, &source, &limits).await?;
-        let mut set = Arc::new(TemplateSet::draft(source, limits));
+        let mut set = Arc::new(TemplateSet::from_root(source, limits));
         templates::render_loading(&mut set, &self.renderer, &self.store, data).await
     }
 }

@@ -18,14 +18,16 @@ impl Service {
 
     /// Compiles every part and makes a trial render on the render threads ([`templates::check`]), then
     /// stores the template, replacing one of the same name. A template error is returned as
-    /// [`LoadError::Template`] and nothing is stored.
+    /// [`LoadError::Template`] and nothing is stored. `unsubscribe_list`: the template's unsubscribe, as
+    /// [`Service::template_unsubscribe`] checked it.
     pub async fn save_template(
         &self,
         source: &TemplateSource,
+        unsubscribe_list: Option<&str>,
     ) -> Result<(), LoadError<StoreError>> {
         templates::check(&self.renderer, &self.store, source, &self.limits.template).await?;
         self.store
-            .put_template(source)
+            .put_template(source, unsubscribe_list)
             .await
             .map_err(LoadError::Store)?;
         Ok(())

@@ -10,8 +10,8 @@ use crate::{
     link_tokens::{LinkTokenError, LinkTokens, STORED_KEY_NAME},
     request::RequestError,
     store::{
-        Millis, NewSuppression, StoreError, Suppression, SuppressionPage, SuppressionQuery,
-        SuppressionReason,
+        Millis, NewSuppression, StoreError, StoredTemplate, Suppression, SuppressionPage,
+        SuppressionQuery, SuppressionReason,
     },
 };
 
@@ -208,54 +208,34 @@ impl Service {
     }
 }
 
-/// What `"unsubscribe": {"list": …}` asks of a message: the List-Unsubscribe headers (RFC 2369, RFC 8058)
-/// with a link token per message, and the list its link suppresses the recipient for.
-#[derive(Debug, Clone)]
-pub(super) struct UnsubscribeLinks {
-    tokens: LinkTokens,
-    /// `HERALD_PUBLIC_URL` without a trailing `/`.
-    public_url: String,
-    bounce_domain: Option<String>,
-    pub(super) list: String,
+/// What a request's `unsubscribe` field says (issue 12), checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum UnsubscribeField {
+    /// Not given: a message made from a stored template gets the template's unsubscribe, if it has one.
+    Absent,
+    /// `"unsubscribe": null`: no link, even when the template has one (a receipt or a transactional copy sent
+    /// with a list's template).
+    Off,
+    /// `{"list": "newsletter"}`.
+    List(String),
 }
 
-/// The headers `unsubscribe` writes; a request may not write them itself as well.
-pub(super) const UNSUBSCRIBE_HEADERS: [&str; 2] = ["List-Unsubscribe", "List-Unsubscribe-Post"];
-
-impl UnsubscribeLinks {
-    /// A new message id and the two headers whose links name it.
-    pub(super) fn for_new_message(&self) -> (uuid::Uuid, [(String, serde_json::Value); 2]) {
-        let id = uuid::Uuid::now_v7();
-        let token = self.tokens.sign(UNSUBSCRIBE_PURPOSE, id.as_bytes());
-        let mut value = format!("<{}/u/{token}>", self.public_url);
-        if let Some(domain) = &self.bounce_domain {
-            value.push_str(&format!(", <mailto:unsub+{token}@{domain}>"));
-        }
-        (
-            id,
-            [
-                (UNSUBSCRIBE_HEADERS[0].to_owned(), value.into()),
-                (
-                    UNSUBSCRIBE_HEADERS[1].to_owned(),
-                    "List-Unsubscribe=One-Click".into(),
-                ),
-            ],
-        )
-    }
-}
-
-impl Service {
-    /// Takes the `unsubscribe` field (`{"list": "newsletter"}`) out of a request. It needs
-    /// `HERALD_PUBLIC_URL` (where the link points): without it the request is refused, naming the field,
-    /// rather than sending mail whose unsubscribe link goes nowhere.
-    pub(super) async fn take_unsubscribe(
-        &self,
+impl UnsubscribeField {
+    /// Takes the field out of a request and checks it: an object with one field, `list`, a valid scope.
+    pub(super) fn take(
         object: &mut serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Option<UnsubscribeLinks>, super::SubmitError> {
-        let Some(value) = object.remove("unsubscribe").filter(|v| !v.is_null()) else {
-            return Ok(None);
+    ) -> Result<Self, super::SubmitError> {
+        let value = match object.remove("unsubscribe") {
+            None => return Ok(Self::Absent),
+            Some(serde_json::Value::Null) => return Ok(Self::Off),
+            Some(value) => value,
         };
-        let wrong = || super::invalid("unsubscribe", "must be an object {\"list\": \"name\"}");
+        let wrong = || {
+            super::invalid(
+                "unsubscribe",
+                "must be an object {\"list\": \"name\"}, or null for none",
+            )
+        };
         let serde_json::Value::Object(mut fields) = value else {
             return Err(wrong());
         };
@@ -279,35 +259,144 @@ impl Service {
             SuppressionError::Invalid(e) => super::SubmitError::Invalid(e),
             other => super::invalid("unsubscribe.list", other.to_string()),
         })?;
-        let Some(public_url) = &self.public_url else {
-            return Err(super::invalid(
-                "unsubscribe",
-                "needs HERALD_PUBLIC_URL (the address recipients reach Herald at) to be set on the server",
-            ));
+        Ok(Self::List(list))
+    }
+}
+
+/// What `"unsubscribe": {"list": …}` asks of a message: the List-Unsubscribe headers (RFC 2369, RFC 8058)
+/// with a link token per message, and the list its link suppresses the recipient for.
+#[derive(Debug, Clone)]
+pub(super) struct UnsubscribeLinks {
+    tokens: LinkTokens,
+    /// `HERALD_PUBLIC_URL` without a trailing `/`.
+    public_url: String,
+    bounce_domain: Option<String>,
+    pub(super) list: String,
+    /// The stored template this unsubscribe comes from; `None`: the request's own field.
+    pub(super) template: Option<String>,
+}
+
+/// The headers `unsubscribe` writes; a request may not write them itself as well.
+pub(super) const UNSUBSCRIBE_HEADERS: [&str; 2] = ["List-Unsubscribe", "List-Unsubscribe-Post"];
+
+/// Says, after `message`, that the unsubscribe comes from `template` (when it does) and how to send without
+/// it: a client that never wrote `unsubscribe` must learn where the refusal comes from.
+pub(super) fn from_template(message: &str, template: Option<&str>) -> String {
+    match template {
+        Some(name) => format!(
+            "{message} (the unsubscribe comes from template {name:?}; give `\"unsubscribe\": null` to send \
+             without it)"
+        ),
+        None => message.to_owned(),
+    }
+}
+
+impl UnsubscribeLinks {
+    /// A new message id and the two headers whose links name it.
+    pub(super) fn for_new_message(&self) -> (uuid::Uuid, [(String, serde_json::Value); 2]) {
+        let id = uuid::Uuid::now_v7();
+        let token = self.tokens.sign(UNSUBSCRIBE_PURPOSE, id.as_bytes());
+        let mut value = format!("<{}/u/{token}>", self.public_url);
+        if let Some(domain) = &self.bounce_domain {
+            value.push_str(&format!(", <mailto:unsub+{token}@{domain}>"));
+        }
+        (
+            id,
+            [
+                (UNSUBSCRIBE_HEADERS[0].to_owned(), value.into()),
+                (
+                    UNSUBSCRIBE_HEADERS[1].to_owned(),
+                    "List-Unsubscribe=One-Click".into(),
+                ),
+            ],
+        )
+    }
+
+    /// A refusal on `field` because of this unsubscribe, saying where it comes from.
+    pub(super) fn refusal(&self, field: impl Into<String>, message: &str) -> super::SubmitError {
+        super::invalid(field, from_template(message, self.template.as_deref()))
+    }
+}
+
+impl Service {
+    /// The unsubscribe of one message (or of every message of a batch): the request's field when given
+    /// (`null` turns it off), else the stored `template`'s. It needs `HERALD_PUBLIC_URL` (where the link
+    /// points): without it the request is refused on `unsubscribe`, rather than sending mail whose
+    /// unsubscribe link goes nowhere.
+    pub(super) async fn unsubscribe_links(
+        &self,
+        field: UnsubscribeField,
+        template: Option<&StoredTemplate>,
+    ) -> Result<Option<UnsubscribeLinks>, super::SubmitError> {
+        let (list, from) = match (field, template) {
+            (UnsubscribeField::List(list), _) => (list, None),
+            (UnsubscribeField::Off, _) => return Ok(None),
+            (UnsubscribeField::Absent, Some(stored)) => match &stored.unsubscribe_list {
+                Some(list) => (list.clone(), Some(stored.source.name.clone())),
+                None => return Ok(None),
+            },
+            (UnsubscribeField::Absent, None) => return Ok(None),
         };
+        let public_url = self.unsubscribe_public_url(from.as_deref())?;
         let tokens = self.link_tokens().await.map_err(|e| match e {
             SuppressionError::Store(e) => super::SubmitError::Store(e),
             other => super::invalid("unsubscribe", other.to_string()),
         })?;
         Ok(Some(UnsubscribeLinks {
             tokens,
-            public_url: public_url.trim_end_matches('/').to_owned(),
+            public_url,
             bounce_domain: self.bounce_domain.clone(),
             list,
+            template: from,
         }))
+    }
+
+    /// `HERALD_PUBLIC_URL` without a trailing `/`, or the refusal naming `unsubscribe`.
+    fn unsubscribe_public_url(&self, template: Option<&str>) -> Result<String, super::SubmitError> {
+        match &self.public_url {
+            Some(url) => Ok(url.trim_end_matches('/').to_owned()),
+            None => Err(super::invalid(
+                "unsubscribe",
+                from_template(
+                    "needs HERALD_PUBLIC_URL (the address recipients reach Herald at) to be set on the server",
+                    template,
+                ),
+            )),
+        }
+    }
+
+    /// Checks the `unsubscribe` of a stored template (`PUT /v1/templates/{name}`, the dashboard's editor) as
+    /// a message's is checked, `HERALD_PUBLIC_URL` included: a template whose every message would be refused
+    /// is refused when it is stored. `null` or absent: none. Answers the list.
+    pub fn template_unsubscribe(
+        &self,
+        value: Option<serde_json::Value>,
+    ) -> Result<Option<String>, super::SubmitError> {
+        let mut object = serde_json::Map::new();
+        if let Some(value) = value {
+            object.insert("unsubscribe".into(), value);
+        }
+        match UnsubscribeField::take(&mut object)? {
+            UnsubscribeField::Absent | UnsubscribeField::Off => Ok(None),
+            UnsubscribeField::List(list) => {
+                self.unsubscribe_public_url(None)?;
+                Ok(Some(list))
+            }
+        }
     }
 }
 
 /// Refuses a request's own List-Unsubscribe headers next to `unsubscribe` (which writes them).
 pub(super) fn check_no_own_unsubscribe_headers<'a>(
     names: impl IntoIterator<Item = &'a String>,
+    links: &UnsubscribeLinks,
 ) -> Result<(), super::SubmitError> {
     for name in names {
         if UNSUBSCRIBE_HEADERS
             .iter()
             .any(|h| h.eq_ignore_ascii_case(name.trim()))
         {
-            return Err(super::invalid(
+            return Err(links.refusal(
                 format!("headers.{name}"),
                 "is written by `unsubscribe`; give one or the other",
             ));

@@ -102,7 +102,7 @@ impl Store {
         pub async fn append_event(&self, id: &str, kind: &str, detail: Option<String>) -> Result<bool, StoreError>;
         pub async fn next_due(&self) -> Result<Option<Millis>, StoreError>;
         pub async fn ping(&self) -> Result<(), StoreError>;
-        pub async fn put_template(&self, template: &TemplateSource) -> Result<(), StoreError>;
+        pub async fn put_template(&self, template: &TemplateSource, unsubscribe_list: Option<&str>) -> Result<(), StoreError>;
         pub async fn template(&self, name: &str) -> Result<Option<StoredTemplate>, StoreError>;
         pub async fn templates(&self) -> Result<Vec<StoredTemplate>, StoreError>;
         pub async fn delete_template(&self, name: &str) -> Result<bool, StoreError>;
@@ -123,6 +123,7 @@ impl Store {
         pub async fn suppressions_of(&self, address: &str) -> Result<Vec<Suppression>, StoreError>;
         pub async fn suppressions(&self, query: &SuppressionQuery) -> Result<SuppressionPage, StoreError>;
         pub async fn delete_suppression(&self, address: &str, scope: Option<&str>) -> Result<u64, StoreError>;
+        pub async fn prune_expired_suppressions(&self, now: Millis) -> Result<u64, StoreError>;
         pub async fn store_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
         pub async fn unsubscribe_target(&self, id: &str) -> Result<Option<(String, Option<String>)>, StoreError>;
         // Bounce and complaint intake (issue 12): store/sqlite/reports.rs, store/postgres/reports.rs.

@@ -164,7 +164,7 @@ where
     }
 }
 
-/// `SELECT name, subject, text, html, updated_at`.
+/// `SELECT name, subject, text, html, updated_at, unsubscribe_list`.
 pub(super) fn template<R: HeraldRow>(row: &R) -> StoredTemplate
 where
     usize: ColumnIndex<R>,
@@ -177,6 +177,7 @@ where
             html: row.opt_text(3),
         },
         updated_at: row.int(4),
+        unsubscribe_list: row.opt_text(5),
     }
 }
 

@@ -137,6 +137,11 @@ pub fn suppression_applies(
     expires_at.is_none_or(|at| at > now) && (scope.is_empty() || scopes.contains(&scope))
 }
 
+/// Most expired suppressions deleted per commit by [`crate::store::Store::prune_expired_suppressions`]: a
+/// million entries expiring on one date must not hold the SQLite writer (nor one PostgreSQL transaction) for
+/// long; the same bound as an import's chunk.
+pub const EXPIRED_SUPPRESSIONS_CHUNK: i64 = 5_000;
+
 /// Whether a permanent failure says the mailbox does not exist (RFC 3463 §3.2, the 5.1.x address statuses):
 /// such an address is suppressed at once. Not 5.1.7/5.1.8 (the sender's address was refused), not the
 /// others of the class (5.1.4 ambiguous, 5.1.5 valid, 5.1.9 relayed), and not 5.7.x (policy: the mailbox may

@@ -415,6 +415,9 @@ pub use crate::templates::TemplateSource;
 pub struct StoredTemplate {
     pub source: TemplateSource,
     pub updated_at: Millis,
+    /// The unsubscribe list of the messages made from this template (issue 12): each gets the one-click
+    /// List-Unsubscribe headers for it, unless its request gives its own `unsubscribe` or turns it off.
+    pub unsubscribe_list: Option<String>,
 }
 
 /// An API token's public side: the secret itself is never stored, only its SHA-256.

@@ -244,7 +244,7 @@ pub async fn check<S: TemplateSources>(
     limits: &Limits,
 ) -> Result<(), LoadError<S::Error>> {
     check_source(renderer, source, limits).await?;
-    let mut set = Arc::new(TemplateSet::draft(source.clone(), limits.clone()).lenient());
+    let mut set = Arc::new(TemplateSet::from_root(source.clone(), limits.clone()).lenient());
     match render_loading(
         &mut set,
         renderer,
@@ -472,9 +472,10 @@ impl TemplateSet {
         ))
     }
 
-    /// A set whose root is an unsaved draft (the dashboard's editor); the templates it extends or includes
-    /// are loaded from the sources as rendering asks for them, as for a stored template.
-    pub fn draft(source: TemplateSource, limits: Limits) -> Self {
+    /// A set whose root is given rather than fetched: an unsaved draft (the dashboard's editor), or a stored
+    /// template its caller has read already. The templates it extends or includes are loaded from the
+    /// sources as rendering asks for them, as by [`TemplateSet::load`].
+    pub fn from_root(source: TemplateSource, limits: Limits) -> Self {
         let name = source.name.clone();
         let catalog = Catalog {
             sources: HashMap::from([(name.clone(), source)]),

@@ -590,7 +590,7 @@ async fn a_render_asks_its_sources_for_what_it_extends_and_nothing_else() {
 async fn a_source_that_cannot_be_read_is_the_sources_error() {
     let sources = InMemory::new(vec![]);
     let draft = source("draft", "s", Some("{% include \"broken\" %}"), None);
-    let mut set = Arc::new(TemplateSet::draft(draft, Limits::default()));
+    let mut set = Arc::new(TemplateSet::from_root(draft, Limits::default()));
     let error = render_loading(&mut set, &Renderer::default(), &sources, &json!({}))
         .await
         .unwrap_err();

@@ -59,14 +59,29 @@ pub async fn spawn_app(backend: Backend, options: Options) -> Option<TestApp> {
         Backend::Postgres => common::fresh_postgres_database().await?,
     };
     let relay = TestServer::start(options.relay.map_or_else(ServerConfig::default, |f| f())).await;
+    let server = start_server(&options, &database_url, relay.port()).await;
+    Some(TestApp {
+        base: format!("http://{}", server.addr),
+        client: reqwest::Client::new(),
+        relay,
+        backend,
+        database_url,
+        token: None,
+        server: Some(server),
+        dir,
+    })
+}
+
+/// `herald serve` on `database_url` with `options`, delivering to the relay on `relay_port`.
+async fn start_server(options: &Options, database_url: &str, relay_port: u16) -> serve::Server {
     let mut values: HashMap<String, String> = HashMap::from([
         ("HERALD_LISTEN".into(), "127.0.0.1:0".into()),
-        ("HERALD_DATABASE_URL".into(), database_url.clone()),
+        ("HERALD_DATABASE_URL".into(), database_url.to_owned()),
     ]);
     if !options.capture_inbox {
         values.insert(
             "HERALD_RELAY_URL".into(),
-            format!("smtp://127.0.0.1:{}?tls=none", relay.port()),
+            format!("smtp://127.0.0.1:{relay_port}?tls=none"),
         );
     }
     if let Some(token) = options.api_token {
@@ -81,19 +96,9 @@ pub async fn spawn_app(backend: Backend, options: Options) -> Option<TestApp> {
     for (name, value) in options.env {
         values.insert((*name).into(), (*value).into());
     }
-    let server = serve::start(Config::from_values(&values).unwrap())
+    serve::start(Config::from_values(&values).unwrap())
         .await
-        .unwrap();
-    Some(TestApp {
-        base: format!("http://{}", server.addr),
-        client: reqwest::Client::new(),
-        relay,
-        backend,
-        database_url,
-        token: None,
-        server: Some(server),
-        dir,
-    })
+        .unwrap()
 }
 
 impl TestApp {
@@ -246,6 +251,15 @@ impl TestApp {
 
     pub async fn stop(mut self) {
         self.server.take().unwrap().shutdown().await.unwrap();
+    }
+
+    /// Stops the server and starts another on the same database and relay with `options` (a new port:
+    /// `base` follows). What `herald serve` does at start (its first housekeeping) runs again.
+    pub async fn restart(&mut self, options: Options) {
+        self.server.take().unwrap().shutdown().await.unwrap();
+        let server = start_server(&options, &self.database_url, self.relay.port()).await;
+        self.base = format!("http://{}", server.addr);
+        self.server = Some(server);
     }
 }
 

@@ -111,6 +111,18 @@ pub(super) fn migrator() -> Migrator {
             "inbound",
             include_str!("../../../migrations/postgres/0016_inbound.sql"),
         ),
+        // Issue 12: one-click unsubscribe on stored templates.
+        migration(
+            18,
+            "template unsubscribe",
+            include_str!("../../../migrations/postgres/0018_template_unsubscribe.sql"),
+        ),
+        // Issue 12: the index the pruning of expired suppressions reads.
+        migration(
+            19,
+            "suppression expiry",
+            include_str!("../../../migrations/postgres/0019_suppression_expiry.sql"),
+        ),
     ])
 }
 

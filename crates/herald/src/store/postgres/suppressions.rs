@@ -88,6 +88,31 @@ impl PgStore {
         Ok(done.rows_affected())
     }
 
+    /// Deletes the entries that expired at or before `now` (they no longer apply: see
+    /// [`rules::suppression_applies`]), [`rules::EXPIRED_SUPPRESSIONS_CHUNK`] per transaction. The outer
+    /// condition is checked again on the row it deletes, so an entry whose expiry a concurrent add extended
+    /// stays. Answers how many.
+    pub async fn prune_expired_suppressions(&self, now: Millis) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        loop {
+            let chunk = sqlx::query(
+                "DELETE FROM suppressions WHERE (address, scope) IN (
+                     SELECT address, scope FROM suppressions
+                     WHERE expires_at IS NOT NULL AND expires_at <= $1 LIMIT $2)
+                   AND expires_at <= $1",
+            )
+            .bind(now)
+            .bind(rules::EXPIRED_SUPPRESSIONS_CHUNK)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            deleted += chunk;
+            if chunk < rules::EXPIRED_SUPPRESSIONS_CHUNK as u64 {
+                return Ok(deleted);
+            }
+        }
+    }
+
     /// The secret stored under `name`, storing `candidate` first if there is none: every node, and every
     /// restart, uses the first one stored (two nodes racing at start agree through the primary key).
     pub async fn store_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {

@@ -232,6 +232,18 @@ fn migrator() -> Migrator {
             "background index",
             include_str!("../../../migrations/sqlite/0017_background_index.sql"),
         ),
+        // Issue 12: one-click unsubscribe on stored templates.
+        migration(
+            18,
+            "template unsubscribe",
+            include_str!("../../../migrations/sqlite/0018_template_unsubscribe.sql"),
+        ),
+        // Issue 12: the index the pruning of expired suppressions reads.
+        migration(
+            19,
+            "suppression expiry",
+            include_str!("../../../migrations/sqlite/0019_suppression_expiry.sql"),
+        ),
     ])
 }
 

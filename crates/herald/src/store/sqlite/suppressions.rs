@@ -88,6 +88,27 @@ impl SqliteStore {
         }
     }
 
+    /// Deletes the entries that expired at or before `now` (they no longer apply: see
+    /// [`rules::suppression_applies`]), [`rules::EXPIRED_SUPPRESSIONS_CHUNK`] per writer commit, so accepts
+    /// go on between the chunks. Answers how many.
+    pub async fn prune_expired_suppressions(&self, now: Millis) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        loop {
+            let chunk = self
+                .execute(
+                    "DELETE FROM suppressions WHERE (address, scope) IN (
+                         SELECT address, scope FROM suppressions
+                         WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+                    vec![now.into(), rules::EXPIRED_SUPPRESSIONS_CHUNK.into()],
+                )
+                .await?;
+            deleted += chunk;
+            if chunk < rules::EXPIRED_SUPPRESSIONS_CHUNK as u64 {
+                return Ok(deleted);
+            }
+        }
+    }
+
     /// The secret stored under `name`, storing `candidate` first if there is none (every node and restart
     /// then uses the first one stored).
     pub async fn store_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
