@@ -152,6 +152,7 @@ pub fn run(args: StoreArgs) -> anyhow::Result<ExitCode> {
         let message_bytes = workload.build(0, Some(&shared)).len();
         let latencies = Arc::new(Mutex::new(Vec::with_capacity(args.count / args.per_call + 1)));
         let profile0 = writer_profile(&store);
+        let sync0 = sync_profile(&store);
         let cpu0 = cpu_time();
         let writer0 = thread_cpu("herald-store-wr");
         let start = Instant::now();
@@ -193,6 +194,7 @@ pub fn run(args: StoreArgs) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let index_caught_up = index_wait.elapsed();
+        let syncs = sync_profile(&store).zip(sync0).map(|(a, b)| (a.0 - b.0, a.1 - b.1, a.2 - b.2));
         let profile = writer_profile(&store).zip(profile0).map(|(after, before)| {
             std::array::from_fn::<u64, 9, _>(|i| after[i] - before[i])
         });
@@ -246,6 +248,13 @@ pub fn run(args: StoreArgs) -> anyhow::Result<ExitCode> {
                 index_caught_up.as_secs_f64() * 1e3,
             );
         }
+        if let Some((syncs, groups, nanos)) = syncs {
+            println!(
+                "syncer: {syncs} WAL syncs made {groups} group commits durable ({:.1} messages per sync), {:.3} ms per sync",
+                args.count as f64 / syncs.max(1) as f64,
+                nanos as f64 / 1e6 / syncs.max(1) as f64,
+            );
+        }
         if let Some(after) = after {
             println!(
                 "stored: {:.0} bytes per message on disk (database + WAL growth / messages; the image and PDF once)",
@@ -260,6 +269,14 @@ pub fn run(args: StoreArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The SQLite syncer's (syncs, groups, nanoseconds) so far (`None` on PostgreSQL).
+fn sync_profile(store: &Store) -> Option<(u64, u64, u64)> {
+    match store {
+        Store::Sqlite(store) => Some(store.sync_profile().snapshot()),
+        Store::Postgres(_) => None,
+    }
 }
 
 /// The SQLite writer's time per phase so far (`None` on PostgreSQL, whose writes are not one thread's).

@@ -22,7 +22,7 @@ pub use raw::{RawSegment, SharedBlob};
 pub use reports::*;
 pub use rules::{EVENT_INTERRUPTED, EVENT_STALE_OUTCOME, message_status_from};
 pub use search::{fold, index_terms, query_terms};
-pub use sqlite::{IndexLag, SqliteError, SqliteOptions, SqliteStore, WriterPhase, WriterProfile};
+pub use sqlite::{IndexLag, SqliteError, SqliteOptions, SqliteStore, SyncProfile, WriterPhase, WriterProfile};
 use tokio::sync::Notify;
 pub use types::*;
 pub use webhooks::{
@@ -266,6 +266,9 @@ pub enum StoreError {
     Database(#[source] Arc<sqlx::Error>),
     #[error("SQLite write failed")]
     Sqlite(#[source] SqliteError),
+    /// The SQLite WAL could not be synced: the write may not survive a crash, so it is not reported done.
+    #[error("syncing the database to the disk failed (restart herald)")]
+    Sync(#[source] Arc<std::io::Error>),
     /// A row holds a value this code cannot read (a status it does not know, say): refused rather than
     /// guessed at.
     #[error(transparent)]

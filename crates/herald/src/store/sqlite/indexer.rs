@@ -293,9 +293,9 @@ pub(super) fn index_loop(queue: std::sync::Arc<IndexQueue>, writer: mpsc::WeakSe
 }
 
 /// One index transaction on the writer's connection: up to [`INDEX_BATCH`] queued messages and the new
-/// `fts_indexed_through`, committed without waiting for the disk (`synchronous = NORMAL`): the index is
-/// rebuilt from the messages if this commit is lost, and the next durable commit syncs it anyway (WAL frames
-/// reach the disk in order). Answers how many messages it indexed.
+/// `fts_indexed_through`, committed as every writer commit is (`synchronous = NORMAL`), but answered without
+/// waiting for the syncer: the index is rebuilt from the messages if this commit is lost, and the next sync
+/// covers it anyway (WAL frames reach the disk in order). Answers how many messages it indexed.
 pub(super) fn index_batch(
     db: &mut RawDb,
     queue: &IndexQueue,
@@ -306,7 +306,6 @@ pub(super) fn index_batch(
         return Ok(0);
     };
     let result = (|| -> WriteResult<u64> {
-        db.exec("PRAGMA synchronous = NORMAL")?;
         db.exec("BEGIN IMMEDIATE")?;
         let mut indexed = 0;
         for doc in &docs {
@@ -333,13 +332,10 @@ pub(super) fn index_batch(
         db.exec("COMMIT")?;
         Ok(indexed)
     })();
-    // Back to FULL whatever happened: every other commit is a durable one.
-    let restored = db.exec("PRAGMA synchronous = FULL");
     match result {
         Ok(indexed) => {
             *indexed_through = last;
             queue.indexed(docs.len());
-            restored?;
             Ok(indexed)
         }
         Err(error) => {
@@ -350,7 +346,6 @@ pub(super) fn index_batch(
                 "full-text index transaction failed; the messages stay queued"
             );
             queue.put_back(docs);
-            restored?;
             Err(error)
         }
     }

@@ -1,10 +1,11 @@
-//! The embedded store on SQLite: WAL, `synchronous=FULL`, one writer task doing group commit.
+//! The embedded store on SQLite: WAL, one writer task doing group commit, one syncer making it durable.
 //!
 //! SQLite allows one writer at a time, and a durable commit costs an fsync. So all writes go through one task
 //! that owns the write connection: it takes every request waiting in its channel, applies them in ONE
-//! transaction, commits once, and only then answers each caller. Under load, thousands of accepts share one
-//! fsync (group commit, DESIGN.md invariant 1); alone, a request commits at once. Reads use a separate pool,
-//! which WAL lets run beside the writer.
+//! transaction and commits once; the [`syncer`] thread then syncs the WAL, once for every group committed
+//! meanwhile, and only then answers each caller. Under load, thousands of accepts share one fsync (group
+//! commit, DESIGN.md invariant 1), and the writer applies the next group while the last one syncs; alone, a
+//! request commits and syncs at once. Reads use a separate pool, which WAL lets run beside the writer.
 //!
 //! This file opens the database and holds what every concern shares; the concerns sit beside it, named as
 //! their PostgreSQL counterparts in `store/postgres/`: [`writer`] (the group-commit thread), `accept`,
@@ -28,6 +29,7 @@ mod reports;
 mod search;
 // The suppression list (issue 12).
 mod suppressions;
+mod syncer;
 mod templates;
 // Webhooks (issue 12).
 mod webhooks;
@@ -36,6 +38,7 @@ mod writer;
 pub use self::{
     indexer::IndexLag,
     profile::{WriterPhase, WriterProfile},
+    syncer::SyncProfile,
     raw_db::SqliteError,
 };
 
@@ -59,6 +62,7 @@ use self::{
     accept::CreatedOrder,
     indexer::{IndexQueue, index_loop, unindexed},
     raw_db::{RawDb, Value},
+    syncer::{Committed, sync_loop, wal_path},
     writer::{IndexBook, WAL_SIZE_LIMIT, WriteOp, WriteResult, Writer, checkpoint_loop},
 };
 use super::{Millis, StoreError, WorkSignal};
@@ -111,6 +115,7 @@ pub struct SqliteStore {
     /// Messages stored and not yet in the full-text index (see `indexer`).
     index: Arc<IndexQueue>,
     profile: Arc<WriterProfile>,
+    sync_profile: Arc<SyncProfile>,
 }
 
 /// An owned statement parameter (for [`WriteOp::Execute`]).
@@ -299,12 +304,14 @@ impl SqliteStore {
             source,
         };
         let db = RawDb::open(&options.path).map_err(open_error)?;
-        // Same durability as the sqlx connections (see connect_options). Checkpoints are not the writer's
-        // job: moving WAL pages into the database (and its fsync) ran on the writer's critical path for about
-        // a seventh of its time; the checkpointer thread does it beside it.
+        // The writer commits without syncing (NORMAL); the syncer thread syncs the WAL for many commits at
+        // once before their callers hear "stored" (see `syncer`), which is the durability of FULL for every
+        // answered write. Checkpoints are not the writer's job: moving WAL pages into the database (and its
+        // fsync) ran on the writer's critical path for about a seventh of its time; the checkpointer thread
+        // does it beside it.
         for pragma in [
             "PRAGMA journal_mode = WAL",
-            "PRAGMA synchronous = FULL",
+            "PRAGMA synchronous = NORMAL",
             "PRAGMA cache_size = -16384",
             "PRAGMA wal_autocheckpoint = 0",
         ] {
@@ -319,11 +326,14 @@ impl SqliteStore {
         checkpointer.exec(&size_limit).map_err(open_error)?;
         let (written, written_rx) = std::sync::mpsc::channel::<()>();
         let (writer, ops) = mpsc::channel(1_024);
+        let (durable, committed) = std::sync::mpsc::channel::<Committed>();
+        let sync_profile = Arc::new(SyncProfile::default());
         let task = Writer {
             db,
             clock: clock.clone(),
             max_group: options.max_group.max(1),
             written,
+            durable,
             order: CreatedOrder {
                 latest: latest_created,
                 in_order: created_in_order.clone(),
@@ -343,6 +353,11 @@ impl SqliteStore {
             .name("herald-store-writer".into())
             .spawn(move || task.run(ops))
             .map_err(spawn_error)?;
+        let (wal, synced) = (wal_path(&options.path), sync_profile.clone());
+        std::thread::Builder::new()
+            .name("herald-store-sync".into())
+            .spawn(move || sync_loop(wal, committed, synced))
+            .map_err(spawn_error)?;
         std::thread::Builder::new()
             .name("herald-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpointer, written_rx))
@@ -361,6 +376,7 @@ impl SqliteStore {
             created_in_order,
             index,
             profile,
+            sync_profile,
         })
     }
 
@@ -394,6 +410,11 @@ impl SqliteStore {
     /// Where the writer thread's time went since the store opened (for `herald bench store`).
     pub fn writer_profile(&self) -> &WriterProfile {
         &self.profile
+    }
+
+    /// How many syncs made how many group commits durable, and their time (for `herald bench store`).
+    pub fn sync_profile(&self) -> &SyncProfile {
+        &self.sync_profile
     }
 
     /// How far the full-text index is behind the stored messages.

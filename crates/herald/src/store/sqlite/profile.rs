@@ -20,7 +20,7 @@ pub enum WriterPhase {
     Blobs,
     /// The status and per-minute counters, once per group.
     Counters,
-    /// `COMMIT` of a group: the WAL write and its fsync.
+    /// `COMMIT` of a group: the WAL write (its fsync is the syncer's, beside the writer).
     Commit,
     /// Index transactions (`indexer`), commit included.
     FullText,
@@ -49,7 +49,7 @@ impl WriterPhase {
             WriterPhase::Events => "events",
             WriterPhase::Blobs => "blobs",
             WriterPhase::Counters => "counters",
-            WriterPhase::Commit => "commit + fsync",
+            WriterPhase::Commit => "commit (WAL write)",
             WriterPhase::FullText => "full-text index",
             WriterPhase::Other => "other (claims, outcomes, BEGIN)",
         }

@@ -17,6 +17,7 @@ use super::{
     raw_db::{DbResult, RawDb, SqliteError},
     reports::apply_report,
     suppressions::suppress,
+    syncer::Committed,
     webhooks::{WebhookAnswer, WebhookWrite},
 };
 use crate::{
@@ -35,6 +36,9 @@ pub(super) enum WriteError {
     Sqlite(#[from] SqliteError),
     #[error(transparent)]
     Corrupt(#[from] Unreadable),
+    /// The WAL could not be synced to the disk (see `syncer`): what was committed may not survive a crash.
+    #[error("syncing the database's WAL to the disk failed")]
+    Sync(#[source] Arc<std::io::Error>),
 }
 
 impl From<WriteError> for StoreError {
@@ -42,6 +46,7 @@ impl From<WriteError> for StoreError {
         match error {
             WriteError::Sqlite(error) => StoreError::Sqlite(error),
             WriteError::Corrupt(error) => StoreError::Corrupt(error),
+            WriteError::Sync(error) => StoreError::Sync(error),
         }
     }
 }
@@ -49,7 +54,7 @@ impl From<WriteError> for StoreError {
 pub(super) type WriteResult<T> = Result<T, WriteError>;
 
 /// One request to the writer task.
-pub(super) enum WriteOp {
+pub(crate) enum WriteOp {
     /// One statement with owned parameters, for the rare writes (templates, tokens): rows changed.
     Execute {
         sql: &'static str,
@@ -160,6 +165,8 @@ pub(super) struct Writer {
     pub(super) db: RawDb,
     /// Tells the checkpointer that commits happened (it checkpoints at most every 100 ms).
     pub(super) written: std::sync::mpsc::Sender<()>,
+    /// Where committed groups wait for the sync that makes them durable before their callers hear it.
+    pub(super) durable: std::sync::mpsc::Sender<Committed>,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) max_group: usize,
     pub(super) order: CreatedOrder,
@@ -257,8 +264,14 @@ impl Writer {
                 }
                 // Queued before anyone hears "stored", so a search after the answer waits for them.
                 self.index.queue.push(self.index.fresh.drain(..));
-                for (op, answer) in group.into_iter().zip(answers) {
-                    op.answer(Ok(answer));
+                let answers = group.into_iter().zip(answers).collect();
+                if let Err(unsynced) = self.durable.send(Committed { answers }) {
+                    // The syncer is gone (it only ends after this thread): nobody is told "stored".
+                    for (op, _) in unsynced.0.answers {
+                        op.answer(Err(WriteError::Sync(Arc::new(std::io::Error::other(
+                            "the syncer thread has stopped",
+                        )))));
+                    }
                 }
             }
             Err(error) => {
@@ -279,7 +292,7 @@ impl Writer {
 }
 
 /// What one op produced inside the transaction, handed to its caller after the commit.
-pub(super) enum Answer {
+pub(crate) enum Answer {
     Accepted(Vec<Accepted>),
     Claimed(Vec<Claimed>),
     Unit,
@@ -300,7 +313,7 @@ impl WriteOp {
         }
     }
 
-    fn answer(self, result: WriteResult<Answer>) {
+    pub(super) fn answer(self, result: WriteResult<Answer>) {
         // A caller that went away (request timed out) just doesn't hear the answer; the write stands.
         match (self, result) {
             (WriteOp::Accept { reply, .. }, Ok(Answer::Accepted(v))) => drop(reply.send(Ok(v))),
