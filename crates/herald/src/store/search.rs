@@ -45,6 +45,11 @@ static RUSSIAN: LazyLock<Stemmer> = LazyLock::new(|| Stemmer::create(Algorithm::
 /// Hangul syllable or a Japanese `が` stays one character. Only the diacritics of Latin, Greek and Cyrillic
 /// letters are dropped (the combining blocks below), not the vowel signs other scripts are written with.
 pub fn fold(text: &str) -> String {
+    // ASCII is its own NFKD and NFC and has no diacritics: only the case changes. Most alerts and addresses
+    // are ASCII, and the Unicode path was about a twentieth of the server's CPU on small alerts (perf).
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
     text.nfkd()
         .flat_map(char::to_lowercase)
         .filter(|c| !is_diacritic(*c))
@@ -228,6 +233,20 @@ pub fn parse_cursor(cursor: &str) -> Result<(Millis, String), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ascii_folds_as_the_unicode_path_does() {
+        let all: String = (0u8..=127).map(char::from).collect();
+        for text in [all.as_str(), "Order ORD-1042 Shipped", "ALERT: disk /dev/sda1 at 97%", ""] {
+            let unicode: String = text
+                .nfkd()
+                .flat_map(char::to_lowercase)
+                .filter(|c| !is_diacritic(*c))
+                .nfc()
+                .collect();
+            assert_eq!(fold(text), unicode, "{text:?}");
+        }
+    }
 
     #[test]
     fn folding_drops_diacritics_and_case_but_keeps_other_scripts() {
