@@ -14,7 +14,6 @@ use std::{
 };
 
 use herald_mime::EncodedPart;
-use sha2::{Digest, Sha256};
 
 use crate::{
     request::{AttachmentRequest, Files, RequestError},
@@ -125,27 +124,31 @@ fn encoded(part: EncodedPart) -> (EncodedPart, Arc<SharedBlob>) {
     (part, blob)
 }
 
-/// The SHA-256 of every field the encoded part depends on, each length-prefixed so that no two requests
-/// frame alike; `None` for a part read from a file.
+/// The BLAKE3 hash of every field the encoded part depends on, each length-prefixed so that no two requests
+/// frame alike; `None` for a part read from a file. BLAKE3 rather than SHA-256: as collision-resistant, and
+/// 8.7 instead of 41.6 µs for the standard notification's 80 KB of base64 on this machine (`cargo run
+/// --release -p herald --example key_hash_cost`), once per call. (Stored blobs keep their SHA-256 address.)
 fn key(a: &AttachmentRequest) -> Option<[u8; 32]> {
     let (Some(base64), None) = (&a.content_base64, &a.path) else {
         return None;
     };
-    let mut hash = Sha256::new();
+    let mut hash = blake3::Hasher::new();
     let mut field = |bytes: Option<&[u8]>| match bytes {
         Some(bytes) => {
-            hash.update([1]);
-            hash.update((bytes.len() as u64).to_le_bytes());
+            hash.update(&[1]);
+            hash.update(&(bytes.len() as u64).to_le_bytes());
             hash.update(bytes);
         }
-        None => hash.update([0]),
+        None => {
+            hash.update(&[0]);
+        }
     };
     field(Some(a.filename.as_bytes()));
     field(a.content_type.as_deref().map(str::as_bytes));
     field(Some(&[u8::from(a.inline)]));
     field(a.content_id.as_deref().map(str::as_bytes));
     field(Some(base64.as_bytes()));
-    Some(hash.finalize().into())
+    Some(*hash.finalize().as_bytes())
 }
 
 #[cfg(test)]
