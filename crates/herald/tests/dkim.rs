@@ -586,6 +586,16 @@ Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
                 b"--b--\r\n\r\n".to_vec(),
             ],
         ),
+        (
+            "a shared quoted-printable segment (its canonical form made once)",
+            vec![
+                b"--b\r\nContent-Type: text/plain\r\n\r\nHi\r\n--b\r\n\
+Content-Type: application/pdf\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+                    .to_vec(),
+                b"%PDF-1.4 =0A1 0 obj  << /Type /Catalog >> \t\r\n\r\nendobj =\r\n  stream x\r\n\r\n".to_vec(),
+                b"--b--\r\n".to_vec(),
+            ],
+        ),
         ("empty body", vec![Vec::new()]),
     ];
     for algorithm in [Algorithm::Ed25519, Algorithm::Rsa] {
@@ -599,8 +609,27 @@ Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
             first.extend_from_slice(&body[0]);
             let mut segments: Vec<&[u8]> = vec![&first];
             segments.extend(body[1..].iter().map(Vec::as_slice));
+            // Every segment after the first as a shared one goes: through its canonical form made once,
+            // where one applies (see `CanonicalSegment::of`), so the verifiers check that path too.
+            let canonical: Vec<_> = segments
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    (i > 0)
+                        .then(|| herald::dkim::body::CanonicalSegment::of(s))
+                        .flatten()
+                })
+                .collect();
+            let to_sign: Vec<herald::dkim::SignedSegment<'_>> = segments
+                .iter()
+                .zip(&canonical)
+                .map(|(bytes, canonical)| herald::dkim::SignedSegment {
+                    bytes,
+                    canonical: canonical.as_ref(),
+                })
+                .collect();
             let header = ring
-                .sign_segments("segments.example", &segments)
+                .sign_segments("segments.example", &to_sign)
                 .unwrap()
                 .unwrap();
             let mut message = header;

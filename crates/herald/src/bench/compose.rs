@@ -55,9 +55,26 @@ fn bench_keys(algorithm: &str, domain: &str) -> anyhow::Result<herald::dkim::Key
     Ok(herald::dkim::KeyRing::from_stored(&[key], None)?)
 }
 
-/// What `ComposedMessage::sign` does per message: the segments hashed where they are, the header in front.
-fn sign(keys: &herald::dkim::KeyRing, domain: &str, msg: &Composed) -> Vec<u8> {
-    let segments: Vec<&[u8]> = msg.segments().iter().map(|s| &s.bytes[..]).collect();
+/// What `ComposedMessage::sign` does per message: the segments hashed where they are, the shared ones (a
+/// batch's image and PDF, `blobs`) from their canonical form made once, the header in front.
+fn sign(
+    keys: &herald::dkim::KeyRing,
+    domain: &str,
+    msg: &Composed,
+    blobs: &[std::sync::Arc<herald::store::SharedBlob>],
+) -> Vec<u8> {
+    let segments: Vec<herald::dkim::SignedSegment<'_>> = msg
+        .segments()
+        .iter()
+        .map(|s| herald::dkim::SignedSegment {
+            bytes: &s.bytes[..],
+            // The same allocation, as `ComposedMessage::new` finds a shared part.
+            canonical: blobs
+                .iter()
+                .find(|b| b.bytes.as_ptr() == s.bytes.as_ptr() && b.bytes.len() == s.bytes.len())
+                .and_then(|b| b.canonical()),
+        })
+        .collect();
     keys.sign_segments(domain, &segments)
         .expect("signing works")
         .expect("the bench domain has a key")
@@ -161,9 +178,14 @@ pub fn run(args: ComposeArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(|a| bench_keys(a, &domain))
         .transpose()?;
+    let blobs: Vec<_> = shared
+        .iter()
+        .flat_map(|(logo, pdf)| [logo, pdf])
+        .map(|part| herald::store::SharedBlob::new(part.segment().bytes.clone()))
+        .collect();
     let build = |i: usize| {
         let msg = w.build(i, shared.as_ref());
-        let signature = keys.as_ref().map(|k| sign(k, &domain, &msg));
+        let signature = keys.as_ref().map(|k| sign(k, &domain, &msg, &blobs));
         (msg, signature)
     };
     if let Some(i) = args.sample {

@@ -132,7 +132,9 @@ async fn quiesce(stores: &[(&Store, &String)]) -> anyhow::Result<()> {
         }
         if url.starts_with("sqlite:") {
             let mut conn = sqlx::SqliteConnection::connect(url).await?;
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await?;
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&mut conn)
+                .await?;
         } else {
             let mut conn = sqlx::PgConnection::connect(url).await?;
             sqlx::query("CHECKPOINT").execute(&mut conn).await?;

@@ -14,6 +14,57 @@
 
 use sha2::{Digest as _, Sha256};
 
+/// Where canonical bytes go: SHA-256 when signing, a buffer when a shared segment's canonical form is kept.
+pub trait Output {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Output for Sha256 {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+impl Output for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// A shared segment (an attachment a batch or the attachment cache reuses) in canonical form, made once: a
+/// segment with whitespace in it (a quoted-printable PDF, a text attachment) is otherwise rewritten piecewise
+/// for every message that carries it. Valid where the segment starts a line, with nothing pending before it
+/// but line breaks, which is where shared segments sit (they start a line and end in CRLF).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalSegment {
+    /// The canonical bytes from a fresh start, less the line breaks at the end (they depend on what follows).
+    bytes: Vec<u8>,
+    /// Those line breaks, left pending.
+    trailing_breaks: usize,
+}
+
+impl CanonicalSegment {
+    /// The canonical form of `segment`, or `None` where keeping one gains nothing or would not be valid: no
+    /// SP or HTAB (the hasher takes such a segment in one call already), no content, a bare CR or LF, or an
+    /// end that is not CRLF.
+    pub fn of(segment: &[u8]) -> Option<Self> {
+        if !segment.ends_with(b"\r\n") || memchr::memchr2(b' ', b'\t', segment).is_none() {
+            return None;
+        }
+        let mut relaxed = Relaxed::with(Vec::with_capacity(segment.len()));
+        relaxed.update(segment).ok()?;
+        if !relaxed.has_content || relaxed.pending_space || relaxed.pending_cr {
+            return None;
+        }
+        Some(Self {
+            bytes: relaxed.out,
+            trailing_breaks: relaxed.pending_breaks,
+        })
+    }
+}
+
 /// The body has a CR not followed by LF, or an LF not preceded by CR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BareLineEnd;
@@ -24,8 +75,8 @@ pub struct BareLineEnd;
 /// becomes one SP; (b) empty lines at the end of the body are removed, and a non-empty body ends in CRLF.
 /// Both need one look ahead, which can cross a segment boundary, so what is undecided is kept as state:
 /// line breaks and a whitespace run not written yet, and a CR whose LF starts the next segment.
-pub struct RelaxedBody {
-    hasher: Sha256,
+pub struct Relaxed<O: Output> {
+    out: O,
     /// Line breaks seen and not written: written only when content follows, so empty lines at the end of
     /// the body (b) are never hashed.
     pending_breaks: usize,
@@ -36,7 +87,12 @@ pub struct RelaxedBody {
     pending_cr: bool,
     /// Some content was hashed, so the canonical body is not empty and ends in CRLF.
     has_content: bool,
+    /// The last segment ended with a line end (or none came yet): a [`CanonicalSegment`] may follow.
+    line_start: bool,
 }
+
+/// The body hash: relaxed canonicalization into SHA-256.
+pub type RelaxedBody = Relaxed<Sha256>;
 
 impl Default for RelaxedBody {
     fn default() -> Self {
@@ -46,13 +102,7 @@ impl Default for RelaxedBody {
 
 impl RelaxedBody {
     pub fn new() -> Self {
-        Self {
-            hasher: Sha256::new(),
-            pending_breaks: 0,
-            pending_space: false,
-            pending_cr: false,
-            has_content: false,
-        }
+        Self::with(Sha256::new())
     }
 
     /// The hash of `body` in one piece.
@@ -62,16 +112,60 @@ impl RelaxedBody {
         hasher.finish()
     }
 
+    /// The hash of the canonical body: a non-empty body ends in one CRLF, an empty one is empty (§3.4.4 b).
+    pub fn finish(mut self) -> Result<[u8; 32], BareLineEnd> {
+        if self.pending_cr {
+            return Err(BareLineEnd);
+        }
+        if self.has_content {
+            self.out.put(b"\r\n");
+        }
+        Ok(self.out.finalize().into())
+    }
+}
+
+impl<O: Output> Relaxed<O> {
+    fn with(out: O) -> Self {
+        Self {
+            out,
+            pending_breaks: 0,
+            pending_space: false,
+            pending_cr: false,
+            has_content: false,
+            line_start: true,
+        }
+    }
+
+    /// Feeds the next segment from its canonical form, made once (see [`CanonicalSegment`]): the same as
+    /// [`Relaxed::update`] with `segment`, the bytes it was made of, which are taken the usual way where the
+    /// canonical form does not apply (the last segment ended inside a line) or there is none.
+    pub fn update_canonical(
+        &mut self,
+        segment: &[u8],
+        canonical: Option<&CanonicalSegment>,
+    ) -> Result<(), BareLineEnd> {
+        match canonical {
+            Some(canonical) if self.line_start && !self.pending_space && !self.pending_cr => {
+                self.flush_pending();
+                self.out.put(&canonical.bytes);
+                self.has_content = true;
+                self.pending_breaks = canonical.trailing_breaks;
+                Ok(())
+            }
+            _ => self.update(segment),
+        }
+    }
+
     /// Writes what is pending before content: the line breaks, then the line's whitespace as one SP.
     fn flush_pending(&mut self) {
         const BREAKS: &[u8] = b"\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n";
         while self.pending_breaks > 0 {
             let n = self.pending_breaks.min(BREAKS.len() / 2);
-            self.hasher.update(&BREAKS[..n * 2]);
+            self.out.put(&BREAKS[..n * 2]);
             self.pending_breaks -= n;
         }
         if self.pending_space {
-            self.hasher.update(b" ");
+            self.out.put(b" ");
             self.pending_space = false;
         }
     }
@@ -86,6 +180,7 @@ impl RelaxedBody {
         if len == 0 {
             return Ok(());
         }
+        self.line_start = segment.ends_with(b"\n");
         let mut i = 0;
         if self.pending_cr {
             if segment.first() != Some(&b'\n') {
@@ -124,7 +219,7 @@ impl RelaxedBody {
                 // The line ends: its whitespace not written yet goes (a).
                 self.pending_space = false;
                 let Some(&lf) = segment.get(at + 1) else {
-                    self.hasher.update(&segment[run..at]);
+                    self.out.put(&segment[run..at]);
                     self.pending_cr = true;
                     return Ok(());
                 };
@@ -141,7 +236,7 @@ impl RelaxedBody {
                         self.flush_pending();
                     }
                 } else {
-                    self.hasher.update(&segment[run..at]);
+                    self.out.put(&segment[run..at]);
                     self.pending_breaks += 1;
                     run = after;
                 }
@@ -157,25 +252,25 @@ impl RelaxedBody {
                 Some(&b) if b != b'\r' && end == at + 1 && segment[at] == b' ' && run < at => {}
                 // Whitespace at the end of the line (a): dropped when the CR is reached.
                 Some(&b'\r') => {
-                    self.hasher.update(&segment[run..at]);
+                    self.out.put(&segment[run..at]);
                     run = end;
                 }
                 Some(_) => {
-                    self.hasher.update(&segment[run..at]);
+                    self.out.put(&segment[run..at]);
                     self.pending_space = true;
                     self.flush_pending();
                     run = end;
                 }
                 // The next segment decides whether this is the end of the line.
                 None => {
-                    self.hasher.update(&segment[run..at]);
+                    self.out.put(&segment[run..at]);
                     self.pending_space = true;
                     return Ok(());
                 }
             }
             i = end;
         }
-        self.hasher.update(&segment[run..]);
+        self.out.put(&segment[run..]);
         Ok(())
     }
 
@@ -211,7 +306,7 @@ impl RelaxedBody {
         }
         if !middle.is_empty() {
             self.flush_pending();
-            self.hasher.update(middle);
+            self.out.put(middle);
             self.has_content = true;
         }
         if trailing > 0 {
@@ -223,17 +318,6 @@ impl RelaxedBody {
             self.pending_cr = true;
         }
         Ok(())
-    }
-
-    /// The hash of the canonical body: a non-empty body ends in one CRLF, an empty one is empty (§3.4.4 b).
-    pub fn finish(mut self) -> Result<[u8; 32], BareLineEnd> {
-        if self.pending_cr {
-            return Err(BareLineEnd);
-        }
-        if self.has_content {
-            self.hasher.update(b"\r\n");
-        }
-        Ok(self.hasher.finalize().into())
     }
 }
 
@@ -462,6 +546,42 @@ mod tests {
             }
             segments.push(&body[from..]);
             prop_assert_eq!(segmented(&segments), Ok(expected));
+            // Every segment also through its canonical form made once, as shared segments go: where it
+            // applies (the segment starts a line, has whitespace, ends in CRLF) and where it does not.
+            let mut hasher = RelaxedBody::new();
+            let mut used = 0;
+            for segment in &segments {
+                let canonical = CanonicalSegment::of(segment);
+                used += usize::from(canonical.is_some());
+                hasher.update_canonical(segment, canonical.as_ref()).unwrap();
+            }
+            prop_assert_eq!(hasher.finish(), Ok(expected), "{} canonical forms used", used);
         }
+    }
+
+    #[test]
+    fn a_canonical_segment_hashes_as_its_bytes_wherever_it_sits() {
+        let shared: &[u8] = b"=20 a  QP \t line \r\n\r\nnext\t\r\n\r\n";
+        let canonical = CanonicalSegment::of(shared).expect("whitespace, ends in CRLF");
+        for (before, after) in [
+            (&b"head\r\n"[..], &b"tail\r\n"[..]),
+            (b"head\r\n\r\n\r\n", b"\r\n"),
+            (b"", b""),
+            // Before ends inside a line: the canonical form does not apply and the bytes are taken.
+            (b"head  ", b"x\r\n"),
+        ] {
+            let expected = segmented(&[before, shared, after]);
+            let mut hasher = RelaxedBody::new();
+            hasher.update(before).unwrap();
+            hasher.update_canonical(shared, Some(&canonical)).unwrap();
+            hasher.update(after).unwrap();
+            assert_eq!(hasher.finish(), expected, "{before:?} | {after:?}");
+        }
+        assert_eq!(
+            CanonicalSegment::of(b"QUJD\r\nQUJD\r\n"),
+            None,
+            "no whitespace: nothing to gain"
+        );
+        assert_eq!(CanonicalSegment::of(b"a b"), None, "not ending in CRLF");
     }
 }

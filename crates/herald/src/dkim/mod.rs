@@ -21,7 +21,7 @@ use std::{fmt, str::FromStr};
 
 pub use keys::{SecretKey, generate};
 pub use record::{dns_name, dns_record};
-pub use signer::{KEY_RING_TTL, KeyRing, SIGNED_HEADERS, Signing};
+pub use signer::{KEY_RING_TTL, KeyRing, SIGNED_HEADERS, SignedSegment, Signing};
 
 use crate::store::Millis;
 

@@ -20,7 +20,28 @@ use mail_auth::{
     dkim::{Canonicalization, DkimSigner, Done, Signature, canonicalize::CanonicalHeaders},
 };
 
-use super::{DkimError, StoredKey, body::RelaxedBody, keys::SecretKey};
+use super::{
+    DkimError, StoredKey,
+    body::{CanonicalSegment, RelaxedBody},
+    keys::SecretKey,
+};
+
+/// One stored segment of a message to sign: its bytes and, for a shared segment, its canonical form made
+/// once ([`crate::store::SharedBlob::canonical`]), which the body hash then takes instead of rewriting them.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedSegment<'a> {
+    pub bytes: &'a [u8],
+    pub canonical: Option<&'a CanonicalSegment>,
+}
+
+impl<'a> From<&'a [u8]> for SignedSegment<'a> {
+    fn from(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            canonical: None,
+        }
+    }
+}
 use crate::store::{Store, StoreError};
 
 /// The header fields signed (RFC 6376 §5.4), in this order. From is listed twice: the second, absent
@@ -146,7 +167,7 @@ impl KeyRing {
     /// The `DKIM-Signature` header (folded, ending in CRLF) for `message` from `from_domain` (ASCII form),
     /// or `None` when no key covers the domain.
     pub fn sign(&self, from_domain: &str, message: &[u8]) -> Result<Option<Vec<u8>>, DkimError> {
-        self.sign_segments(from_domain, &[message])
+        self.sign_segments(from_domain, &[message.into()])
     }
 
     /// As [`KeyRing::sign`], for a message stored as `segments` (headers first), which are hashed where they
@@ -154,7 +175,7 @@ impl KeyRing {
     pub fn sign_segments(
         &self,
         from_domain: &str,
-        segments: &[&[u8]],
+        segments: &[SignedSegment<'_>],
     ) -> Result<Option<Vec<u8>>, DkimError> {
         let Some((domain, key)) = self.lookup(from_domain) else {
             return Ok(None);
@@ -170,7 +191,13 @@ impl KeyRing {
             // signs from one buffer, as it reads it.
             None => key
                 .signer
-                .sign(&segments.concat())
+                .sign(
+                    &segments
+                        .iter()
+                        .map(|s| s.bytes)
+                        .collect::<Vec<_>>()
+                        .concat(),
+                )
                 .map_err(|e| failed(e.to_string()))?,
         };
         let mut header = signature.to_header().into_bytes();
@@ -186,17 +213,19 @@ impl KeyRing {
 /// them, the signature tag list, the key). `None` when the message is not one this path takes: its header
 /// block does not end in the first segment, has a line that is not a field, or the message has a bare CR or
 /// LF.
-fn sign_fast(key: &ActiveKey, segments: &[&[u8]]) -> Option<Result<Signature, String>> {
+fn sign_fast(key: &ActiveKey, segments: &[SignedSegment<'_>]) -> Option<Result<Signature, String>> {
     let template = &key.signer.template;
     if template.cb != Canonicalization::Relaxed || template.l != 0 || template.x != 0 {
         return None;
     }
     let (first, rest) = segments.split_first()?;
+    let first = first.bytes;
     let body_start = memchr::memmem::find(first, b"\r\n\r\n")? + 4;
     let mut body = RelaxedBody::new();
     body.update(&first[body_start..]).ok()?;
     for segment in rest {
-        body.update(segment).ok()?;
+        body.update_canonical(segment.bytes, segment.canonical)
+            .ok()?;
     }
     let body_hash = body.finish().ok()?;
 

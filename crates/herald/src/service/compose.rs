@@ -244,7 +244,17 @@ impl ComposedMessage {
             return Ok(());
         }
         // Hashed where the segments are: a shared attachment is not copied to be signed.
-        let segments: Vec<&[u8]> = self.raw.iter().map(|s| &s.bytes()[..]).collect();
+        let segments: Vec<crate::dkim::SignedSegment<'_>> = self
+            .raw
+            .iter()
+            .map(|s| crate::dkim::SignedSegment {
+                bytes: &s.bytes()[..],
+                canonical: match s {
+                    RawSegment::Shared { blob, .. } => blob.canonical(),
+                    RawSegment::Literal { .. } => None,
+                },
+            })
+            .collect();
         if let Some(header) = keys.sign_segments(domain, &segments)? {
             self.raw.insert(
                 0,

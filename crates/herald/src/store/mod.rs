@@ -22,7 +22,9 @@ pub use raw::{RawSegment, SharedBlob};
 pub use reports::*;
 pub use rules::{EVENT_INTERRUPTED, EVENT_STALE_OUTCOME, message_status_from};
 pub use search::{fold, index_terms, query_terms};
-pub use sqlite::{IndexLag, SqliteError, SqliteOptions, SqliteStore, SyncProfile, WriterPhase, WriterProfile};
+pub use sqlite::{
+    IndexLag, SqliteError, SqliteOptions, SqliteStore, SyncProfile, WriterPhase, WriterProfile,
+};
 use tokio::sync::Notify;
 pub use types::*;
 pub use webhooks::{

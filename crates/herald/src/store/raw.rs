@@ -6,29 +6,69 @@
 //!
 //! Frame: one tag byte, then either `len: u32 LE` + bytes (literal) or a 32-byte SHA-256 (shared).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 use super::StoreError;
+use crate::dkim::body::CanonicalSegment;
 
 const TAG_LITERAL: u8 = 0;
 const TAG_SHARED: u8 = 1;
 const FLAG_DOT_SAFE: u8 = 2;
 
 /// A part whose bytes are shared by many messages, identified by the SHA-256 of its bytes.
-#[derive(Debug, PartialEq, Eq)]
 pub struct SharedBlob {
     pub hash: [u8; 32],
     pub bytes: Bytes,
+    /// The bytes in DKIM's relaxed body canonical form (issue 13), made the first time a message carrying
+    /// them is signed, for every later one: a batch's messages and the calls the attachment cache serves
+    /// share this `Arc`. Kept beside the bytes, not stored: it is a pure function of them.
+    canonical: OnceLock<Option<CanonicalSegment>>,
 }
 
 impl SharedBlob {
     /// Hashes the bytes once; every message that uses this blob refers to the same `Arc`.
     pub fn new(bytes: Bytes) -> Arc<Self> {
         let hash = Sha256::digest(&bytes).into();
-        Arc::new(Self { hash, bytes })
+        Self::stored(hash, bytes)
+    }
+
+    /// A blob read back from the store under its `hash`.
+    pub fn stored(hash: [u8; 32], bytes: Bytes) -> Arc<Self> {
+        Arc::new(Self {
+            hash,
+            bytes,
+            canonical: OnceLock::new(),
+        })
+    }
+
+    /// The canonical form for the DKIM body hash, where one is worth keeping (see [`CanonicalSegment::of`]).
+    pub fn canonical(&self) -> Option<&CanonicalSegment> {
+        self.canonical
+            .get_or_init(|| CanonicalSegment::of(&self.bytes))
+            .as_ref()
+    }
+}
+
+impl PartialEq for SharedBlob {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.bytes == other.bytes
+    }
+}
+
+impl Eq for SharedBlob {}
+
+impl std::fmt::Debug for SharedBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBlob")
+            .field("hash", &self.hash)
+            .field("bytes", &self.bytes.len())
+            .finish()
     }
 }
 

@@ -237,7 +237,12 @@ mod tests {
     #[test]
     fn ascii_folds_as_the_unicode_path_does() {
         let all: String = (0u8..=127).map(char::from).collect();
-        for text in [all.as_str(), "Order ORD-1042 Shipped", "ALERT: disk /dev/sda1 at 97%", ""] {
+        for text in [
+            all.as_str(),
+            "Order ORD-1042 Shipped",
+            "ALERT: disk /dev/sda1 at 97%",
+            "",
+        ] {
             let unicode: String = text
                 .nfkd()
                 .flat_map(char::to_lowercase)

@@ -34,13 +34,7 @@ impl PgStore {
             let hash: Vec<u8> = row.get(0);
             if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
                 let bytes: Vec<u8> = row.get(1);
-                found.insert(
-                    hash,
-                    Arc::new(SharedBlob {
-                        hash,
-                        bytes: Bytes::from(bytes),
-                    }),
-                );
+                found.insert(hash, SharedBlob::stored(hash, Bytes::from(bytes)));
             }
         }
         Ok(found)

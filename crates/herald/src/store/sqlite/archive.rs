@@ -33,13 +33,7 @@ impl SqliteStore {
                 .await?;
             if let Some(row) = row {
                 let bytes: Vec<u8> = row.get(0);
-                found.insert(
-                    hash,
-                    Arc::new(SharedBlob {
-                        hash,
-                        bytes: Bytes::from(bytes),
-                    }),
-                );
+                found.insert(hash, SharedBlob::stored(hash, Bytes::from(bytes)));
             }
         }
         Ok(found)

@@ -38,8 +38,8 @@ mod writer;
 pub use self::{
     indexer::IndexLag,
     profile::{WriterPhase, WriterProfile},
-    syncer::SyncProfile,
     raw_db::SqliteError,
+    syncer::SyncProfile,
 };
 
 use std::{
