@@ -243,6 +243,17 @@ pub fn run(args: SuppressionsArgs) -> anyhow::Result<ExitCode> {
             args.clients
         );
         print_whole_run(total, started, &format!(" (+ {} suppressions written)", args.suppressed));
+        // The two PostgreSQL databases made for the run go with it (the SQLite files with their temp dirs).
+        drop((a, b));
+        if let Some(admin) = &args.database {
+            use sqlx::{Connection as _, Executor as _};
+            let mut conn = sqlx::PgConnection::connect(admin).await?;
+            for url in [&file_a, &file_b] {
+                let name = url::Url::parse(url)?.path().trim_start_matches('/').to_owned();
+                conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                    .await?;
+            }
+        }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
