@@ -391,9 +391,15 @@ impl PgStore {
             return Ok(0);
         }
         let until = self.clock.now() + lease.as_millis() as Millis;
+        // SKIP LOCKED: a row locked now is being recorded (its outcome commits and ends the lease) or
+        // cancelled. Waiting for it instead let this UPDATE and the node's own outcome transaction lock the
+        // same rows in different orders: PostgreSQL then aborts one as a deadlock victim, and an aborted
+        // outcome meant its messages were sent again once their leases ran out (10 sent twice in a run of
+        // the two-node crash test).
         Ok(sqlx::query(
             "UPDATE messages SET next_attempt_at = $1
-             WHERE id = ANY($3) AND lease_owner = $2 AND status = 'sending'",
+             WHERE id IN (SELECT id FROM messages WHERE id = ANY($3) AND lease_owner = $2 AND status = 'sending'
+                          ORDER BY id FOR UPDATE SKIP LOCKED)",
         )
         .bind(until)
         .bind(owner)
