@@ -177,6 +177,12 @@ pub struct Queueing {
 }
 
 impl Service {
+    /// The blob for a large segment of a submitted message: the same `Arc` as an earlier submission's with the
+    /// same bytes while it is recent (see [`parts::PartCache::segment`]).
+    pub fn shared_segment(&self, bytes: bytes::Bytes) -> std::sync::Arc<crate::store::SharedBlob> {
+        self.parts.segment(bytes)
+    }
+
     /// The store the service writes to (the bounce intake applies its reports there).
     pub fn store(&self) -> &Store {
         &self.store

@@ -8,9 +8,10 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use super::structure::{Leaf, Structure};
 use crate::{
     service::{Queueing, Service, SubmitError, search_text},
-    store::{MessageSource, NewMessage, NewRecipient, RawSegment, RecipientKind, SharedBlob},
+    store::{MessageSource, NewMessage, NewRecipient, RawSegment, RecipientKind},
 };
 
 /// Herald's control headers: read into the queueing fields, then removed.
@@ -177,29 +178,30 @@ pub fn new_message(
             .expect("a current date formats");
         added.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
     }
-    let mut head = added;
-    head.extend_from_slice(&headers);
-    if fields.is_empty() && !head.is_empty() && !bytes[body_start..].starts_with(b"\r\n") {
-        // Only a body was sent: the added fields need the empty line that ends a header section.
-        head.extend_from_slice(b"\r\n");
-    }
-    let mut whole = Vec::with_capacity(head.len() + bytes.len() - body_start);
-    whole.extend_from_slice(&head);
-    whole.extend_from_slice(&bytes[body_start..]);
-    drop(bytes);
-    let parsed = mail_parser::MessageParser::default().parse(&whole[..]);
+    let whole = if added.is_empty() && headers.len() == body_start {
+        // Nothing removed, nothing added (the common case: a client that writes its own Message-ID and
+        // Date): the received bytes are the message, without a copy.
+        drop(fields);
+        bytes
+    } else {
+        let mut head = added;
+        head.extend_from_slice(&headers);
+        if fields.is_empty() && !head.is_empty() && !bytes[body_start..].starts_with(b"\r\n") {
+            // Only a body was sent: the added fields need the empty line that ends a header section.
+            head.extend_from_slice(b"\r\n");
+        }
+        let mut whole = Vec::with_capacity(head.len() + bytes.len() - body_start);
+        whole.extend_from_slice(&head);
+        whole.extend_from_slice(&bytes[body_start..]);
+        whole
+    };
+    let structure = Structure::of(&whole);
+    let parsed = structure.headers.as_ref();
     let subject = parsed
-        .as_ref()
         .and_then(|m| m.subject())
         .unwrap_or_default()
         .to_owned();
-    let text = parsed.as_ref().and_then(|m| m.body_text(0));
-    // Only without a text part: mail_parser would otherwise make HTML from the text (measured: 1% of the
-    // server's CPU on small alerts).
-    let html = match &text {
-        Some(_) => None,
-        None => parsed.as_ref().and_then(|m| m.body_html(0)),
-    };
+    let (text, html) = structure.text(&whole);
     let search = search_text(text.as_deref(), html.as_deref());
     let listed = |list: Option<&mail_parser::Address<'_>>| -> Vec<String> {
         list.map(|a| {
@@ -210,8 +212,8 @@ pub fn new_message(
         })
         .unwrap_or_default()
     };
-    let to = listed(parsed.as_ref().and_then(|m| m.to()));
-    let cc = listed(parsed.as_ref().and_then(|m| m.cc()));
+    let to = listed(parsed.and_then(|m| m.to()));
+    let cc = listed(parsed.and_then(|m| m.cc()));
     let recipients = envelope
         .recipients
         .iter()
@@ -231,9 +233,9 @@ pub fn new_message(
             }
         })
         .collect();
-    let shared = shareable_parts(parsed.as_ref(), &whole);
-    drop(parsed);
-    let raw = stored_segments(Bytes::from(whole), &shared);
+    let shared = shareable_ranges(&structure.leaves, &whole);
+    drop(structure);
+    let raw = stored_segments(Bytes::from(whole), &shared, service);
     Ok(NewMessage {
         source: MessageSource::Smtp,
         id: uuid::Uuid::now_v7().to_string(),
@@ -261,24 +263,13 @@ const SHARED_PART_MIN: usize = 4 * 1024;
 /// The byte ranges of `whole` worth storing once by content: the bodies of large leaf parts, each from the
 /// start of a line to the end of its last complete line (segments begin at a line start and end with CRLF,
 /// the contract of the SMTP writer), in order and disjoint.
-fn shareable_parts(parsed: Option<&mail_parser::Message<'_>>, whole: &[u8]) -> Vec<(usize, usize)> {
-    let Some(parsed) = parsed else {
-        return Vec::new();
-    };
+pub(super) fn shareable_ranges(leaves: &[Leaf], whole: &[u8]) -> Vec<(usize, usize)> {
     let mut ranges: Vec<(usize, usize)> = Vec::new();
-    for part in &parsed.parts {
-        if matches!(
-            part.body,
-            mail_parser::PartType::Multipart(_) | mail_parser::PartType::Message(_)
-        ) {
-            continue;
-        }
-        let start = part.offset_body as usize;
+    for leaf in leaves {
+        let start = leaf.body;
         // The CRLF before a boundary delimiter belongs to the delimiter, so the body's last line end may be
-        // just past `offset_end`.
-        let limit = (part.offset_end as usize)
-            .saturating_add(2)
-            .min(whole.len());
+        // just past the leaf's end.
+        let limit = leaf.end.saturating_add(2).min(whole.len());
         if start == 0 || start >= limit || whole[start - 1] != b'\n' {
             continue;
         }
@@ -296,7 +287,7 @@ fn shareable_parts(parsed: Option<&mail_parser::Message<'_>>, whole: &[u8]) -> V
 
 /// `whole` as stored segments: the `shared` ranges as content-addressed blobs, the rest as literals; each
 /// marked dot-safe when no line in it starts with `.`, so that delivery sends it without scanning.
-fn stored_segments(whole: Bytes, shared: &[(usize, usize)]) -> Vec<RawSegment> {
+fn stored_segments(whole: Bytes, shared: &[(usize, usize)], service: &Service) -> Vec<RawSegment> {
     let mut segments = Vec::with_capacity(2 * shared.len() + 1);
     let literal = |bytes: Bytes| RawSegment::Literal {
         dot_safe: dot_safe(&bytes),
@@ -310,7 +301,7 @@ fn stored_segments(whole: Bytes, shared: &[(usize, usize)]) -> Vec<RawSegment> {
         let bytes = whole.slice(start..end);
         segments.push(RawSegment::Shared {
             dot_safe: dot_safe(&bytes),
-            blob: SharedBlob::new(bytes),
+            blob: service.shared_segment(bytes),
         });
         at = end;
     }

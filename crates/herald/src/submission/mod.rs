@@ -10,11 +10,13 @@
 //! - [`session`] — the command state machine, AUTH, the transaction, the reply after the commit.
 //! - [`wire`] — line and DATA framing with their limits (and what makes SMTP smuggling impossible).
 //! - [`message`] — received bytes → a stored message.
+//! - [`structure`] — the MIME structure of those bytes, walked without decoding the bodies.
 //! - [`tls`] — STARTTLS and implicit TLS.
 
 pub mod message;
 pub mod session;
 pub mod settings;
+pub mod structure;
 pub mod tls;
 pub mod wire;
 
