@@ -148,8 +148,8 @@ pub(super) fn accept(
         let metadata = message.metadata.to_string();
         db.stmt(
             "INSERT INTO messages (id, status, sender, subject, created_at, send_at, next_attempt_at, attempts,
-             idempotency_key, batch_id, tags, metadata, raw, raw_size, source, finished_at, unsubscribe_list)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             idempotency_key, batch_id, tags, metadata, raw_size, source, finished_at, unsubscribe_list)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?
         .bind([
             Value::Text(&message.id),
@@ -163,7 +163,6 @@ pub(super) fn accept(
             message.batch_id.as_deref().into(),
             Value::Text(&tags),
             Value::Text(&metadata),
-            Value::Blob(&framed),
             (raw::wire_size(&message.raw) as i64).into(),
             message.source.as_str().into(),
             state.finished_at.into(),
@@ -171,6 +170,10 @@ pub(super) fn accept(
         ])?
         .execute()?;
         let rowid = db.last_insert_rowid();
+        // Its own table, so that the claim and the outcome do not write it again (migration 0020).
+        db.stmt("INSERT INTO message_bodies (message_rowid, raw) VALUES (?1, ?2)")?
+            .bind([rowid.into(), Value::Blob(&framed)])?
+            .execute()?;
         laps.lap(WriterPhase::Messages);
 
         if rowid <= index.indexed_through {

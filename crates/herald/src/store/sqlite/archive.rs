@@ -51,7 +51,9 @@ impl SqliteStore {
 
     /// The exact bytes of a message as segments (shared parts resolved), or `None` if unknown or pruned.
     pub async fn raw(&self, id: &str) -> Result<Option<Vec<RawSegment>>, StoreError> {
-        let row = sqlx::query("SELECT raw FROM messages WHERE id = ?")
+        let row = sqlx::query(
+            "SELECT b.raw FROM messages m JOIN message_bodies b ON b.message_rowid = m.rowid WHERE m.id = ?",
+        )
             .bind(id)
             .fetch_optional(&self.reader)
             .await?;
@@ -131,20 +133,18 @@ pub(super) fn prune(db: &mut RawDb, finished_before: Millis) -> WriteResult<u64>
     let mut pruned = Vec::new();
     {
         let mut q = db.stmt(
-            "SELECT id, raw FROM messages WHERE raw IS NOT NULL AND finished_at IS NOT NULL AND finished_at < ?1",
+            "SELECT m.rowid, b.raw FROM messages m JOIN message_bodies b ON b.message_rowid = m.rowid
+             WHERE m.finished_at IS NOT NULL AND m.finished_at < ?1",
         )?;
         q.bind([finished_before.into()])?;
         while q.step()? {
             // A corrupt frame cannot hold a valid reference; pruning it releases nothing rather than failing.
-            pruned.push((
-                q.text(0),
-                raw::shared_hashes(q.bytes(1)).unwrap_or_default(),
-            ));
+            pruned.push((q.int(0), raw::shared_hashes(q.bytes(1)).unwrap_or_default()));
         }
     }
     for (id, hashes) in &pruned {
-        db.stmt("UPDATE messages SET raw = NULL WHERE id = ?1")?
-            .bind([Value::Text(id)])?
+        db.stmt("DELETE FROM message_bodies WHERE message_rowid = ?1")?
+            .bind([(*id).into()])?
             .execute()?;
         for hash in hashes {
             db.stmt("UPDATE blob_refs SET refs = refs - 1 WHERE hash = ?1")?

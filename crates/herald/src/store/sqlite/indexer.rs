@@ -371,7 +371,8 @@ pub(super) async fn unindexed(
             .fetch_one(&mut *conn)
             .await?;
     let rows = sqlx::query(
-        "SELECT rowid, id, subject, sender, raw FROM messages WHERE rowid > ?1 ORDER BY rowid",
+        "SELECT m.rowid, m.id, m.subject, m.sender, b.raw FROM messages m
+         LEFT JOIN message_bodies b ON b.message_rowid = m.rowid WHERE m.rowid > ?1 ORDER BY m.rowid",
     )
     .bind(through)
     .fetch_all(&mut *conn)

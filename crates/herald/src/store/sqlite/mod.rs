@@ -249,6 +249,11 @@ fn migrator() -> Migrator {
             "suppression expiry",
             include_str!("../../../migrations/sqlite/0019_suppression_expiry.sql"),
         ),
+        migration(
+            20,
+            "message bodies",
+            include_str!("../../../migrations/sqlite/0020_message_bodies.sql"),
+        ),
     ])
 }
 
@@ -428,5 +433,71 @@ impl SqliteStore {
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::raw::{self, RawSegment};
+
+    /// A store made before migration 0020 kept each body in `messages.raw`: opening it moves the bodies to
+    /// `message_bodies`, where reading, claiming and pruning find them.
+    #[tokio::test]
+    async fn bodies_stored_before_migration_20_are_moved_and_still_read_claimed_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let connect = connect_options(&path);
+        {
+            let mut conn = SqliteConnection::connect_with(&connect).await.unwrap();
+            let all = migrator();
+            let before =
+                Migrator::with_migrations(all.iter().filter(|m| m.version < 20).cloned().collect());
+            before.run(&mut conn).await.unwrap();
+            let body = raw::encode(&[RawSegment::Literal {
+                dot_safe: true,
+                bytes: bytes::Bytes::from_static(b"Subject: old\r\n\r\nkept\r\n"),
+            }]);
+            for (id, finished) in [("queued-1", None), ("done-1", Some(1_i64))] {
+                sqlx::query(
+                    "INSERT INTO messages (id, status, sender, subject, created_at, next_attempt_at, raw, raw_size,
+                     finished_at) VALUES (?1, ?2, 'a@example.com', 'old', 1, ?3, ?4, 24, ?5)",
+                )
+                .bind(id)
+                .bind(if finished.is_some() { "delivered" } else { "queued" })
+                .bind(if finished.is_some() { None } else { Some(1_i64) })
+                .bind(&body)
+                .bind(finished)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(
+            SqliteOptions::new(path.clone()),
+            Arc::new(crate::clock::SystemClock),
+        )
+        .await
+        .unwrap();
+        for id in ["queued-1", "done-1"] {
+            let raw = store.raw(id).await.unwrap().expect("moved");
+            assert_eq!(
+                crate::service::join(&raw),
+                &b"Subject: old\r\n\r\nkept\r\n"[..]
+            );
+        }
+        let claimed = store
+            .claim("node", std::time::Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id, "queued-1");
+        assert_eq!(
+            crate::service::join(&claimed[0].raw),
+            &b"Subject: old\r\n\r\nkept\r\n"[..]
+        );
+        assert_eq!(store.prune_raw(10).await.unwrap(), 1);
+        assert!(store.raw("done-1").await.unwrap().is_none());
+        assert!(store.raw("queued-1").await.unwrap().is_some());
     }
 }

@@ -27,6 +27,7 @@ pub(super) struct Claimed {
     pub(super) created_at: Millis,
     pub(super) attempts: u32,
     pub(super) raw: Option<Vec<u8>>,
+    pub(super) rowid: i64,
     pub(super) recipients: Vec<ClaimedRecipient>,
 }
 
@@ -177,7 +178,7 @@ pub(super) fn claim(
             "UPDATE messages SET status = 'sending', lease_owner = ?1, next_attempt_at = ?2
              WHERE rowid IN (SELECT rowid FROM messages WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?3
                              ORDER BY next_attempt_at LIMIT ?4)
-             RETURNING id, sender, created_at, attempts, raw",
+             RETURNING id, sender, created_at, attempts, rowid",
         )?;
         q.bind([
             owner.into(),
@@ -191,12 +192,20 @@ pub(super) fn claim(
                 sender: q.text(1),
                 created_at: q.int(2),
                 attempts: q.int(3) as u32,
-                raw: (!q.is_null(4)).then(|| q.bytes(4).to_vec()),
+                raw: None,
+                rowid: q.int(4),
                 recipients: Vec::new(),
             });
         }
     }
     for message in &mut claimed {
+        {
+            let mut q = db.stmt("SELECT raw FROM message_bodies WHERE message_rowid = ?1")?;
+            q.bind([message.rowid.into()])?;
+            if q.step()? {
+                message.raw = Some(q.bytes(0).to_vec());
+            }
+        }
         {
             let mut q = db.stmt(concat!(
                 "SELECT position, address FROM recipients
