@@ -33,21 +33,31 @@ impl SqliteStore {
         }
         // The full-text terms are computed here, on the caller's thread, not by the writer every accept waits
         // for; a large group (a batch request) on a blocking thread, so that it holds up no other request.
-        let (messages, terms) = if messages.len() > TERMS_INLINE_MAX {
+        // So is each body's stored framing, compressed (`raw::encode_compact`).
+        let prepare = |messages: &[NewMessage]| -> Vec<Prepared> {
+            messages
+                .iter()
+                .map(|m| Prepared {
+                    terms: IndexTerms::of(m),
+                    body: raw::encode_compact(&m.raw),
+                })
+                .collect()
+        };
+        let (messages, prepared) = if messages.len() > TERMS_INLINE_MAX {
             tokio::task::spawn_blocking(move || {
-                let terms = messages.iter().map(IndexTerms::of).collect();
-                (messages, terms)
+                let prepared = prepare(&messages);
+                (messages, prepared)
             })
             .await
             .map_err(|_| StoreError::Closed)?
         } else {
-            let terms = messages.iter().map(IndexTerms::of).collect();
-            (messages, terms)
+            let prepared = prepare(&messages);
+            (messages, prepared)
         };
         let accepted = self
             .call(|reply| WriteOp::Accept {
                 messages,
-                terms,
+                prepared,
                 reply,
             })
             .await?;
@@ -55,6 +65,14 @@ impl SqliteStore {
         self.work.notify();
         Ok(accepted)
     }
+}
+
+/// What the caller works out for each message before the writer stores it.
+pub(super) struct Prepared {
+    /// The full-text terms (see `indexer`).
+    pub(super) terms: IndexTerms,
+    /// The body as stored (`raw::encode_compact`).
+    pub(super) body: Vec<u8>,
 }
 
 /// Messages per accept whose terms are computed on the calling task; more go to a blocking thread.
@@ -86,7 +104,7 @@ pub(super) fn accept(
     index: &mut IndexBook,
     laps: &mut Laps<'_>,
     messages: &[NewMessage],
-    terms: &mut [IndexTerms],
+    prepared: &mut [Prepared],
     now: Millis,
 ) -> WriteResult<Vec<Accepted>> {
     let mut results = Vec::with_capacity(messages.len());
@@ -94,7 +112,7 @@ pub(super) fn accept(
     let mut blob_refs: HashMap<[u8; 32], (&SharedBlob, i64)> = HashMap::new();
     // Keys made earlier in this same group (not yet visible to a SELECT of other rows' keys).
     let mut made_here: HashMap<&str, (String, MessageStatus)> = HashMap::new();
-    for (message, terms) in messages.iter().zip(terms.iter_mut()) {
+    for (message, prepared) in messages.iter().zip(prepared.iter_mut()) {
         if let Some(key) = message.idempotency_key.as_deref() {
             // Idempotency: a key seen before returns the message it made; nothing new is queued.
             let existing = made_here.get(key).cloned().map_or_else(
@@ -143,7 +161,6 @@ pub(super) fn accept(
                 blob_refs.entry(blob.hash).or_insert((blob, 0)).1 += 1;
             }
         }
-        let framed = raw::encode(&message.raw);
         let tags = serde_json::to_string(&message.tags).unwrap_or_else(|_| "[]".into());
         let metadata = message.metadata.to_string();
         db.stmt(
@@ -172,7 +189,7 @@ pub(super) fn accept(
         let rowid = db.last_insert_rowid();
         // Its own table, so that the claim and the outcome do not write it again (migration 0020).
         db.stmt("INSERT INTO message_bodies (message_rowid, raw) VALUES (?1, ?2)")?
-            .bind([rowid.into(), Value::Blob(&framed)])?
+            .bind([rowid.into(), Value::Blob(&prepared.body)])?
             .execute()?;
         laps.lap(WriterPhase::Messages);
 
@@ -185,7 +202,7 @@ pub(super) fn accept(
         index.fresh.push(PendingDoc {
             rowid,
             id: message.id.clone(),
-            terms: std::mem::take(terms),
+            terms: std::mem::take(&mut prepared.terms),
             committed: Instant::now(),
         });
         laps.lap(WriterPhase::Other);

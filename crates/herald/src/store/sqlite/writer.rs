@@ -9,7 +9,7 @@ use super::{
     Param,
     accept::{CreatedOrder, accept},
     archive::prune,
-    indexer::{IndexQueue, IndexTerms, PendingDoc, index_batch},
+    indexer::{IndexQueue, PendingDoc, index_batch},
     nodes::recover,
     profile::{Laps, WriterPhase, WriterProfile},
     queue::{Claimed, cancel, claim, record},
@@ -63,8 +63,8 @@ pub(crate) enum WriteOp {
     },
     Accept {
         messages: Vec<NewMessage>,
-        /// Each message's full-text terms, computed by the caller (see `indexer`).
-        terms: Vec<IndexTerms>,
+        /// Each message's full-text terms and stored body, worked out by the caller.
+        prepared: Vec<super::accept::Prepared>,
         reply: oneshot::Sender<WriteResult<Vec<Accepted>>>,
     },
     /// An index transaction of its own (see `indexer`), asked for by the indexer thread: messages indexed.
@@ -402,8 +402,8 @@ pub(super) fn apply_one(
                 .execute()?,
         ),
         WriteOp::Accept {
-            messages, terms, ..
-        } => Answer::Accepted(accept(db, order, index, laps, messages, terms, now)?),
+            messages, prepared, ..
+        } => Answer::Accepted(accept(db, order, index, laps, messages, prepared, now)?),
         WriteOp::Index { .. } => unreachable!("index asks are applied apart from the group"),
         WriteOp::Claim {
             owner,
