@@ -254,6 +254,11 @@ fn migrator() -> Migrator {
             "message bodies",
             include_str!("../../../migrations/sqlite/0020_message_bodies.sql"),
         ),
+        migration(
+            21,
+            "claims and outcomes count their own status changes",
+            include_str!("../../../migrations/sqlite/0021_writer_counted.sql"),
+        ),
     ])
 }
 

@@ -8,6 +8,7 @@ use sqlx::Row;
 
 use super::{
     SqliteStore,
+    activity::StatusChanges,
     raw_db::{RawDb, Value},
     suppressions::suppress,
     writer::{WriteOp, WriteResult, event},
@@ -172,32 +173,44 @@ pub(super) fn claim(
 ) -> WriteResult<Vec<Claimed>> {
     // Due = next_attempt_at passed: queued, deferred, scheduled whose time came, or sending with an expired
     // lease (its worker died). The partial index makes this a range scan whatever the queue length.
-    let mut claimed = Vec::new();
+    let mut due = Vec::new();
     {
         let mut q = db.stmt(
-            "UPDATE messages SET status = 'sending', lease_owner = ?1, next_attempt_at = ?2
-             WHERE rowid IN (SELECT rowid FROM messages WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?3
-                             ORDER BY next_attempt_at LIMIT ?4)
-             RETURNING id, sender, created_at, attempts, rowid",
+            "SELECT rowid, status FROM messages WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?1
+             ORDER BY next_attempt_at LIMIT ?2",
         )?;
-        q.bind([
-            owner.into(),
-            lease_until.into(),
-            now.into(),
-            i64::from(limit).into(),
-        ])?;
+        q.bind([now.into(), i64::from(limit).into()])?;
         while q.step()? {
+            due.push((
+                q.int(0),
+                Unreadable::parse::<MessageStatus>("messages", "status", &q.str(1))?,
+            ));
+        }
+    }
+    // Counted here, once for the claim, not by the row trigger (migration 0021).
+    let mut changes = StatusChanges::default();
+    let mut claimed = Vec::with_capacity(due.len());
+    for (rowid, status) in due {
+        let mut q = db.stmt(
+            "UPDATE messages SET status = 'sending', lease_owner = ?1, next_attempt_at = ?2,
+             writer_counted = 1 - writer_counted WHERE rowid = ?3
+             RETURNING id, sender, created_at, attempts",
+        )?;
+        q.bind([owner.into(), lease_until.into(), rowid.into()])?;
+        if q.step()? {
+            changes.moved(status, MessageStatus::Sending);
             claimed.push(Claimed {
                 id: q.text(0),
                 sender: q.text(1),
                 created_at: q.int(2),
                 attempts: q.int(3) as u32,
                 raw: None,
-                rowid: q.int(4),
+                rowid,
                 recipients: Vec::new(),
             });
         }
     }
+    changes.write(db)?;
     for message in &mut claimed {
         {
             let mut q = db.stmt("SELECT raw FROM message_bodies WHERE message_rowid = ?1")?;
@@ -238,6 +251,8 @@ pub(super) fn record(
     now: Millis,
 ) -> WriteResult<()> {
     let mut statuses = Vec::new();
+    // Counted once for the whole record, not by the row trigger (migration 0021).
+    let mut changes = StatusChanges::default();
     for outcome in outcomes {
         let id = outcome.id.as_str();
         // Only the lease holder records: a node that lost the lease (taken over, or released as dead) would
@@ -300,10 +315,11 @@ pub(super) fn record(
                 event(db, id, now, rules::gave_up_event(address))?;
             }
         }
-        db.stmt(
-            "UPDATE messages SET status = ?1, attempts = attempts + ?6, next_attempt_at = ?2, lease_owner = NULL,
-             finished_at = ?3 WHERE id = ?4 AND lease_owner = ?5",
-        )?
+        let updated = db
+            .stmt(
+                "UPDATE messages SET status = ?1, attempts = attempts + ?6, next_attempt_at = ?2, lease_owner = NULL,
+                 finished_at = ?3, writer_counted = 1 - writer_counted WHERE id = ?4 AND lease_owner = ?5",
+            )?
         .bind([
             settled.status.as_str().into(),
             settled.next_attempt_at.into(),
@@ -313,6 +329,10 @@ pub(super) fn record(
             i64::from(outcome.counts_attempt).into(),
         ])?
         .execute()?;
+        if updated == 1 {
+            // The lease check above read `sending` in this same transaction.
+            changes.moved(MessageStatus::Sending, settled.status);
+        }
         event(
             db,
             id,
@@ -320,7 +340,7 @@ pub(super) fn record(
             rules::attempt_event(settled.status, &outcome.detail),
         )?;
     }
-    Ok(())
+    changes.write(db)
 }
 
 pub(super) fn cancel(db: &mut RawDb, id: &str, now: Millis) -> WriteResult<CancelOutcome> {
