@@ -67,8 +67,11 @@ pub struct RawDb {
     statements: HashMap<&'static str, *mut ffi::sqlite3_stmt>,
 }
 
-// SAFETY: the connection is opened in SQLite's serialized (FULLMUTEX) mode and used by one thread at a time
-// (the writer thread that owns it); moving it to that thread is sound.
+// SAFETY: the connection is opened in SQLite's multi-thread (NOMUTEX) mode, which allows a connection to be
+// used by any thread as long as no two use it at once. `RawDb` is `Send` but not `Sync` and every use takes
+// `&mut self`, so one thread at a time is what the compiler enforces (the writer, syncer or checkpointer
+// thread that owns it). Serialized mode locked a mutex on every API call for nothing: 3% of the server's CPU
+// on small alerts (perf).
 unsafe impl Send for RawDb {}
 
 impl RawDb {
@@ -78,8 +81,7 @@ impl RawDb {
             message: "database path contains NUL".into(),
         })?;
         let mut db = ptr::null_mut();
-        let flags =
-            ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_CREATE | ffi::SQLITE_OPEN_FULLMUTEX;
+        let flags = ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_CREATE | ffi::SQLITE_OPEN_NOMUTEX;
         // SAFETY: valid C string and out-pointer; on failure SQLite still hands back a handle to close.
         let rc = unsafe { ffi::sqlite3_open_v2(c_path.as_ptr(), &mut db, flags, ptr::null()) };
         let this = Self {
