@@ -112,41 +112,30 @@ pub fn wire_size(segments: &[RawSegment]) -> usize {
 
 /// Writes segments in the stored framing.
 pub fn encode(segments: &[RawSegment]) -> Vec<u8> {
-    let literal: usize = segments
-        .iter()
-        .map(|s| match s {
-            RawSegment::Literal { bytes, .. } => 5 + bytes.len(),
-            RawSegment::Shared { .. } => 33,
-        })
-        .sum();
-    let mut out = BytesMut::with_capacity(literal);
-    for segment in segments {
-        let flag = if segment.dot_safe() { FLAG_DOT_SAFE } else { 0 };
-        match segment {
-            RawSegment::Literal { bytes, .. } => {
-                out.put_u8(TAG_LITERAL | flag);
-                out.put_u32_le(bytes.len() as u32);
-                out.put_slice(bytes);
-            }
-            RawSegment::Shared { blob, .. } => {
-                out.put_u8(TAG_SHARED | flag);
-                out.put_slice(&blob.hash);
-            }
-        }
-    }
-    out.to_vec()
+    frame(segments, false)
 }
 
 /// [`encode`], with every literal of [`COMPRESS_MIN`] bytes or more stored LZ4-compressed when that saves
 /// an eighth or more. The standard notification's literals (headers, and the text and HTML parts in base64)
 /// go from 8.6 to 5.0 KB, which is one overflow page less per message in SQLite, for 8 µs.
 pub fn encode_compact(segments: &[RawSegment]) -> Vec<u8> {
-    let mut out = BytesMut::with_capacity(wire_size(segments) / 2 + 64);
+    frame(segments, true)
+}
+
+fn frame(segments: &[RawSegment], compact: bool) -> Vec<u8> {
+    let framed: usize = segments
+        .iter()
+        .map(|s| match s {
+            RawSegment::Literal { bytes, .. } => 5 + bytes.len(),
+            RawSegment::Shared { .. } => 33,
+        })
+        .sum();
+    let mut out = BytesMut::with_capacity(if compact { framed / 2 + 64 } else { framed });
     for segment in segments {
         let flag = if segment.dot_safe() { FLAG_DOT_SAFE } else { 0 };
         match segment {
             RawSegment::Literal { bytes, .. } => {
-                let compressed = (bytes.len() >= COMPRESS_MIN)
+                let compressed = (compact && bytes.len() >= COMPRESS_MIN)
                     .then(|| lz4_flex::block::compress(bytes))
                     .filter(|c| c.len() + 4 <= bytes.len() - bytes.len() / 8);
                 match compressed {
